@@ -1,0 +1,45 @@
+"""The same run from Python (notebooks, tests): compose a config, then run it.
+
+    from gemma_run import compose, run
+    cfg = compose(["model=tiny_gemma3", "prompt=Hello"])
+    result = run(cfg, "outputs/notebook")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+CONFIG_MODULE = "gemma_run.conf"
+
+
+def setup() -> None:
+    """Register the schemas and resolvers (idempotent, cheap: no torch)."""
+    from gemma_run import resolvers, schema
+
+    schema.register()
+    resolvers.register()
+
+
+def compose(overrides: list[str] | None = None, config_dir: str | Path | None = None) -> DictConfig:
+    """Compose the run config exactly as the command line would (same defaults, schemas and overrides)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    setup()
+    overrides = list(overrides or [])
+    if config_dir is not None:
+        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Run a composed config in ``run_dir`` through the plugin pipeline; returns the result dict."""
+    from gemma_run.run import run as run_pipeline
+
+    return run_pipeline(cfg, run_dir)

@@ -1,0 +1,85 @@
+"""Random-weight checkpoints of real architectures, built locally and cached as safetensors.
+
+`model.weights=random` builds the architecture in `model.config` with seeded random weights and a locally
+trained tokenizer, saves both into ``<cache_dir>/random/<name>-<hash>/`` and from then on every task loads
+that directory through the ordinary loading path (the same ``from_pretrained`` as real weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+COMPLETE = ".complete"  # written last: a half-built dir is never taken for a checkpoint
+
+
+def architecture_config(config: dict[str, Any], text_only: bool):  # -> transformers.PretrainedConfig
+    """The transformers config of an architecture (the text model's only, for a text-only multimodal run)."""
+    from transformers import AutoConfig
+
+    params = dict(config)
+    model_type = params.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, **params)
+    if text_only and hasattr(cfg, "text_config") and cfg.text_config is not None:
+        text = cfg.text_config
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if getattr(text, name, None) is None and getattr(cfg, name, None) is not None:
+                setattr(text, name, getattr(cfg, name))
+        return text
+    return cfg
+
+
+def checkpoint_dir(cache_dir: str | Path, name: str, config: dict[str, Any], seed: int, vocab: int,
+                   text_only: bool) -> Path:
+    key = json.dumps({"config": config, "seed": seed, "tokenizer_vocab": vocab, "text_only": text_only},
+                     sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / "random" / f"{name}-{digest}"
+
+
+def ensure_random_checkpoint(model_cfg: Any, cache_dir: str | Path) -> Path:
+    """The cached checkpoint of this random-weight model, built first if it is not there yet."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(model_cfg.config, resolve=True) if OmegaConf.is_config(model_cfg.config) \
+        else dict(model_cfg.config)
+    target = checkpoint_dir(cache_dir, model_cfg.name, config, model_cfg.seed, model_cfg.tokenizer_vocab_size,
+                            model_cfg.text_only)
+    if (target / COMPLETE).is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gemma_run.loading.tokenizer_build import build_tokenizer
+
+    log.info("building random-weight %s into %s (first use; cached afterwards)", model_cfg.name, target)
+    arch = architecture_config(config, model_cfg.text_only)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        torch.manual_seed(model_cfg.seed)
+        model = AutoModelForCausalLM.from_config(arch, dtype=torch.float32)
+        vocab = min(model_cfg.tokenizer_vocab_size, model.get_input_embeddings().num_embeddings)
+        max_len = getattr(arch, "max_position_embeddings", None) or getattr(arch, "n_positions", 8192)
+        tokenizer = build_tokenizer(vocab, tmp, model_max_length=max_len)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the ids this tokenizer produces
+            setattr(model.config, name, getattr(tokenizer, name))
+            setattr(model.generation_config, name, getattr(tokenizer, name))
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / COMPLETE).write_text(json.dumps({"name": model_cfg.name, "seed": model_cfg.seed}))
+        if target.exists():  # another process won the race; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

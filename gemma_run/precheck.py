@@ -1,0 +1,128 @@
+"""Check the command line's overrides before Hydra runs anything, for errors that name the fix.
+
+Hydra already lists the options of a group when one is unknown; this adds the nearest key for a misspelt
+one, and checks every value of a sweep (`-m quant=none,4bti`) before any job starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+# Flags that print instead of running, and flags that take a value.
+_NO_RUN = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
+_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+               "--package", "-p", "--experimental-rerun"}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_args(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """(overrides, config_dir, prints_only) from the command line."""
+    overrides: list[str] = []
+    config_dir, prints_only = None, False
+    args = iter(argv)
+    for arg in args:
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        name, eq, value = arg.partition("=")
+        prints_only = prints_only or name in _NO_RUN
+        if name in _WITH_VALUE and not eq:
+            value = next(args, "")
+        if name in ("--config-dir", "-cd"):
+            config_dir = value
+        if name in ("--info", "-i"):
+            nxt = next(args, None)
+            if nxt is not None and nxt not in _INFO_VALUES:
+                overrides.append(nxt)
+    return overrides, config_dir, prints_only
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Override lists to compose: each sweep value once (others at their first value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    base = []
+    sweeps = []
+    for o in parsed:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+            sweeps.append((key, values))
+            base.append(f"{key}={values[0]}")
+        else:
+            base.append(o.input_line)
+    runs = [base]
+    for key, values in sweeps:
+        for v in values[1:]:
+            runs.append([f"{key}={v}" if item.startswith(f"{key}=") else item for item in base])
+    return runs
+
+
+def nearest_key(cfg: DictConfig, dotted: str) -> str | None:
+    """The closest existing key to a misspelt ``dotted`` key, or None."""
+    parts = dotted.lstrip("+~").split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        if not OmegaConf.is_dict(node):
+            return None
+        if part not in node:
+            close = difflib.get_close_matches(part, [str(k) for k in node.keys()], n=1, cutoff=0.5)
+            return ".".join([*parts[:i], close[0]]) if close else None
+        node = node[part]
+    return None
+
+
+def precheck(argv: list[str]) -> None:
+    """Exit with one clear message (code 2) when an override cannot compose; else return."""
+    overrides, config_dir, prints_only = split_args(argv)
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if prints_only or not overrides:
+        return
+    from hydra.errors import HydraException
+
+    from gemma_run.api import compose
+
+    try:
+        runs = expand(overrides)
+    except HydraException as e:
+        _fail(f"cannot parse the overrides: {e}", "key=value, sweeps as key=a,b with -m")
+    for run in runs:
+        try:
+            compose(run, config_dir=config_dir)
+        except Exception as e:  # Hydra/OmegaConf composition errors: report them, then add the fix
+            _fail(_explain(e, run, config_dir), None)
+
+
+def _explain(error: Exception, run: list[str], config_dir: str | None) -> str:
+    from gemma_run.api import compose
+
+    msg = str(error).strip()
+    cause = error.__cause__
+    if cause is not None and str(cause).strip() not in msg:
+        msg += "\n" + str(cause).strip()
+    groups_only = [o for o in run if "." not in o.split("=", 1)[0]]
+    try:
+        base = compose(groups_only, config_dir=config_dir)
+    except Exception:
+        return msg
+    for item in run:
+        key = item.split("=", 1)[0]
+        if "." not in key or key.startswith("+"):
+            continue
+        if OmegaConf.select(base, key.lstrip("~"), default="__missing__") == "__missing__":
+            near = nearest_key(base, key)
+            hint = f"did you mean `{near}`?" if near else "see `gemma-run --cfg job` for the keys"
+            return f"unknown key `{key}`: {hint}\n{msg}"
+    return msg
+
+
+def _fail(message: str, fix: str | None) -> None:
+    text = f"error: {message}"
+    if fix:
+        text += f"\n  fix: {fix}"
+    print(text, file=sys.stderr)
+    sys.exit(2)

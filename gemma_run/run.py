@@ -1,0 +1,61 @@
+"""The plugin pipeline: build the configured plugins, run them in order, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gemma_run.context import RunContext
+from gemma_run.errors import GemmaRunError
+from gemma_run.plugins import build_pipeline
+
+log = logging.getLogger("gemma_run")
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Run the pipeline on a composed config; write result.json into ``run_dir`` and return the result.
+
+    Raises :class:`GemmaRunError` for problems the user can fix (after recording them in result.json).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(cfg=cfg, run_dir=run_dir)
+    ctx.result.update(task=cfg.task.name, model=cfg.model.name, quant=cfg.quant.name, status="running")
+    start = time.perf_counter()
+    try:
+        for name, _order, plugin in build_pipeline(cfg.plugins):
+            log.debug("plugin %s", name)
+            plugin(ctx)
+    except Exception as e:  # recorded, then re-raised: a user error prints cleanly, a bug with its traceback
+        error = e.format() if isinstance(e, GemmaRunError) else f"{type(e).__name__}: {e}"
+        ctx.result.update(status="failed", error=error, seconds=round(time.perf_counter() - start, 3))
+        if ctx.is_main_process:
+            ctx.write_json("result.json", ctx.result)
+        raise
+    ctx.result["status"] = ctx.result.get("status_override", "ok")
+    ctx.result.pop("status_override", None)
+    ctx.result["seconds"] = round(time.perf_counter() - start, 3)
+    if ctx.is_main_process:
+        ctx.write_json("result.json", ctx.result)
+    return ctx.result
+
+
+def hydra_job(cfg: DictConfig) -> dict[str, Any]:
+    """The body of the Hydra app: run in Hydra's output dir; a user error is one message, not a traceback."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    try:
+        return run(cfg, hc.runtime.output_dir)
+    except GemmaRunError as e:
+        log.error("%s", e.format())
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # Hydra records the job as failed; the sweep's other jobs keep their results
+        print(e.format(), file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -1,0 +1,37 @@
+"""Schema of the ``model`` group: one architecture, where its weights come from, and how to load them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class Weights(Enum):
+    pretrained = "pretrained"  # a local dir (`path`) or the hub id found in the local HF cache
+    random = "random"  # the architecture in `config` with random weights, built locally (no download)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # The architecture's hyper-parameters as in its published config.json (`model_type` first), so nothing
+    # is fetched to know them. Multimodal checkpoints keep `text_config` / `vision_config` as published.
+    config: dict[str, Any] = field(default_factory=dict)
+    hub_id: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    weights: Weights = Weights.pretrained
+    seed: int = 0  # seed of random weights (weights=random)
+    # auto: bf16 on GPUs that support it, else fp32 on CPU. float16 is refused for Gemma 3.
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    # Pickle checkpoints (.bin/.pt) run code on load (torch.load, CVE-2025-32434); refused unless true.
+    allow_pickle: bool = False
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2; null: the library's default
+    # For multimodal checkpoints (Gemma 3 4B/12B/27B): true loads only the language model.
+    text_only: bool = True
+    # How to build the tokenizer of a random-weight model (the hub tokenizer is not available offline).
+    tokenizer_vocab_size: int = 1024

@@ -1,0 +1,32 @@
+"""Schema of the ``quant`` group: quantization described as data, built into a backend config by one builder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class QuantBackend(Enum):
+    none = "none"
+    bitsandbytes = "bitsandbytes"
+
+
+class QuantType(Enum):
+    nf4 = "nf4"
+    fp4 = "fp4"
+
+
+@dataclass
+class QuantConfig:
+    name: str = "none"
+    backend: QuantBackend = QuantBackend.none
+    bits: int = 16  # 16 (no quantization), 8 or 4
+    quant_type: QuantType = QuantType.nf4  # 4-bit only
+    double_quant: bool = True  # 4-bit only: quantize the block scales too (~0.4 bit/param saved)
+    compute_dtype: str = "bfloat16"  # 4-bit only: dtype of the matmuls
+    # 4-bit only: dtype the packed weights are stored in. Must equal the training dtype for QLoRA + ZeRO-3.
+    quant_storage: str = "uint8"
+    skip_modules: list[str] = field(default_factory=list)  # modules kept unquantized (lm_head always is)
+    int8_threshold: float = 6.0  # 8-bit only: outlier threshold (LLM.int8())
+    # Allow modules that the device map puts on CPU to stay unquantized in fp32 (8-bit and 4-bit).
+    cpu_offload: bool = False

@@ -1,0 +1,69 @@
+"""Shared fixtures: composed configs, a shared cache for random-weight models, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the whole session, so the tiny model is built once. GEMMA_RUN_TEST_CACHE reuses one."""
+    given = os.environ.get("GEMMA_RUN_TEST_CACHE")
+    path = Path(given) if given else tmp_path_factory.mktemp("gemma-run-cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def compose_cfg(cache_dir: Path):
+    """compose_cfg(["quant=8bit", ...]) -> the run config, exactly as the CLI composes it."""
+    from gemma_run import compose
+
+    def _compose(overrides: list[str] | None = None):
+        return compose([f"cache_dir={cache_dir}", *(overrides or [])])
+
+    return _compose
+
+
+@pytest.fixture
+def cli(cache_dir: Path, tmp_path: Path):
+    """cli("prompt=hi", ...) runs `gemma-run` in a subprocess in tmp_path; returns CompletedProcess."""
+
+    def _cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600):
+        full_env = {**os.environ, "GEMMA_RUN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1", **(env or {})}
+        full_env.pop("HYDRA_FULL_ERROR", None)
+        return subprocess.run(
+            [sys.executable, "-m", "gemma_run.cli", *args], cwd=cwd or tmp_path, env=full_env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    return _cli
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run dirs under root/outputs (DATE/TIME), oldest first."""
+    return sorted(p for p in (root / "outputs").glob("*/*") if p.is_dir())
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run these on the device machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
