@@ -40,6 +40,6 @@ def compose(overrides: list[str] | None = None, config_dir: str | Path | None = 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run a composed config in ``run_dir`` through the plugin pipeline; returns the result dict."""
-    from gemma_run.run import run as run_pipeline
+    from gemma_run.pipeline import run as run_pipeline
 
     return run_pipeline(cfg, run_dir)

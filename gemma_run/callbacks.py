@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+_ASSIGNMENT = re.compile(r"([A-Za-z0-9_]+)=([^,]*)")  # NAME=value inside overrides and override_dirname
 
-def redact_config(node: Any) -> Any:
-    """A copy of a config (or override list) with secret-looking env values replaced by [REDACTED]."""
+
+def _redact_text(text: str) -> str:
     from gemma_run.env import REDACTED, is_secret
 
-    if isinstance(node, list):  # overrides: ["+env.vars.HF_TOKEN=abc", ...]
-        out = []
-        for item in node:
-            key, sep, _value = str(item).partition("=")
-            out.append(f"{key}={REDACTED}" if sep and is_secret(key.rsplit(".", 1)[-1]) else item)
-        return out
+    return _ASSIGNMENT.sub(lambda m: f"{m[1]}={REDACTED}" if is_secret(m[1]) else m[0], text)
+
+
+def redact_config(node: Any) -> Any:
+    """A copy of a config with secret-looking env values replaced by [REDACTED], also inside override strings
+    (`+env.vars.HF_TOKEN=abc` in overrides.yaml and hydra.job.override_dirname)."""
+    from gemma_run.env import REDACTED, is_secret
+
+    if isinstance(node, str):
+        return _redact_text(node)
+    if isinstance(node, list):
+        return [redact_config(item) for item in node]
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():

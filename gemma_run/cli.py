@@ -12,7 +12,7 @@ from gemma_run.api import setup
 
 @hydra.main(version_base="1.3", config_path="pkg://gemma_run.conf", config_name="config")
 def _app(cfg: DictConfig) -> None:
-    from gemma_run.run import hydra_job
+    from gemma_run.pipeline import hydra_job
 
     hydra_job(cfg)
 

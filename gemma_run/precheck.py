@@ -62,18 +62,29 @@ def expand(overrides: list[str]) -> list[list[str]]:
     return runs
 
 
+def _paths(node: object, prefix: str = "") -> list[str]:
+    if not OmegaConf.is_dict(node):
+        return []
+    out = []
+    for key in node.keys():  # type: ignore[union-attr]
+        path = f"{prefix}{key}"
+        out.append(path)
+        out.extend(_paths(OmegaConf.select(node, str(key), throw_on_missing=False), path + "."))
+    return out
+
+
 def nearest_key(cfg: DictConfig, dotted: str) -> str | None:
-    """The closest existing key to a misspelt ``dotted`` key, or None."""
-    parts = dotted.lstrip("+~").split(".")
-    node = cfg
-    for i, part in enumerate(parts):
-        if not OmegaConf.is_dict(node):
-            return None
-        if part not in node:
-            close = difflib.get_close_matches(part, [str(k) for k in node.keys()], n=1, cutoff=0.5)
-            return ".".join([*parts[:i], close[0]]) if close else None
-        node = node[part]
-    return None
+    """The existing key closest to a misspelt ``dotted`` key (model.hidden_sise -> model.config.hidden_size)."""
+    dotted = dotted.lstrip("+~")
+    paths = _paths(cfg)
+    close = difflib.get_close_matches(dotted, paths, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    head, _, leaf = dotted.rpartition(".")
+    scored = [(difflib.SequenceMatcher(None, leaf, p.rpartition(".")[2]).ratio(), p) for p in paths
+              if p.startswith(head.split(".")[0])]
+    best = max(scored, default=(0.0, None))
+    return best[1] if best[0] >= 0.75 else None
 
 
 def precheck(argv: list[str]) -> None:
@@ -100,7 +111,7 @@ def precheck(argv: list[str]) -> None:
 def _explain(error: Exception, run: list[str], config_dir: str | None) -> str:
     from gemma_run.api import compose
 
-    msg = str(error).strip()
+    msg = "\n".join(line for line in str(error).strip().splitlines() if not line.strip().startswith("base_"))
     cause = error.__cause__
     if cause is not None and str(cause).strip() not in msg:
         msg += "\n" + str(cause).strip()

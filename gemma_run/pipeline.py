@@ -57,5 +57,4 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any]:
         log.error("%s", e.format())
         if hc.mode == RunMode.MULTIRUN:
             raise  # Hydra records the job as failed; the sweep's other jobs keep their results
-        print(e.format(), file=sys.stderr)
         sys.exit(e.exit_code)
