@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_run.errors import GemmaRunError
-from gemma_run.loading import checkpoint, placement, quantization
+from gemma_run.loading import architecture, checkpoint, checks, compat, placement, quantization
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +22,30 @@ class Loaded:
     dtype: str
     load_seconds: float
     bytes_per_device: dict[str, int] = field(default_factory=dict)
+    kind: str = "causal_lm"  # "causal_lm" | "text_only" (language model of a multimodal checkpoint) | "image_text"
+    processor: Any = None  # image+text runs: the checkpoint's processor (None when it ships none)
 
     @property
     def input_device(self):  # -> torch.device
         return placement.input_device(self.model)
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions (prompt + new tokens) the model was built for; None when it does not say."""
+        config = self.model.config
+        config = getattr(config, "text_config", None) or config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
-def choose_dtype(model_cfg: Any, quant_cfg: Any) -> str:
-    """auto: bf16 on GPUs that support it, fp32 on CPU. fp16 is refused for Gemma 3 (activations overflow)."""
+
+def choose_dtype(model_cfg: Any, quant_cfg: Any, model_type: str | None = None) -> str:
+    """auto: bf16 on GPUs that support it, fp32 on CPU. fp16 is refused for Gemma 3 (activations overflow).
+
+    ``model_type`` is the checkpoint's own (config.json); by default the one in ``model_cfg.config``.
+    """
     import torch
 
     name = model_cfg.dtype
@@ -38,7 +54,7 @@ def choose_dtype(model_cfg: Any, quant_cfg: Any) -> str:
             name = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
         else:
             name = "float32"
-    model_type = str(model_cfg.config.get("model_type", ""))
+    model_type = model_type or str(model_cfg.config.get("model_type", ""))
     if name == "float16" and model_type.startswith("gemma3"):
         raise GemmaRunError(
             "float16 is refused for Gemma 3: its activations exceed fp16's range (max 65504) and overflow to "
@@ -53,39 +69,94 @@ def load_tokenizer(path: Path, model_cfg: Any):  # -> PreTrainedTokenizerBase
     return AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
 
 
+def load_processor(path: Path, model_cfg: Any):  # -> ProcessorMixin | None
+    """The image+text processor a multimodal checkpoint ships, or None when it has none."""
+    if not any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        return None
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+
+
 def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
     """Model + tokenizer for the composed run config ``cfg`` (model, quant, device_map, cache_dir).
 
-    ``device_map=None`` passes no device map (DeepSpeed ZeRO-3 places the weights itself).
+    Everything that can be checked before reading weights is: where the weights are (safetensors only unless
+    allowed), the dtype, whether bitsandbytes can run, and that the device map names devices and modules
+    that exist and covers the whole model. ``device_map=None`` passes no device map (DeepSpeed ZeRO-3
+    places the weights itself).
     """
-    from transformers import AutoModelForCausalLM
-
     start = time.perf_counter()
     path = checkpoint.resolve(cfg.model, cfg.cache_dir)
-    dtype = choose_dtype(cfg.model, cfg.quant)
+    plan = architecture.plan(path, cfg.model.text_only, cfg.model.trust_remote_code)
+    dtype = choose_dtype(cfg.model, cfg.quant, plan.model_type)
     kwargs: dict[str, Any] = {
-        "dtype": quantization.torch_dtype(dtype),
+        compat.dtype_kwarg(): quantization.torch_dtype(dtype),  # torch_dtype= on transformers < 4.56
         "use_safetensors": not cfg.model.allow_pickle,
         "trust_remote_code": cfg.model.trust_remote_code,
+        **plan.kwargs,
     }
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
-    qconfig = quantization.build(cfg.quant)
+    qconfig = quantization.build(cfg.quant, plan.model_type)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
     if device_map == "config":
-        kwargs.update(placement.build(cfg.device_map))
-        placement.check_devices(kwargs["device_map"])
+        kwargs.update(checks.device_map_kwargs(cfg, path, plan))
     elif device_map is not None:
         kwargs["device_map"] = device_map
+    if qconfig is not None and cfg.quant.bits == 4 and _all_on_cpu(kwargs.get("device_map")) \
+            and "avx512_bf16" in quantization.cpu_flags():
+        quantization.check_cpu_4bit(cfg.quant, architecture.skeleton(path, plan, cfg.model.trust_remote_code))
     tokenizer = load_tokenizer(path, cfg.model)
-    log.info("loading %s from %s (%s, quant=%s, device_map=%s)", cfg.model.name, path, dtype, cfg.quant.name,
-             kwargs.get("device_map"))
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    processor = load_processor(path, cfg.model) if plan.multimodal else None
+    log.info("loading %s from %s (%s, %s, quant=%s, device_map=%s)", cfg.model.name, path, plan.kind, dtype,
+             cfg.quant.name, kwargs.get("device_map"))
+    model = _from_pretrained(architecture.model_class(plan), path, kwargs, quiet=plan.kind == "text_only")
     model.eval()
     loaded = Loaded(model=model, tokenizer=tokenizer, path=path, dtype=dtype,
                     load_seconds=round(time.perf_counter() - start, 3),
-                    bytes_per_device=placement.bytes_per_device(model))
+                    bytes_per_device=placement.bytes_per_device(model), kind=plan.kind, processor=processor)
+    if plan.kind == "text_only":
+        log.info("text-only run of a multimodal checkpoint: loaded the language model alone "
+                 "(model.text_only=false loads the vision tower too)")
     for dev, size in loaded.bytes_per_device.items():
         log.info("  %s: %.1f MiB of parameters", dev, size / 2**20)
     return loaded
+
+
+def _all_on_cpu(device_map: Any) -> bool:
+    import torch
+
+    if isinstance(device_map, dict):
+        return all(str(dev) in ("cpu", "disk") for dev in device_map.values())
+    return not torch.cuda.is_available()
+
+
+def _from_pretrained(cls: Any, path: Path, kwargs: dict[str, Any], quiet: bool) -> Any:
+    """from_pretrained, with the library's errors for placement problems turned into fixable ones.
+
+    ``quiet`` hides transformers' report of unexpected keys (the vision tower a text-only load skips).
+    """
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except ValueError as e:
+        text = str(e)
+        if "offload_folder" in text or "offload to disk" in text:
+            raise GemmaRunError(f"the model does not fit the device budget and would spill to disk: {text[:200]}",
+                                key="device_map.max_memory",
+                                fix="device_map=offload (offloads to the run dir), device_map.offload_folder=DIR, "
+                                    "or raise device_map.max_memory") from e
+        if "dispatched on the CPU or the disk" in text or "llm_int8_enable_fp32_cpu_offload" in text:
+            raise GemmaRunError("the quantized model does not fit the GPUs, and bitsandbytes keeps CPU-placed "
+                                "modules unquantized only when asked", key="quant.cpu_offload",
+                                fix="quant.cpu_offload=true (those modules stay fp32 on the CPU), raise "
+                                    "device_map.max_memory, or use more GPUs") from e
+        raise
+    finally:
+        hf_logging.set_verbosity(before)

@@ -37,18 +37,89 @@ def build(dm_cfg: Any) -> dict[str, Any]:
     return kwargs
 
 
-def check_devices(device_map: Any) -> None:
-    """An explicit/single map must name devices that exist here."""
-    if not isinstance(device_map, dict):
-        return
-    import torch
+def _gpu_index(dev: Any) -> int | None:
+    """0 / "cuda:0" / "cuda" -> 0; None for cpu, disk, meta or anything else."""
+    if isinstance(dev, int):
+        return dev
+    text = str(dev)
+    if text == "cuda":
+        return 0
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    return None
 
-    n = torch.cuda.device_count()
-    for name, dev in device_map.items():
-        if isinstance(dev, int) and dev >= n:
-            have = f"GPUs 0..{n - 1}" if n else "no GPU"
-            raise GemmaRunError(f"device_map puts {name or 'the model'!r} on GPU {dev}, but this machine has {have}",
-                                key="device_map", fix="use an existing device, 'cpu' or 'disk'")
+
+def check_devices(device_map: Any, max_memory: dict[Any, str] | None = None, n_gpus: int | None = None) -> None:
+    """Every device named by the map or by max_memory must exist here: GPU indices below the GPU count,
+    "cpu", or "disk" (map only). accelerate would silently drop a missing GPU from max_memory."""
+    if n_gpus is None:
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+    have = f"GPUs 0..{n_gpus - 1}" if n_gpus else "no GPU"
+    named = [(f"device_map.map.{name}" if name else "device_map", dev)
+             for name, dev in (device_map.items() if isinstance(device_map, dict) else [])]
+    named += [(f"device_map.max_memory.{dev}", dev) for dev in (max_memory or {})]
+    for key, dev in named:
+        gpu = _gpu_index(dev)
+        if gpu is not None:
+            if gpu >= n_gpus:
+                raise GemmaRunError(f"{key} names GPU {dev}, but this machine has {have}", key=key,
+                                    fix="use an existing GPU index, 'cpu' or 'disk' (`nvidia-smi -L` lists the GPUs)")
+        elif dev not in ("cpu", "disk") or (dev == "disk" and key.startswith("device_map.max_memory")):
+            raise GemmaRunError(f"{key}: unknown device {dev!r}", key=key,
+                                fix="a GPU index (0, 1, ...), 'cuda:N', 'cpu' or 'disk' (disk: map only)")
+
+
+def check_coverage(device_map: dict[str, Any], skeleton: Any) -> None:
+    """An explicit map must name modules that exist and cover every parameter and buffer of the model.
+
+    transformers otherwise fails late and obscurely (e.g. ``AttributeError: ... no attribute 'hf_device_map'``).
+    """
+    import difflib
+
+    modules = {name for name, _ in skeleton.named_modules()}
+    for name in device_map:
+        if name and name not in modules:
+            near = difflib.get_close_matches(name, sorted(modules), n=3)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise GemmaRunError(f"device_map.map names {name!r}, which is not a module of this model{hint}",
+                                key=f"device_map.map.{name}", fix=f"top-level modules: {_top_level(modules)}")
+    tensors = [n for n, _ in skeleton.named_parameters(remove_duplicate=False)]
+    tensors += [n for n, _ in skeleton.named_buffers(remove_duplicate=False)]
+    unmapped: list[str] = []
+    for tensor in tensors:
+        if any(m == "" or tensor == m or tensor.startswith(m + ".") for m in device_map):
+            continue
+        owner = tensor.rsplit(".", 1)[0]
+        # report the shortest unmapped prefix (e.g. `lm_head`, `model.norm`), once
+        parts = owner.split(".")
+        prefix = next((".".join(parts[:i]) for i in range(1, len(parts) + 1)
+                       if not any(m.startswith(".".join(parts[:i])) for m in device_map)), owner)
+        if prefix not in unmapped:
+            unmapped.append(prefix)
+    if unmapped:
+        shown = ", ".join(unmapped[:8]) + (" ..." if len(unmapped) > 8 else "")
+        example = ",".join(f"{m}:cpu" for m in unmapped[:4])
+        raise GemmaRunError(f"device_map.map leaves modules unmapped: {shown}", key="device_map.map",
+                            fix=f"map them too, e.g. '+device_map.map={{{example}}}' (or map '' for everything)")
+
+
+def check_offload(device_map: Any, offload_folder: str | None, quantized: bool) -> None:
+    """Modules mapped to "disk" need a folder, and bitsandbytes cannot offload quantized weights to disk."""
+    if not isinstance(device_map, dict) or "disk" not in device_map.values():
+        return
+    if quantized:
+        raise GemmaRunError("bitsandbytes cannot offload quantized weights to disk", key="device_map.map",
+                            fix="map those modules to 'cpu' (with quant.cpu_offload=true), or use quant=none")
+    if not offload_folder:
+        raise GemmaRunError("device_map.map sends modules to 'disk' but no offload folder is set",
+                            key="device_map.offload_folder", fix="device_map.offload_folder=/fast/disk/offload")
+
+
+def _top_level(modules: set[str]) -> str:
+    names = sorted({m for m in modules if m and m.count(".") <= 1 and not m.split(".")[-1].isdigit()})
+    return ", ".join(names[:12])
 
 
 def input_device(model: Any):  # -> torch.device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gemma_run.errors import GemmaRunError
@@ -18,22 +19,43 @@ def torch_dtype(name: str):  # -> torch.dtype
             from None
 
 
-def check_bitsandbytes() -> None:
-    """bitsandbytes must import and find a backend here, else say why and what to use."""
+MIN_CPU_BNB = (0, 45)  # the first bitsandbytes release with a CPU backend for 8-bit and 4-bit
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = ([*(int(p) if p.isdigit() else 0 for p in text.split(".")[:2]), 0, 0])[:2]
+    return major, minor
+
+
+def check_bitsandbytes(quant_cfg: Any | None = None, model_type: str = "") -> None:
+    """bitsandbytes must import and have a backend for this machine, else say why and what to use."""
+    name = getattr(quant_cfg, "name", "8bit/4bit")
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
     except Exception as e:  # ImportError, or its own RuntimeError when no backend fits
         raise GemmaRunError(
-            f"bitsandbytes cannot run here: {type(e).__name__}: {e}",
+            f"quant={name} needs bitsandbytes, which cannot run here: {type(e).__name__}: {e}",
             key="quant",
             fix="pip install 'bitsandbytes>=0.45' (CPU and CUDA builds are on PyPI), or run with quant=none",
         ) from e
+    import torch
+
+    version = str(getattr(bitsandbytes, "__version__", "0.0"))
+    if not torch.cuda.is_available() and _version(version) < MIN_CPU_BNB:
+        raise GemmaRunError(
+            f"quant={name}: bitsandbytes {version} has no CPU backend and this machine has no CUDA GPU",
+            key="quant", fix="pip install -U 'bitsandbytes>=0.45', run on a CUDA GPU, or use quant=none")
+    if quant_cfg is not None and quant_cfg.bits == 4 and quant_cfg.compute_dtype == "float16" \
+            and model_type.startswith("gemma3"):
+        raise GemmaRunError("quant.compute_dtype=float16 overflows Gemma 3's activations (fp16 max 65504)",
+                            key="quant.compute_dtype", fix="quant.compute_dtype=bfloat16 (or float32)")
 
 
-def build(quant_cfg: Any):  # -> transformers.BitsAndBytesConfig | None
+def build(quant_cfg: Any, model_type: str = ""):  # -> transformers.BitsAndBytesConfig | None
     if quant_cfg.backend.name == "none":
         return None
-    check_bitsandbytes()
+    check_bitsandbytes(quant_cfg, model_type)
+    quiet_repeated_warnings()
     from transformers import BitsAndBytesConfig
 
     skip = list(quant_cfg.skip_modules) or None
@@ -50,3 +72,59 @@ def build(quant_cfg: Any):  # -> transformers.BitsAndBytesConfig | None
         llm_int8_skip_modules=skip,
         llm_int8_enable_fp32_cpu_offload=quant_cfg.cpu_offload,
     )
+
+
+class _Once(logging.Filter):
+    """Let each distinct message through once (bitsandbytes logs its cast warning on every matmul call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def quiet_repeated_warnings() -> None:
+    """Show bitsandbytes' per-call warnings once per run instead of once per token (idempotent)."""
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Once) for f in logger.filters):
+        logger.addFilter(_Once())
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_cpu_4bit(quant_cfg: Any, skeleton: Any, flags: set[str] | None = None) -> None:
+    """bitsandbytes' CPU 4-bit kernels on AVX512-BF16 CPUs need every quantized Linear's output size to be a
+    multiple of 32; otherwise generation dies in the kernel with ``AssertionError: N must be divisible by
+    block_n`` (measured with bitsandbytes 0.50). Say so before loading, naming a module."""
+    import torch
+
+    if quant_cfg.backend.name != "bitsandbytes" or quant_cfg.bits != 4:
+        return
+    if "avx512_bf16" not in (cpu_flags() if flags is None else flags):
+        return
+    skip = list(quant_cfg.skip_modules) or ["lm_head"]
+    bad = [(name, m.out_features) for name, m in skeleton.named_modules()
+           if isinstance(m, torch.nn.Linear) and m.out_features % 32 and not any(s in name for s in skip)]
+    if bad:
+        name, size = bad[0]
+        raise GemmaRunError(
+            f"bitsandbytes' 4-bit CPU kernels on this CPU (AVX512-BF16) need every quantized Linear's output size "
+            f"to be a multiple of 32; {name} has {size} ({len(bad)} such module(s))", key="quant",
+            fix="quant=8bit or quant=none on this CPU, run on a GPU, or keep those modules unquantized with "
+                f"quant.skip_modules=[lm_head,{name.rsplit('.', 1)[-1]}]")

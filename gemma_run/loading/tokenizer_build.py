@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 # Gemma's ids: <pad>=0, <eos>=1, <bos>=2, <unk>=3; the turn markers follow.
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
@@ -60,3 +61,27 @@ def build_tokenizer(vocab_size: int, out_dir: Path, model_max_length: int = 8192
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return fast
+
+
+IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+
+
+def build_gemma3_processor(out_dir: Path, arch: Any) -> dict[str, int]:
+    """Save a Gemma 3 image+text processor next to the tokenizer in ``out_dir`` (sized to the architecture's
+    vision tower), so a random-weight multimodal model takes images like a published one. Returns the
+    model config's image token ids, which must be this tokenizer's."""
+    import transformers
+    from transformers import AutoTokenizer, Gemma3Processor
+
+    # transformers >= 5 without torchvision: the PIL image processor (the default class would warn and fall back)
+    image_cls = getattr(transformers, "Gemma3ImageProcessorPil", None) or transformers.Gemma3ImageProcessor
+    size = int(arch.vision_config.image_size)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir, extra_special_tokens=dict(IMAGE_TOKENS))
+    processor = Gemma3Processor(image_processor=image_cls(size={"height": size, "width": size}),
+                                tokenizer=tokenizer, chat_template=chat_template(),
+                                image_seq_length=int(arch.mm_tokens_per_image))
+    processor.save_pretrained(out_dir)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in IMAGE_TOKENS.items()}
+    return {"boi_token_id": ids["boi_token"], "eoi_token_id": ids["eoi_token"], "image_token_id": ids["image_token"],
+            "boi_token_index": ids["boi_token"], "eoi_token_index": ids["eoi_token"],
+            "image_token_index": ids["image_token"]}

@@ -1,64 +1,131 @@
-"""task=infer: generate from a prompt through the one loading path; results into the run dir."""
+"""task=infer: generate for one prompt or a file of them, through the one loading path.
+
+Results go to ``generations.jsonl`` as each batch finishes (see gemma_run/infer/store.py), so an interrupted
+run restarted with ``resume=<run dir>`` (or ``resume=auto``) answers every prompt exactly once.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.infer.prompts import PromptItem, collect, read_prompts
 
 log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> list[GemmaRunError]:
-    problems: list[GemmaRunError] = []
-    if cfg.prompt is not None and not str(cfg.prompt).strip():
-        problems.append(ConfigError("prompt is empty", key="prompt", fix='prompt="Write a haiku about GPUs"'))
+    """Problems found without loading anything: the prompts (every bad line of a file), the chat keys."""
+    items, problems = collect(cfg)
+    if cfg.system_prompt is not None and not str(cfg.system_prompt).strip():
+        problems.append(ConfigError("system_prompt is empty", key="system_prompt",
+                                    fix="give it some text, or leave it unset"))
+    if cfg.system_prompt and not cfg.chat and not any(i.messages for i in items):
+        problems.append(ConfigError("system_prompt is only used in chats", key="system_prompt",
+                                    fix="chat=true (the system prompt is folded into the first user turn)"))
+    with_image = [i for i in items if i.image is not None]
+    if with_image and cfg.model.text_only:
+        problems.append(ConfigError(f"{with_image[0].source} has an image, but model.text_only=true loads only the "
+                                    "language model", key=with_image[0].source,
+                                    fix="model.text_only=false (needs a multimodal checkpoint with its processor)"))
     return problems
 
 
-def _text(tokenizer: Any, prompt: str, cfg: DictConfig) -> str:
-    if not cfg.chat:
-        return prompt
-    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
-    messages.append({"role": "user", "content": prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    import torch
+    from gemma_run.infer.store import GenerationsFile
 
+    items = read_prompts(cfg)
+    store = GenerationsFile(run_dir)
+    store.load()
+    store.check_matches(items)
+    todo = [item for item in items if item.index not in store.done]
+    result: dict[str, Any] = {"prompts": len(items), "skipped": len(items) - len(todo), "generated": 0,
+                              "generations": str(store.path)}
+    if store.done:
+        log.info("resume: %d of %d prompts already in %s; generating the other %d",
+                 len(store.done), len(items), store.path, len(todo))
+    if not todo:
+        store.finalize()
+        return result
+    result.update(_generate(cfg, todo, store, single=len(items) == 1))
+    store.finalize()
+    return result
+
+
+def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool) -> dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+
+    from gemma_run.infer import generate as gen
+    from gemma_run.infer.render import render, render_image_chat
+    from gemma_run.infer.stats import TimingStreamer, Totals, peak_memory, reset_peak_memory
     from gemma_run.loading import load
 
-    torch.manual_seed(cfg.seed)
+    reset_peak_memory()
     loaded = load(cfg)
-    tok, model = loaded.tokenizer, loaded.model
-    prompt = cfg.prompt if cfg.prompt is not None else "Hello"
-    text = _text(tok, prompt, cfg)
-    inputs = tok(text, return_tensors="pt", add_special_tokens=not cfg.chat).to(loaded.input_device)
-    g = cfg.generation
-    start = time.perf_counter()
-    out = model.generate(
-        **inputs, max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature,
-        top_p=g.top_p, top_k=g.top_k, repetition_penalty=g.repetition_penalty, pad_token_id=tok.pad_token_id,
-    )
-    seconds = time.perf_counter() - start
-    new_tokens = out[0, inputs["input_ids"].shape[1]:]
-    completion = tok.decode(new_tokens, skip_special_tokens=True)
-    print(completion)
-    record = {"index": 0, "prompt": prompt, "completion": completion, "new_tokens": int(new_tokens.numel())}
-    with open(run_dir / "generations.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    return {
-        "checkpoint": str(loaded.path),
-        "dtype": loaded.dtype,
-        "load_seconds": loaded.load_seconds,
-        "bytes_per_device": loaded.bytes_per_device,
-        "new_tokens": int(new_tokens.numel()),
-        "tokens_per_second": round(new_tokens.numel() / seconds, 2) if seconds > 0 else None,
+    model, tok = loaded.model, loaded.tokenizer
+    tok.padding_side = "left"  # decoder-only batches: pad on the left so every row continues its own text
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    images = [k for k, item in enumerate(todo) if item.image is not None]
+    if images and loaded.processor is None:
+        raise GemmaRunError(f"{todo[images[0]].source} has an image, but {loaded.path} ships no image processor "
+                            "(processor_config.json / preprocessor_config.json)", key=todo[images[0]].source,
+                            fix="use the multimodal checkpoint with its processor files, or drop the `image` field")
+    texts = [k for k, item in enumerate(todo) if item.image is None]
+    is_chat = [cfg.chat or item.messages is not None for item in todo]
+    ids = {k: gen.encode(tok, render(todo[k], tok, cfg.chat, cfg.system_prompt), add_special_tokens=not is_chat[k])
+           for k in texts}
+    lengths = [len(ids[k]) for k in texts]
+    gen.check_context([todo[k] for k in texts], lengths, loaded.context_length, cfg.generation.max_new_tokens)
+    # text prompts in length-grouped batches, then each image prompt alone (images differ in soft-token layout)
+    batches = [[texts[i] for i in b] for b in gen.plan_batches(lengths, cfg.batch_size)] + [[k] for k in images]
+    kwargs = gen.generation_kwargs(cfg.generation, model, tok, chat=any(is_chat) or bool(images))
+    stream = single and cfg.generation.stream
+    totals = Totals()
+    device = loaded.input_device
+    bar = tqdm(total=len(todo), desc="prompts", unit="prompt", file=sys.stderr, disable=single)
+    for batch in batches:
+        if cfg.generation.do_sample:  # a prompt's sample depends on the seed and its place, not on resume
+            torch.manual_seed(cfg.seed + min(todo[i].index for i in batch))
+        streamer = TimingStreamer(_console_streamer(tok) if stream else None)
+        first = todo[batch[0]]
+        if first.image is not None:
+            text = render_image_chat(first, loaded.processor, cfg.system_prompt)
+            outputs, seconds = gen.generate_image(model, loaded.processor, text, str(first.image_path), device=device,
+                                                  kwargs=kwargs, stop=list(cfg.generation.stop), streamer=streamer)
+        else:
+            outputs, seconds = gen.generate_batch(model, tok, [ids[i] for i in batch], device=device, kwargs=kwargs,
+                                                  stop=list(cfg.generation.stop), streamer=streamer)
+        records = []
+        for i, out in zip(batch, outputs, strict=True):
+            records.append({**todo[i].record(), "completion": out.completion, "new_tokens": out.new_tokens,
+                            "prompt_tokens": out.prompt_tokens, "stopped_by": out.stopped_by,
+                            "seconds": round(seconds, 4)})
+            totals.add(out.new_tokens, out.prompt_tokens, 0.0, None)
+        totals.add(0, 0, seconds, streamer.ttft)
+        store.append(records)
+        bar.update(len(batch))
+        if single and not stream:
+            print(outputs[0].completion, flush=True)
+    bar.close()
+    summary = {
+        "checkpoint": str(loaded.path), "load_kind": loaded.kind, "dtype": loaded.dtype,
+        "load_seconds": loaded.load_seconds, "bytes_per_device": loaded.bytes_per_device,
+        "input_device": str(device), "generated": len(todo), "batch_size": cfg.batch_size,
+        **totals.summary(), "peak_memory_bytes": peak_memory(),
     }
+    log.info("generated %d prompt(s): %s new tokens, %s tok/s, time to first token %s s",
+             len(todo), summary["new_tokens"], summary["tokens_per_second"], summary["time_to_first_token_s"])
+    return summary
+
+
+def _console_streamer(tokenizer: Any):  # -> transformers.TextStreamer
+    from transformers import TextStreamer
+
+    return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -1,0 +1,1 @@
+"""task=infer, piece by piece: prompts in, chats rendered, batches generated, results stored as they finish."""

@@ -1,0 +1,102 @@
+"""task=infer on a GPU with a random-weight Gemma 3 4B (text-only, as `model=gemma3_4b` loads it):
+bf16, bitsandbytes 8-bit and 4-bit, and a max_memory that forces a GPU + CPU split.
+
+Run on the GPU machine (about 3 minutes on an H100; the first run also builds the random 4B, ~8 GB, into the
+cache):  GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_infer_gpu.py -m gpu -s -q
+It prints load time, tokens/s, time to first token and memory per device for each case.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+PROMPT = "Explain what a transformer is step by step. " * 12  # ~130 tokens with the random model's tokenizer
+NEW = 32
+CASES = {
+    "bf16": ["quant=none", "device_map=auto"],
+    "8bit": ["quant=8bit", "device_map=auto"],
+    "4bit-nf4": ["quant=4bit", "device_map=auto"],
+    # 3 GiB on GPU 0: the embedding (1.3 GB) and the first layers there, the rest on the CPU. The preflight
+    # plan is skipped: it plans GPU budgets only, and this split is the point of the case.
+    "bf16 split gpu+cpu": ["quant=none", "device_map=auto", "+device_map.max_memory.0=3GiB",
+                           "+device_map.max_memory.cpu=100GiB", "plan.preflight=false"],
+}
+ROWS: dict[str, dict] = {}
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def table():
+    yield
+    if not ROWS:
+        return
+    head = f"{'case':<20} {'load s':>7} {'tok/s':>7} {'ttft s':>7}  params GiB per device      peak GiB per device"
+    print("\n\ngemma3_4b (random weights, text-only), prompt ~130 tokens +", NEW, "new, batch 1, greedy")
+    print(head)
+    for name, r in ROWS.items():
+        params = " ".join(f"{d}={_gib(b)}" for d, b in r["bytes_per_device"].items())
+        peak = " ".join(f"{d}={_gib(b)}" for d, b in r["peak_memory_bytes"].items())
+        print(f"{name:<20} {r['load_seconds']:>7.1f} {r['tokens_per_second']:>7.1f} "
+              f"{r['time_to_first_token_s']:>7.3f}  {params:<26} {peak}")
+    print(json.dumps(ROWS, indent=1, default=str))
+
+
+def _overrides(case: str) -> list[str]:
+    return ["model=gemma3_4b", "model.weights=random", f"prompt='{PROMPT}'", f"generation.max_new_tokens={NEW}",
+            "generation.stream=false", *CASES[case]]
+
+
+@pytest.fixture(scope="module")
+def built(cache_dir, tmp_path_factory):
+    """Build the random 4B into the cache first, so no case's load time includes the build."""
+    import time
+
+    from gemma_run import compose
+    from gemma_run.loading import checkpoint
+
+    cfg = compose([f"cache_dir={cache_dir}", *_overrides("bf16")])
+    start = time.perf_counter()
+    path = checkpoint.resolve(cfg.model, cfg.cache_dir)
+    print(f"\nrandom gemma3_4b ready in {time.perf_counter() - start:.1f} s: {path}")
+    # One short untimed run first, so CUDA/cuBLAS start-up is not counted in the first case's figures.
+    from gemma_run import run
+
+    run(compose([f"cache_dir={cache_dir}", *_overrides("bf16"), "generation.max_new_tokens=4"]),
+        tmp_path_factory.mktemp("warmup"))
+    return path
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(CASES))
+def test_gemma3_4b_quant_and_split(compose_cfg, built, tmp_path, case):
+    import torch
+
+    from gemma_run import run
+
+    cfg = compose_cfg(_overrides(case))
+    try:
+        result = run(cfg, tmp_path)
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+    line = json.loads((tmp_path / "generations.jsonl").read_text().splitlines()[0])
+    assert line["new_tokens"] > 0 and result["status"] == "ok"
+    assert result["load_kind"] == "causal_lm"  # random gemma3_4b builds the language model alone
+    ROWS[case] = {k: result[k] for k in ("load_seconds", "tokens_per_second", "time_to_first_token_s",
+                                         "bytes_per_device", "peak_memory_bytes", "dtype", "input_device")}
+    on_gpu = result["bytes_per_device"].get("cuda:0", 0)
+    if case == "bf16":
+        assert on_gpu > 7 * 2**30 and "cpu" not in result["bytes_per_device"]
+    elif case == "8bit":  # Linear weights at 1 byte; the 262k x 2560 embedding stays bf16
+        assert 3.5 * 2**30 < on_gpu < 5.5 * 2**30
+    elif case == "4bit-nf4":
+        assert 2 * 2**30 < on_gpu < 3.5 * 2**30
+    else:
+        assert on_gpu <= 3 * 2**30 and result["bytes_per_device"]["cpu"] > 3 * 2**30
+        assert result["input_device"].startswith(("cuda", "cpu"))

@@ -1,0 +1,264 @@
+"""The one loading path: safetensors-only refusal, missing weights, dtype rules, bitsandbytes checks, device map
+checks, and Gemma 3 multimodal checkpoints loaded text-only (the language model alone)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from gemma_run.errors import GemmaRunError
+from gemma_run.loading import checkpoint, checks, choose_dtype, load, placement, quantization
+
+# --- where the weights are ---------------------------------------------------------------------------------------
+
+
+def _dir_with(tmp_path: Path, *names: str) -> Path:
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    for name in names:
+        (d / name).write_text("{}" if name.endswith(".json") else "x")
+    return d
+
+
+def test_pickle_only_checkpoint_is_refused_with_the_opt_in_key(tmp_path):
+    d = _dir_with(tmp_path, "config.json", "pytorch_model.bin")
+    with pytest.raises(GemmaRunError) as e:
+        checkpoint.check_weights(d, allow_pickle=False)
+    assert e.value.key == "model.allow_pickle"
+    assert "CVE-2025-32434" in e.value.problem and "torch.load" in e.value.problem
+    assert "model.allow_pickle=true" in e.value.fix
+    checkpoint.check_weights(d, allow_pickle=True)  # the explicit opt-in lets it through
+
+
+def test_missing_weights_and_missing_dir(tmp_path):
+    with pytest.raises(GemmaRunError, match="no weights") as e:
+        checkpoint.check_weights(_dir_with(tmp_path, "config.json"), allow_pickle=False)
+    assert e.value.key == "model.path"
+    model_cfg = types.SimpleNamespace(weights=types.SimpleNamespace(name="pretrained"), path=str(tmp_path / "gone"),
+                                      allow_pickle=False)
+    with pytest.raises(GemmaRunError, match="does not exist") as e:
+        checkpoint.resolve(model_cfg, tmp_path)
+    assert "model.weights=random" in e.value.fix
+
+
+def test_fp16_refused_for_gemma3():
+    model_cfg = OmegaConf.create({"dtype": "float16", "config": {"model_type": "gemma3_text"}})
+    with pytest.raises(GemmaRunError, match="overflow") as e:
+        choose_dtype(model_cfg, None)
+    assert e.value.key == "model.dtype"
+    assert choose_dtype(OmegaConf.create({"dtype": "auto", "config": {}}), None, "gemma3") == "float32"  # CPU
+
+
+# --- bitsandbytes --------------------------------------------------------------------------------------------------
+
+def _quant(**keys):
+    base = {"name": "4bit", "backend": {"name": "bitsandbytes"}, "bits": 4, "compute_dtype": "bfloat16"}
+    return OmegaConf.create({**base, **keys})
+
+
+def test_bitsandbytes_that_cannot_import_says_why_and_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    with pytest.raises(GemmaRunError) as e:
+        quantization.check_bitsandbytes(_quant())
+    assert e.value.key == "quant" and "pip install" in e.value.fix and "quant=none" in e.value.fix
+
+
+def test_bitsandbytes_without_a_cpu_backend_is_refused_on_a_cpu_machine(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only case")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(__version__="0.42.0"))
+    with pytest.raises(GemmaRunError, match="no CPU backend") as e:
+        quantization.check_bitsandbytes(_quant())
+    assert ">=0.45" in e.value.fix
+
+
+def test_fp16_compute_refused_for_gemma3_4bit():
+    with pytest.raises(GemmaRunError) as e:
+        quantization.check_bitsandbytes(_quant(compute_dtype="float16"), "gemma3_text")
+    assert e.value.key == "quant.compute_dtype"
+
+
+# --- device maps ---------------------------------------------------------------------------------------------------
+
+def test_devices_must_exist():
+    placement.check_devices({"model.embed_tokens": 0, "lm_head": "cuda:1"}, {0: "20GiB", "cpu": "64GiB"}, n_gpus=2)
+    with pytest.raises(GemmaRunError, match="GPU cuda:2") as e:
+        placement.check_devices({"lm_head": "cuda:2"}, None, n_gpus=2)
+    assert e.value.key == "device_map.map.lm_head"
+    with pytest.raises(GemmaRunError, match="GPU 3"):
+        placement.check_devices("auto", {3: "10GiB"}, n_gpus=2)  # accelerate would drop it silently
+    with pytest.raises(GemmaRunError, match="unknown device 'gpu0'"):
+        placement.check_devices({"": "gpu0"}, None, n_gpus=1)
+
+
+def test_disk_offload_needs_a_folder_and_no_bitsandbytes():
+    with pytest.raises(GemmaRunError) as e:
+        placement.check_offload({"model.layers": "disk"}, None, quantized=False)
+    assert e.value.key == "device_map.offload_folder"
+    with pytest.raises(GemmaRunError, match="bitsandbytes"):
+        placement.check_offload({"model.layers": "disk"}, "/tmp/x", quantized=True)
+
+
+def test_explicit_map_coverage_and_names(compose_cfg):
+    ok = ("{model.embed_tokens:cpu,model.layers.0:cpu,model.layers.1:cpu,model.norm:cpu,model.rotary_emb:cpu,"
+          "lm_head:cpu}")
+    cfg = compose_cfg(["device_map=explicit", f"+device_map.map={ok}"])
+    assert checks.device_map_kwargs(cfg)["device_map"]["model.layers.1"] == "cpu"
+    cfg = compose_cfg(["device_map=explicit", "+device_map.map={model.embed_tokens:cpu,model.layers.0:cpu}"])
+    with pytest.raises(GemmaRunError) as e:
+        checks.device_map_kwargs(cfg)
+    assert "model.layers.1" in e.value.problem and "lm_head" in e.value.problem
+    cfg = compose_cfg(["device_map=explicit", "+device_map.map={model.layer:cpu}"])
+    with pytest.raises(GemmaRunError, match=r"did you mean model\.layers"):
+        checks.device_map_kwargs(cfg)
+
+
+# --- Gemma 3 multimodal checkpoints --------------------------------------------------------------------------------
+
+TINY_MM = {
+    "model_type": "gemma3", "mm_tokens_per_image": 4, "boi_token_index": 6, "eoi_token_index": 7,
+    "image_token_index": 8,
+    "text_config": {"model_type": "gemma3_text", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+                    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+                    "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 16,
+                    "max_position_embeddings": 512},
+    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                      "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
+                      "vision_use_head": False},
+}
+
+
+@pytest.fixture(scope="module")
+def multimodal_dir(tmp_path_factory):
+    """A tiny Gemma 3 multimodal checkpoint (vision tower + language model) saved as safetensors, as published
+    checkpoints are, with the tiny model's tokenizer."""
+    import torch
+    from transformers import AutoConfig, Gemma3ForConditionalGeneration
+
+    from gemma_run.loading.tokenizer_build import build_tokenizer
+
+    d = tmp_path_factory.mktemp("gemma3_mm")
+    params = dict(TINY_MM)
+    config = AutoConfig.for_model(params.pop("model_type"), **params)
+    torch.manual_seed(0)
+    Gemma3ForConditionalGeneration(config).save_pretrained(d, safe_serialization=True)
+    build_tokenizer(512, d, model_max_length=512)
+    return d
+
+
+def _cfg_for(compose_cfg, path: Path, *overrides: str):
+    return compose_cfg(["model.weights=pretrained", f"model.path={path}", "device_map=cpu", *overrides])
+
+
+def test_multimodal_checkpoint_text_only_loads_the_language_model_alone(compose_cfg, multimodal_dir):
+    import torch
+    from transformers import Gemma3ForConditionalGeneration
+
+    loaded = load(_cfg_for(compose_cfg, multimodal_dir))
+    assert loaded.kind == "text_only" and type(loaded.model).__name__ == "Gemma3ForCausalLM"
+    names = [n for n, _ in loaded.model.named_parameters()]
+    assert not any("vision" in n or "multi_modal" in n for n in names)
+    assert loaded.context_length == 512
+    full = Gemma3ForConditionalGeneration.from_pretrained(multimodal_dir, dtype=torch.float32)
+    ids = torch.tensor([[2, 10, 11, 12, 13]])
+    with torch.no_grad():
+        diff = (loaded.model(ids).logits - full(input_ids=ids).logits).abs().max().item()
+    assert diff == 0.0  # the same language model, weight for weight
+    full_bytes = sum(p.numel() * p.element_size() for p in full.parameters())
+    assert sum(loaded.bytes_per_device.values()) < full_bytes
+
+
+def test_multimodal_checkpoint_with_vision_when_asked(compose_cfg, multimodal_dir):
+    loaded = load(_cfg_for(compose_cfg, multimodal_dir, "model.text_only=false"))
+    assert loaded.kind == "image_text"
+    assert any("vision_tower" in n for n, _ in loaded.model.named_parameters())
+
+
+def test_text_only_run_of_a_multimodal_checkpoint_end_to_end(compose_cfg, multimodal_dir, tmp_path):
+    from gemma_run import run
+
+    result = run(_cfg_for(compose_cfg, multimodal_dir, "prompt=Hello", "generation.max_new_tokens=4",
+                          "chat=true"), tmp_path)
+    assert result["load_kind"] == "text_only" and result["new_tokens"] > 0
+
+
+def test_random_weights_of_a_multimodal_config_build_text_only(compose_cfg, tmp_path):
+    cfg = compose_cfg([f"cache_dir={tmp_path}"])
+    OmegaConf.update(cfg, "model.config", TINY_MM, merge=False)
+    OmegaConf.update(cfg, "model.name", "tiny_gemma3_mm")
+    loaded = load(cfg)
+    assert loaded.kind == "causal_lm" and type(loaded.model).__name__ == "Gemma3ForCausalLM"
+    assert checkpoint.resolve(cfg.model, cfg.cache_dir).name.startswith("tiny_gemma3_mm-")
+    shutil.rmtree(tmp_path / "random")
+
+
+def test_image_and_text_prompts_with_a_random_multimodal_model(compose_cfg, tmp_path):
+    """model.text_only=false on a multimodal config builds Gemma3ForConditionalGeneration with a Gemma 3
+    processor; a JSONL line with `image` then goes through the vision tower, text lines through the tokenizer."""
+    from PIL import Image
+
+    from gemma_run import run
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "What colour is this?", "image": "red.png"}\n{"prompt": "Hello"}\n')
+    cfg = compose_cfg([f"cache_dir={tmp_path / 'cache'}", "model.text_only=false", f"prompts_file={prompts}",
+                       "generation.max_new_tokens=4", "batch_size=2"])
+    OmegaConf.update(cfg, "model.config", TINY_MM, merge=False)
+    OmegaConf.update(cfg, "model.name", "tiny_gemma3_mm")
+    result = run(cfg, tmp_path / "run")
+    assert result["load_kind"] == "image_text" and result["generated"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    assert [x["index"] for x in lines] == [0, 1] and lines[0]["image"] == "red.png"
+    # the image's 4 soft tokens (mm_tokens_per_image) are in the prompt, between <start_of_image> and <end_of_image>
+    assert lines[0]["prompt_tokens"] > lines[1]["prompt_tokens"]
+
+
+def test_image_prompt_in_a_text_only_run_is_refused_before_loading(compose_cfg, tmp_path):
+    from gemma_run.tasks.infer import validate
+
+    (tmp_path / "cat.png").write_bytes(b"png")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "What is this?", "image": "cat.png"}\n{"prompt": "x", "image": "dog.png"}\n')
+    problems = validate(compose_cfg([f"prompts_file={prompts}"]))
+    assert [p.key for p in problems] == [f"{prompts}:2", f"{prompts}:1"]
+    assert "does not exist" in problems[0].problem and "model.text_only=false" in problems[1].fix
+
+
+def test_hub_id_found_in_the_local_hf_cache_offline(compose_cfg, tmp_path, monkeypatch):
+    """model.hub_id resolves to the snapshot in the local cache (laid out as `hf download` leaves it), no network."""
+    from huggingface_hub import constants
+
+    cfg = compose_cfg()
+    src = checkpoint.resolve(cfg.model, cfg.cache_dir)
+    repo = tmp_path / "hub" / "models--local--tiny-gemma3"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(src, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = compose_cfg(["model.weights=pretrained", "model.hub_id=local/tiny-gemma3", "device_map=cpu"])
+    loaded = load(cfg)
+    assert loaded.path == snapshot and loaded.kind == "causal_lm"
+
+
+def test_4bit_on_an_avx512_bf16_cpu_needs_output_sizes_divisible_by_32():
+    import torch
+
+    skeleton = torch.nn.ModuleDict({"ok": torch.nn.Linear(64, 64), "odd": torch.nn.Linear(64, 48),
+                                    "lm_head": torch.nn.Linear(64, 500)})
+    quantization.check_cpu_4bit(_quant(skip_modules=[]), skeleton, flags={"avx2"})  # other CPUs: no limit
+    with pytest.raises(GemmaRunError, match="odd has 48") as e:
+        quantization.check_cpu_4bit(_quant(skip_modules=[]), skeleton, flags={"avx512_bf16"})
+    assert "quant=8bit" in e.value.fix
+    quantization.check_cpu_4bit(_quant(skip_modules=["lm_head", "odd"]), skeleton, flags={"avx512_bf16"})
+    quantization.check_cpu_4bit(_quant(bits=8), skeleton, flags={"avx512_bf16"})  # 8-bit has no such limit
