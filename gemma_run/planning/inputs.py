@@ -1,0 +1,142 @@
+"""The one place that reads a run config into the planner's plain arguments.
+
+The training keys belong to the train task's groups; they are read with ``OmegaConf.select(..., default=)``
+so the planner works whether or not those groups are in the config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.planning.devices import cpu_memory, detect_gpus, parse_gpus, parse_size
+from gemma_run.planning.memory import quant_from
+from gemma_run.planning.plan import PlanInputs
+from gemma_run.planning.training import TrainSpec
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _sel(cfg: DictConfig, key: str, default: Any) -> Any:
+    value = OmegaConf.select(cfg, key, default=default)
+    return default if value is None else value
+
+
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.model.config, resolve=True)
+
+
+def num_layers(config: dict[str, Any]) -> int | None:
+    """Decoder layers of a model.config, read without transformers."""
+    text = config.get("text_config") or config
+    return text.get("num_hidden_layers") or text.get("n_layer")
+
+
+def train_spec(cfg: DictConfig) -> TrainSpec:
+    targets = _sel(cfg, "lora.target_modules", list(DEFAULT_TARGETS))
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    return TrainSpec(
+        lora=bool(_sel(cfg, "lora.enabled", True)),
+        lora_r=int(_sel(cfg, "lora.r", 16)),
+        target_modules=targets,
+        zero_stage=int(_sel(cfg, "deepspeed.stage", 0)),
+        offload_optimizer=bool(_sel(cfg, "deepspeed.offload_optimizer", False)),
+        offload_params=bool(_sel(cfg, "deepspeed.offload_params", False)),
+        world=int(_sel(cfg, "launcher.nproc_per_node", 1)) * int(_sel(cfg, "launcher.nnodes", 1)),
+        gradient_checkpointing=bool(_sel(cfg, "train.gradient_checkpointing", True)),
+        seq_len=int(_sel(cfg, "plan.context", None) or _sel(cfg, "train.max_seq_length", 2048)),
+        batch=int(_sel(cfg, "plan.batch", None) or _sel(cfg, "train.per_device_batch_size", 1)),
+    )
+
+
+def gpus(cfg: DictConfig) -> tuple[tuple[int, ...], str]:
+    """(bytes per GPU, where they came from): plan.gpus, else the GPUs found; capped by device_map.max_memory."""
+    given = list(_sel(cfg, "plan.gpus", []))
+    if given:
+        found, source = parse_gpus(given), "plan.gpus"
+    else:
+        found, source = detect_gpus(), "detected"
+    caps = dict(cfg.device_map.max_memory or {})
+    out = []
+    for i, size in enumerate(found):
+        cap = caps.get(str(i))
+        out.append(min(size, parse_size(cap, "device_map.max_memory")) if cap else size)
+    return tuple(out), source if out else "none"
+
+
+def dtype(cfg: DictConfig, on_gpu: bool) -> str:
+    name = cfg.model.dtype
+    if name == "auto":
+        name = "bfloat16" if on_gpu else "float32"
+    model_type = str(cfg.model.config.get("model_type", ""))
+    if name == "float16" and model_type.startswith("gemma3"):
+        raise GemmaRunError("float16 is refused for Gemma 3: its activations overflow fp16 (max 65504)",
+                            key="model.dtype", fix="model.dtype=bfloat16")
+    return name
+
+
+def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
+    """The plan inputs of a run config (``mode`` infer | train) and a note of where the GPUs came from."""
+    gpu_list, source = gpus(cfg)
+    dm = cfg.device_map
+    strategy = dm.strategy.name
+    on_gpu = bool(gpu_list) and strategy != "cpu" and not (strategy == "single" and dm.device == "cpu")
+    q = cfg.quant
+    quant = quant_from(q.backend.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules))
+    cpu_cap = dm.max_memory.get("cpu") if dm.max_memory else None
+    cpu_cap = cpu_cap or _sel(cfg, "plan.cpu_memory", None)
+    ctx = _sel(cfg, "plan.context", None)
+    new = int(cfg.generation.max_new_tokens)
+    prompt = int(_sel(cfg, "plan.prompt_tokens", 128))
+    if ctx is not None:
+        prompt = min(prompt, int(ctx))
+        new = int(ctx) - prompt
+    inputs = PlanInputs(
+        config=model_config(cfg), text_only=bool(cfg.model.text_only), dtype=dtype(cfg, on_gpu),
+        quant=quant, quant_cpu_offload=bool(q.cpu_offload), mode=mode,
+        prompt=prompt, new_tokens=new, batch=int(_sel(cfg, "plan.batch", None) or cfg.batch_size),
+        gpus=gpu_list, strategy=strategy,
+        single_device=str(dm.device).removeprefix("cuda:"),
+        explicit_map=tuple((str(k), str(v)) for k, v in (dm.map or {}).items()),
+        cpu_budget=parse_size(cpu_cap, "plan.cpu_memory") if cpu_cap else cpu_memory(),
+        disk=bool(dm.offload_folder),
+        overhead_per_gpu=parse_size(_sel(cfg, "plan.overhead_per_gpu", "1GiB"), "plan.overhead_per_gpu"),
+        train=train_spec(cfg),
+    )
+    return inputs, {"gpus_from": source}
+
+
+def check(cfg: DictConfig) -> list[GemmaRunError]:
+    """Bad plan input found without torch: sizes, context, batch, more GPUs than layers."""
+    problems: list[GemmaRunError] = []
+    given = list(_sel(cfg, "plan.gpus", []))
+    n_gpus = 0
+    try:
+        n_gpus = len(parse_gpus(given)) if given else 0
+    except GemmaRunError as e:
+        problems.append(e)
+    for key in ("plan.context", "plan.batch", "plan.prompt_tokens"):
+        value = _sel(cfg, key, None)
+        if value is not None and int(value) <= 0:
+            problems.append(ConfigError(f"{key}={value} must be > 0", key=key, fix=f"{key}=4096" if "context" in key
+                                        else f"{key}=1"))
+    for key in ("plan.cpu_memory", "plan.overhead_per_gpu"):
+        value = _sel(cfg, key, None)
+        if value is not None:
+            try:
+                parse_size(value, key)
+            except GemmaRunError as e:
+                problems.append(e)
+    layers = num_layers(model_config(cfg))
+    if n_gpus and layers and n_gpus > layers and cfg.device_map.strategy.name in ("auto", "balanced",
+                                                                                   "balanced_low_0", "sequential"):
+        problems.append(ConfigError(f"plan.gpus lists {n_gpus} GPUs but {cfg.model.name} has {layers} decoder layers: "
+                                    "a device map cannot give every GPU a layer", key="plan.gpus",
+                                    fix=f"plan for at most {layers} GPUs"))
+    mode = _sel(cfg, "plan.mode", "infer")
+    if mode not in ("infer", "train"):
+        problems.append(ConfigError(f"plan.mode={mode!r} is not infer or train", key="plan.mode",
+                                    fix="plan.mode=infer"))
+    return problems

@@ -1,0 +1,122 @@
+"""KV cache and activation memory, from the language model's shape.
+
+KV cache: per decoder layer, batch x 2 (K and V) x kv_heads x head_dim x tokens x dtype bytes. A sliding
+layer (Gemma 3: 5 of every 6; Gemma 2: every other one) keeps at most ``sliding_window`` tokens (transformers'
+sliding cache layers), a global layer the whole context.
+
+Activations are an estimate from the ops of one decoder layer (see ``layer_forward_bytes``) plus the logits;
+bench/plan_accuracy.py measures how close it is on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 2**20
+# CUDA workspaces the caching allocator holds once matmuls run (cuBLAS/cuBLASLt: 32 MiB on Hopper, per stream).
+WORKSPACE = 64 * MiB
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the memory formulas need to know about a language model."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    layer_types: tuple[str, ...]  # "full_attention" | "sliding_attention" per layer
+    sliding_window: int | None
+    logit_softcap: bool
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def shape_of(text_cfg: Any) -> Shape:
+    """The :class:`Shape` of a transformers text config (Gemma 2/3, GPT-2, Llama-like)."""
+    g = lambda *names, default=None: next(  # noqa: E731
+        (getattr(text_cfg, n) for n in names if getattr(text_cfg, n, None) is not None), default)
+    hidden = g("hidden_size", "n_embd")
+    layers = g("num_hidden_layers", "n_layer")
+    heads = g("num_attention_heads", "n_head")
+    kv_heads = g("num_key_value_heads", default=heads)
+    head_dim = g("head_dim", default=hidden // heads)
+    inter = g("intermediate_size", "n_inner", default=4 * hidden)
+    window = g("sliding_window")
+    types = tuple(g("layer_types", default=None) or ["full_attention"] * layers)
+    if window is None:
+        types = tuple("full_attention" for _ in types)
+    return Shape(hidden, inter, layers, heads, kv_heads, head_dim, g("vocab_size"), types, window,
+                 bool(g("final_logit_softcapping")))
+
+
+def kv_tokens(shape: Shape, layer: int, context: int) -> int:
+    """Tokens layer ``layer`` keeps in its cache for a context of ``context`` tokens."""
+    if shape.layer_types[layer] == "sliding_attention" and shape.sliding_window:
+        return min(context, shape.sliding_window)
+    return context
+
+
+def kv_layer_bytes(shape: Shape, layer: int, context: int, batch: int, dtype_bytes: int) -> int:
+    return batch * 2 * shape.kv_dim * kv_tokens(shape, layer, context) * dtype_bytes
+
+
+def kv_bytes(shape: Shape, context: int, batch: int, dtype_bytes: int) -> int:
+    """The whole KV cache."""
+    return sum(kv_layer_bytes(shape, i, context, batch, dtype_bytes) for i in range(shape.layers))
+
+
+def layer_forward_bytes(shape: Shape, tokens: int, dtype_bytes: int) -> int:
+    """Peak of transient tensors inside one decoder layer's forward without autograd (inference).
+
+    Per token: the norms upcast to fp32 (input, fp32 copy, fp32 result: ~10 x hidden bytes), q/k/v and their
+    rotary copies (2 x (q + 2 kv) elements), the attention output, and the MLP's three live tensors of the
+    intermediate size (activation, up, product).
+    """
+    per_token = (10 * shape.hidden + dtype_bytes * (2 * (shape.q_dim + 2 * shape.kv_dim) + shape.q_dim
+                                                    + 3 * shape.intermediate))
+    return tokens * per_token
+
+
+def layer_saved_bytes(shape: Shape, tokens: int, dtype_bytes: int) -> int:
+    """Tensors one decoder layer saves for backward (training without checkpointing), per the ops it runs:
+    4 RMSNorms (fp32 input + normalised output: 8 x hidden each, q/k norms alike), the inputs of q/k/v, o and
+    the MLP projections, rotary q/k, attention output and log-sum-exp, and the MLP's gate, activation and up.
+    """
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    norms = 4 * 8 * h + 8 * (q + kv)
+    attn = dtype_bytes * (h + 3 * (q + 2 * kv) + 2 * q) + 4 * shape.heads
+    mlp = dtype_bytes * (h + 4 * i)
+    return tokens * (norms + attn + mlp)
+
+
+def logits_generate_bytes(shape: Shape, batch: int, dtype_bytes: int) -> int:
+    """generate() computes the last position's logits only (logits_to_keep=1): the model's logits plus the
+    fp32 copy and the processed scores."""
+    copies = 3 if shape.logit_softcap else 1
+    return batch * shape.vocab * (copies * dtype_bytes + 2 * 4)
+
+
+def logits_train_bytes(shape: Shape, tokens: int, dtype_bytes: int) -> int:
+    """Logits of every position and the loss: bf16 logits (kept by the output), the fp32 upcast and the saved
+    log-softmax (fp32), and in backward the bf16 gradient of the logits: 12 bytes a logit in bf16. Checked
+    against stack.md's measurement: 4B LoRA, seq 2048 x batch 4 = 33 GiB peak; this plans 33.3 GiB."""
+    softcap = 2 * dtype_bytes if shape.logit_softcap else 0
+    return tokens * shape.vocab * (dtype_bytes + 4 + 4 + dtype_bytes + softcap)
+
+
+def prefill_mask_bytes(shape: Shape, batch: int, prompt: int) -> int:
+    """A boolean attention mask batch x prompt x prompt is built when sliding layers need one (prompt > window)."""
+    if shape.sliding_window and prompt > shape.sliding_window and "sliding_attention" in shape.layer_types:
+        return batch * prompt * prompt
+    return 0

@@ -1,0 +1,107 @@
+"""Bytes of the weights for a dtype or a bitsandbytes mode, tensor by tensor, as bitsandbytes stores them.
+
+What bitsandbytes 0.45-0.50 keeps for one quantized Linear weight of n = out x in elements (checked on a
+quantized model: ``Int8Params.SCB``, ``Params4bit.quant_state``):
+- 8-bit (LLM.int8): the int8 weight (n bytes) + ``SCB``, one fp32 scale per output row (4 x out bytes).
+- 4-bit (nf4/fp4): the packed weight (n/2 bytes, whatever ``quant_storage`` dtype holds it) + one absmax per
+  block of 64 weights: fp32 (4 bytes) without double quant; with double quant a uint8 per block + one fp32
+  per 256 blocks + a 256-entry fp32 code and an fp32 offset. Plus the 16-entry fp32 nf4/fp4 code.
+Which modules are quantized is transformers' decision, reproduced by calling its own functions: every
+``nn.Linear`` (and GPT-2's ``Conv1D``) except ``get_keys_to_not_convert`` (the lm_head, tied weights, the last
+module) when no skip list is given, else exactly the skip list, plus ``_keep_in_fp32_modules``. Embeddings,
+norms, convolutions and biases keep the model's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gemma_run.planning.params import Tensor, Unit
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+BLOCK = 64  # bitsandbytes' 4-bit block size on CUDA (and CPU)
+NESTED_BLOCK = 256  # double quant: blocks of absmax values per fp32 scale
+ALLOC_ROUND = 512  # the CUDA caching allocator rounds every tensor up to 512 bytes
+
+
+@dataclass(frozen=True)
+class Quant:
+    """How the weights are stored: mode none | int8 | nf4 | fp4."""
+
+    mode: str = "none"
+    double_quant: bool = True
+    skip_modules: tuple[str, ...] = ()  # as quant.skip_modules: replaces transformers' default skip list
+
+    @property
+    def bits(self) -> int:
+        return {"none": 16, "int8": 8, "nf4": 4, "fp4": 4}[self.mode]
+
+
+def quant_from(backend: str, bits: int, quant_type: str, double_quant: bool, skip: list[str] | tuple) -> Quant:
+    """The quant group's values -> a :class:`Quant`."""
+    if backend == "none":
+        return Quant()
+    mode = "int8" if bits == 8 else quant_type
+    return Quant(mode, double_quant, tuple(skip))
+
+
+def quantized_modules(model: Any, quant: Quant) -> set[str]:
+    """Names of the modules transformers replaces with bitsandbytes layers for ``quant`` (empty for none)."""
+    if quant.mode == "none":
+        return set()
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    # transformers 4.x and 5.x keep these in different modules (gemma_run.loading.compat)
+    from gemma_run.loading.compat import keys_to_not_convert as get_keys_to_not_convert
+    from gemma_run.loading.compat import should_convert_module
+
+    skip = list(quant.skip_modules) if quant.skip_modules else list(get_keys_to_not_convert(model))
+    skip += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    return {name for name, module in model.named_modules()
+            if (type(module) is nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skip)}
+
+
+def quantized_weight_bytes(numel: int, rows: int, quant: Quant) -> int:
+    """Bytes bitsandbytes holds for one quantized weight of ``numel`` elements with ``rows`` output rows."""
+    if quant.mode == "int8":
+        return _r(numel) + _r(rows * 4)  # CB (int8) + SCB (fp32 per row)
+    packed = _r((numel + 1) // 2)
+    blocks = -(-numel // BLOCK)
+    code = _r(16 * 4)
+    if not quant.double_quant:
+        return packed + _r(blocks * 4) + code
+    nested = -(-blocks // NESTED_BLOCK)
+    return packed + _r(blocks) + _r(nested * 4) + _r(256 * 4) + _r(4) + code
+
+
+def tensor_bytes(t: Tensor, quant: Quant, quantized: set[str], dtype: str) -> int:
+    """Bytes of one tensor on a GPU (allocator rounding included)."""
+    if not t.is_buffer and t.name.endswith(".weight") and t.module in quantized:
+        rows = t.shape[0] if t.shape else 1
+        return quantized_weight_bytes(t.numel, rows, quant)
+    width = DTYPE_BYTES[t.dtype] if t.is_buffer else DTYPE_BYTES[dtype]
+    if t.is_buffer and t.dtype in ("bfloat16", "float16", "float32") and t.dtype != "float32":
+        width = DTYPE_BYTES[dtype]
+    return _r(t.numel * width)
+
+
+def unit_bytes(unit: Unit, quant: Quant, quantized: set[str], dtype: str) -> int:
+    return sum(tensor_bytes(t, quant, quantized, dtype) for t in unit.tensors)
+
+
+def _r(n: int) -> int:
+    return -(-n // ALLOC_ROUND) * ALLOC_ROUND if n else 0
+
+
+def dtype_table(unit_list: list[Unit], model: Any) -> dict[str, int]:
+    """Total weight bytes of the model in each storage mode (a quick comparison table)."""
+    out = {}
+    for label, dtype, quant in (("float32", "float32", Quant()), ("bfloat16", "bfloat16", Quant()),
+                                ("float16", "float16", Quant()), ("int8", "bfloat16", Quant("int8")),
+                                ("nf4", "bfloat16", Quant("nf4", double_quant=False)),
+                                ("nf4+double_quant", "bfloat16", Quant("nf4", double_quant=True))):
+        q = quantized_modules(model, quant)
+        out[label] = sum(unit_bytes(u, quant, q, dtype) for u in unit_list)
+    return out

@@ -1,0 +1,45 @@
+"""The preflight plugin: plan infer and train runs before loading anything; refuse one that cannot fit.
+
+Runs after env/shims (order 30) and before the task. It plans on the GPUs found (or those in ``plan.gpus``);
+with no GPU and no ``plan.gpus`` it checks CPU memory. ``plan.preflight=false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import OmegaConf
+
+from gemma_run.context import RunContext
+from gemma_run.errors import GemmaRunError
+
+log = logging.getLogger(__name__)
+
+MODES = {"infer": "infer", "train": "train"}  # task name -> what to plan; other tasks are not checked
+
+
+class Preflight:
+    """Refuse, before loading, a run whose plan does not fit, naming the plan's suggestion."""
+
+    def __call__(self, ctx: RunContext) -> None:
+        cfg = ctx.cfg
+        mode = MODES.get(str(cfg.task.name))
+        if mode is None or not OmegaConf.select(cfg, "plan.preflight", default=True):
+            return
+        from gemma_run.planning import inputs
+        from gemma_run.planning.plan import make_plan
+        from gemma_run.planning.suggest import explain, suggest
+
+        p, note = inputs.from_cfg(cfg, mode)
+        plan = make_plan(p)
+        per_device = ", ".join(f"{d} {b / 2**30:.2f} GiB" for d, b in plan["bytes_per_device"].items())
+        ctx.result["preflight"] = {"fits": plan["fits"], "bytes_per_device": plan["bytes_per_device"], **note}
+        if plan["fits"]:
+            log.info("preflight: fits (%s; GPUs %s)", per_device, note["gpus_from"])
+            return
+        suggestions = suggest(p)
+        ctx.result["preflight"]["suggestion"] = suggestions
+        raise GemmaRunError(f"preflight: {cfg.model.name} ({mode}, quant={cfg.quant.name}) "
+                            + explain(plan, suggestions), key="plan",
+                            fix=(f"{suggestions[0]}; " if suggestions else "")
+                            + "see `gemma-run task=plan ...` for the whole plan; plan.preflight=false skips this check")
