@@ -1,0 +1,107 @@
+"""Multi-process launch: the resolved config written once, then torchrun or the deepspeed launcher on the worker.
+
+Each rank runs ``python -m gemma_run.worker <run_dir>``, which reads that file: no rank composes a config of its
+own (each would make its own timestamped run dir), and every rank trains from the same values. This process
+waits, then reads the result rank 0 wrote; a failed rank's error comes back as this run's error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gemma_run.context import write_json
+from gemma_run.errors import GemmaRunError
+
+log = logging.getLogger(__name__)
+
+CONFIG = "train_config.yaml"  # the resolved config every rank reads
+RESULT = "worker_result.json"  # rank 0's result
+ERROR = "worker_error.json"  # the first user-fixable error a rank met
+
+
+def write_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """The config with every interpolation resolved (cache_dir from the env, ...), written atomically."""
+    path = run_dir / CONFIG
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)
+    return path
+
+
+def worker_args(run_dir: Path, resume_from: Path | None) -> list[str]:
+    args = ["-m", "gemma_run.worker", str(run_dir)]
+    return args + (["--resume-from", str(resume_from)] if resume_from else [])
+
+
+def command(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> list[str]:
+    """The launcher command line for the `launcher` group."""
+    la = cfg.launcher
+    if la.kind.name == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={la.nproc_per_node}",
+               f"--nnodes={la.nnodes}"]
+        if la.rdzv_endpoint:
+            cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={la.rdzv_endpoint}", f"--rdzv_id={la.rdzv_id}"]
+        else:
+            cmd += [f"--node_rank={la.node_rank}", f"--master_addr={la.master_addr}",
+                    f"--master_port={la.master_port}"]
+        return cmd + worker_args(run_dir, resume_from)
+    # the deepspeed launcher: --module runs `python -m gemma_run.worker`; it adds --local_rank, which the
+    # worker accepts and ignores (LOCAL_RANK is in its environment too)
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_addr={la.master_addr}",
+           f"--master_port={la.master_port}"]
+    if la.hostfile:
+        cmd += [f"--hostfile={la.hostfile}", f"--num_nodes={la.nnodes}"]
+    else:
+        cmd += [f"--num_gpus={la.nproc_per_node}", f"--num_nodes={la.nnodes}", f"--node_rank={la.node_rank}"]
+    return [*cmd, "--module", *worker_args(run_dir, resume_from)[1:]]
+
+
+def _remove_shm_buffers(addr: str, port: int) -> None:
+    """The deepspeed launcher leaves its ranks' shared-memory allreduce buffers in /dev/shm; they are named
+    after this run's master address and port, so only this run's are removed."""
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        for path in shm.glob(f"deepspeed_*_{addr}_{port}_*"):
+            path.unlink(missing_ok=True)
+
+
+def launch(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
+    """Start the processes, wait for them, and return rank 0's result."""
+    from gemma_run.training import deepspeed_config
+
+    run_dir = Path(run_dir)
+    ds = deepspeed_config.render(cfg.deepspeed)
+    if ds is not None:
+        write_json(run_dir / "ds_config.json", ds)  # for reading only: every rank renders the same dict
+    for name in (RESULT, ERROR):
+        (run_dir / name).unlink(missing_ok=True)
+    cmd = command(cfg, run_dir, resume_from)
+    log.info("launch: %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, check=False)
+    finally:
+        if cfg.launcher.kind.name == "deepspeed":
+            _remove_shm_buffers(cfg.launcher.master_addr, cfg.launcher.master_port)
+    if cfg.launcher.node_rank > 0 and not cfg.launcher.hostfile:
+        if proc.returncode != 0:
+            raise GemmaRunError(f"this node's training processes failed (exit {proc.returncode})", key="launcher",
+                                fix="read the first traceback above, and node 0's log")
+        return {"node_rank": cfg.launcher.node_rank, "outputs": "written by node 0 (rank 0)"}
+    if (run_dir / ERROR).is_file():
+        error = json.loads((run_dir / ERROR).read_text())
+        raise GemmaRunError(error["problem"], key=error.get("key"), fix=error.get("fix"))
+    if proc.returncode != 0:
+        raise GemmaRunError(f"the training processes failed (the launcher exited with {proc.returncode}); "
+                            "the first rank's traceback is above", key="launcher",
+                            fix="read the first traceback; launcher=local runs the same training in one process")
+    if not (run_dir / RESULT).is_file():
+        raise GemmaRunError(f"the training processes exited without a result ({run_dir / RESULT})",
+                            key="launcher", fix="read the log above for the failing rank")
+    return json.loads((run_dir / RESULT).read_text())

@@ -1,0 +1,118 @@
+"""Schemas of fine-tuning: ``train``, ``data``, ``lora`` (keys of the run) and the ``deepspeed`` and
+``launcher`` groups, plus the ``train`` and ``merge`` task options.
+
+The names mirror the seeds' training flags (per-device batch size, gradient accumulation, ...) so the seeds'
+command maps onto overrides one to one (docs/train.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from gemma_run.schema.tasks import TaskConfig
+
+
+@dataclass
+class TrainConfig:
+    max_seq_length: int = 1024  # longer examples are truncated (and counted in the result)
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 2.0e-4
+    warmup_ratio: float = 0.0  # fraction of the steps spent warming up
+    warmup_steps: int = 0  # > 0 overrides warmup_ratio
+    lr_scheduler: str = "linear"  # any transformers SchedulerType: linear | cosine | constant | ...
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    save_steps: int = 100
+    save_total_limit: int | None = 2  # keep the last K checkpoints; null keeps all
+    eval_steps: int | None = None  # null: evaluate when saving (only when there is eval data)
+    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
+    # Where checkpoints, the adapter and logs go; null: the run dir.
+    output_dir: str | None = None
+    # eager is what Gemma 3 was trained with (its attention softcapping/sliding windows); sdpa is faster.
+    attn_implementation: str = "eager"
+    merge: bool = False  # after training, also write the base model with the adapter merged into <output>/merged
+    dataloader_workers: int = 0
+
+
+class DataFormat(Enum):
+    auto = "auto"  # from the first record: messages -> chat, instruction+output -> alpaca, text -> text
+    alpaca = "alpaca"  # {"instruction", "input" (optional), "output"}
+    chat = "chat"  # {"messages": [{"role", "content"}, ...]} through the tokenizer's chat template
+    text = "text"  # {"text"}: plain language modelling
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = None  # .jsonl, .json, .parquet, or a dir written by datasets' save_to_disk
+    format: DataFormat = DataFormat.auto
+    eval_file: str | None = None
+    eval_split: float = 0.0  # fraction of train_file held out for evaluation when there is no eval_file
+    # Several examples per row, kept apart by position ids (transformers' DataCollatorWithFlattening).
+    packing: bool = False
+    # alpaca and chat: loss on the responses only (prompts masked with -100); text always trains on everything.
+    completion_only_loss: bool = True
+    split_seed: int | None = None  # seed of the eval_split draw; null: the run's seed
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True  # false: full fine-tuning
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # every projection of attention and MLP; "all-linear" is also accepted as a single entry
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    bias: str = "none"
+
+
+@dataclass
+class DeepSpeedConfig:
+    name: str = "none"
+    stage: int = 0  # 0: no DeepSpeed; 2: shard optimizer state + gradients; 3: also the parameters
+    offload_optimizer: bool = False  # optimizer state in CPU memory (DeepSpeed's CPU Adam)
+    offload_params: bool = False  # stage 3 only: parameters in CPU memory
+    overlap_comm: bool = True
+    # Raw keys merged last into the rendered JSON (for what the group does not cover), e.g.
+    # '+deepspeed.extra={zero_optimization:{reduce_bucket_size:5e7}}'
+    extra: dict = field(default_factory=dict)
+
+
+class LauncherKind(Enum):
+    local = "local"  # this process (one process)
+    torchrun = "torchrun"
+    deepspeed = "deepspeed"
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"
+    kind: LauncherKind = LauncherKind.local
+    nproc_per_node: int = 1  # processes on this node (one per GPU)
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    hostfile: str | None = None  # deepspeed launcher: "host slots=N" lines; it starts the other nodes over ssh
+    rdzv_endpoint: str | None = None  # torchrun: host:port of the c10d rendezvous (elastic / several nodes)
+    rdzv_id: str = "gemma-run"
+
+
+@dataclass
+class TrainTaskConfig(TaskConfig):
+    name: str = "train"
+    _target_: str = "gemma_run.tasks.train.run"
+
+
+@dataclass
+class MergeTaskConfig(TaskConfig):
+    name: str = "merge"
+    _target_: str = "gemma_run.tasks.merge.run"
+    # A training run dir (its adapter/ is used) or an adapter dir (adapter_config.json + safetensors).
+    adapter: str | None = None
+    output_dir: str | None = None  # null: <run dir>/merged

@@ -1,0 +1,150 @@
+"""task=train: LoRA / QLoRA / full fine-tuning through the HF Trainer, in this process or launched on N.
+
+Everything that can be refused is refused here first (config, output dir, every data record, fp16 on Gemma 3)
+before a model is loaded or a process started; resume picks its checkpoint once, here, for every rank.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gemma_run.errors import ConfigError, GemmaRunError
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg: DictConfig) -> list[GemmaRunError]:
+    t, d, ds, la = cfg.train, cfg.data, cfg.deepspeed, cfg.launcher
+    problems: list[GemmaRunError] = []
+
+    def need(ok: bool, problem: str, key: str, fix: str) -> None:
+        if not ok:
+            problems.append(ConfigError(problem, key=key, fix=fix))
+
+    need(bool(d.train_file), "task=train needs data.train_file", "data.train_file",
+         "data.train_file=/path/to/train.jsonl (formats: docs/train.md)")
+    for key in ("per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
+        need(t[key] >= 1, f"train.{key}={t[key]} must be >= 1", f"train.{key}", f"train.{key}=1")
+    need(t.max_seq_length >= 8, f"train.max_seq_length={t.max_seq_length} is too short", "train.max_seq_length",
+         "train.max_seq_length=1024")
+    need(t.max_steps > 0 or t.epochs > 0, "neither train.max_steps nor train.epochs is > 0", "train.epochs",
+         "train.epochs=1 or train.max_steps=100")
+    need(0 <= t.warmup_ratio < 1, f"train.warmup_ratio={t.warmup_ratio} must be in [0, 1)", "train.warmup_ratio",
+         "train.warmup_ratio=0.03")
+    need(0 <= d.eval_split < 1, f"data.eval_split={d.eval_split} must be in [0, 1)", "data.eval_split",
+         "data.eval_split=0.05")
+    need(ds.stage in (0, 1, 2, 3), f"deepspeed.stage={ds.stage} is not a ZeRO stage", "deepspeed.stage",
+         "deepspeed=zero2 or deepspeed=zero3")
+    need(not ds.offload_params or ds.stage == 3, "deepspeed.offload_params needs ZeRO stage 3",
+         "deepspeed.offload_params", "deepspeed=zero3_offload")
+    need(cfg.lora.enabled or cfg.quant.backend.name == "none", "a quantized model cannot be fully fine-tuned "
+         "(its weights are frozen integers)", "lora.enabled", "lora.enabled=true (QLoRA), or quant=none")
+    need(not (cfg.quant.bits == 8 and ds.stage == 3), "8-bit weights cannot be sharded by ZeRO-3", "quant",
+         "quant=4bit (QLoRA stores 4-bit weights in the training dtype for ZeRO-3), or deepspeed=zero2")
+    local = la.kind.name == "local"
+    need(not local or (la.nproc_per_node == 1 and la.nnodes == 1), f"launcher=local runs one process, but "
+         f"launcher.nproc_per_node={la.nproc_per_node} launcher.nnodes={la.nnodes}", "launcher",
+         "launcher=torchrun (or launcher=deepspeed) to start several processes")
+    need(la.nproc_per_node >= 1 and la.nnodes >= 1, "launcher.nproc_per_node and launcher.nnodes must be >= 1",
+         "launcher", "launcher.nproc_per_node=2")
+    if ds.stage > 0 or la.kind.name == "deepspeed":
+        need(importlib.util.find_spec("deepspeed") is not None, "deepspeed is not installed", "deepspeed",
+             "pip install 'gemma-run[deepspeed]' (or deepspeed=none launcher=torchrun)")
+    return problems
+
+
+def _check_writable(out: Path) -> None:
+    """Fail now, not at the first checkpoint an hour in."""
+    probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise GemmaRunError(f"cannot write into the output dir {out}: {e.strerror}", key="train.output_dir",
+                            fix="choose a writable train.output_dir (default: the run dir), or fix its "
+                                "permissions") from None
+
+
+def _resume_point(cfg: DictConfig, out: Path) -> tuple[Path | None, list[dict[str, str]]]:
+    from gemma_run.training import checkpoints, logs
+
+    if not cfg.resume:
+        found = checkpoints.checkpoints(out)
+        if found:
+            raise GemmaRunError(f"{out} already holds checkpoints ({found[0][1].name}, ...) of an earlier run",
+                                key="train.output_dir", fix=f"resume={out} to continue it, or choose another "
+                                "train.output_dir (nothing was overwritten)")
+        return None, []
+    point = checkpoints.find_resume(out)
+    if point.checkpoint is not None:
+        logs.cut(out / logs.LOSSES, point.step)
+    elif (out / logs.LOSSES).exists():
+        logs.cut(out / logs.LOSSES, 0)
+    skipped = [{"moved_to": str(p), "reason": why} for p, why in point.skipped]
+    return point.checkpoint, skipped
+
+
+# What fixes the data order and the schedule: a resumed run must keep them (less the keys that do not).
+SAME_ON_RESUME = ("model", "quant", "train", "data", "lora", "deepspeed", "seed")
+FREE_ON_RESUME = ("train.merge", "train.logging_steps", "train.save_steps", "train.save_total_limit",
+                  "train.eval_steps", "train.dataloader_workers", "train.gradient_checkpointing")
+
+
+def _check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
+    """resume composes the config again from the command line: refuse one that changed the schedule."""
+    from omegaconf import OmegaConf
+
+    from gemma_run.launch import CONFIG
+
+    saved_path = run_dir / CONFIG
+    if not cfg.resume or not saved_path.is_file():
+        return
+    saved = OmegaConf.load(saved_path)
+    changed = []
+    for key in SAME_ON_RESUME:
+        old = saved.get(key)
+        old = OmegaConf.to_container(old, resolve=True) if OmegaConf.is_config(old) else old
+        new = cfg[key]
+        new = OmegaConf.to_container(new, resolve=True, enum_to_str=True) if OmegaConf.is_config(new) else new
+        changed += _diff(old, new, key)
+    if changed:
+        raise GemmaRunError(f"resume: the settings differ from the run being continued ({'; '.join(changed[:5])})",
+                            key=changed[0].split(":")[0], fix=f"repeat the first run's overrides (saved in "
+                            f"{saved_path}); a new schedule needs a new run")
+
+
+def _diff(old: Any, new: Any, key: str) -> list[str]:
+    if key in FREE_ON_RESUME:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _diff(old.get(k), new.get(k), f"{key}.{k}")]
+    return [] if old == new else [f"{key}: {old!r} -> {new!r}"]
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from gemma_run.launch import launch, write_config
+    from gemma_run.loading import choose_dtype
+    from gemma_run.training import data, merge, trainer
+
+    out = trainer.output_dir(cfg, run_dir)
+    _check_writable(out)
+    checked = data.read_checked(cfg)
+    choose_dtype(cfg.model, cfg.quant)  # refuses fp16 on Gemma 3 before any process starts
+    _check_same_settings(cfg, run_dir)
+    resume_from, skipped = _resume_point(cfg, out)
+    write_config(cfg, run_dir)  # what every rank reads, and what a later resume is compared with
+    if cfg.launcher.kind.name == "local":
+        result = trainer.train(cfg, run_dir, resume_from=resume_from, checked=checked)
+    else:
+        result = launch(cfg, run_dir, resume_from)
+    result["skipped_checkpoints"] = skipped
+    if cfg.train.merge and "adapter" in result:  # node 0 merges; other nodes return no adapter
+        result["merge"] = merge.merge(cfg, Path(result["adapter"]), out / "merged", replace=True)
+    return result

@@ -1,0 +1,72 @@
+"""The loss log (losses.jsonl, one line per logging step, rank 0) and the loss-curve PNG drawn from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+LOSSES = "losses.jsonl"
+CURVE = "loss_curve.png"
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cut(path: Path, step: int) -> None:
+    """On resume: drop the lines logged after the checkpoint we continue from (they are logged again)."""
+    kept = [r for r in read(path) if r["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+
+
+def loss_callback(path: Path) -> Any:
+    """A TrainerCallback appending every logged train/eval loss to ``path`` (world process zero only)."""
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return control
+            row = {"step": state.global_step, "epoch": state.epoch}
+            for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+                if key in logs:
+                    row[key] = logs[key]
+            if "loss" in row or "eval_loss" in row:
+                with path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            return control
+
+    return LossLog()
+
+
+def plot(path: Path, out: Path) -> Path | None:
+    """Train (and eval) loss against step as a PNG; None when nothing was logged."""
+    rows = read(path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a training node
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="eval")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,45 @@
+"""The lora group -> a peft adapter on the loaded model (QLoRA when the model was loaded in 4 bits)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def peft_config(lora_cfg: Any):  # -> peft.LoraConfig
+    from peft import LoraConfig, TaskType
+
+    targets = list(lora_cfg.target_modules)
+    return LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        bias=lora_cfg.bias,
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+def apply(model: Any, lora_cfg: Any, *, quantized: bool, sharded: bool, gradient_checkpointing: bool) -> Any:
+    """Wrap ``model`` with trainable adapters (or leave it whole when LoRA is off); returns the model to train.
+
+    A k-bit model is first prepared the usual QLoRA way (norms in fp32, input grads on). Under ZeRO-3 the weights
+    are partitioned placeholders that this preparation would touch, so there only the input grads are enabled,
+    as TRL does for sharded QLoRA.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized and not sharded:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()
+    if not lora_cfg.enabled:
+        return model
+    model = get_peft_model(model, peft_config(lora_cfg))
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("lora: %d trainable of %d parameters (%.3f%%), r=%d alpha=%d", trainable, total,
+             100 * trainable / max(total, 1), lora_cfg.r, lora_cfg.alpha)
+    return model
