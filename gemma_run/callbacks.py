@@ -9,13 +9,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-_ASSIGNMENT = re.compile(r"([A-Za-z0-9_]+)=([^,]*)")  # NAME=value inside overrides and override_dirname
+# env.vars.NAME=value inside override strings (overrides.yaml, hydra.job.override_dirname)
+_ASSIGNMENT = re.compile(r"(env\.vars\.)([A-Za-z0-9_]+)=([^,]*)")
 
 
 def _redact_text(text: str) -> str:
     from gemma_run.env import REDACTED, is_secret
 
-    return _ASSIGNMENT.sub(lambda m: f"{m[1]}={REDACTED}" if is_secret(m[1]) else m[0], text)
+    return _ASSIGNMENT.sub(lambda m: f"{m[1]}{m[2]}={REDACTED}" if is_secret(m[2]) else m[0], text)
 
 
 def redact_config(node: Any) -> Any:
@@ -55,8 +56,42 @@ class RedactSecrets(Callback):
         for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
             _rewrite(saved / name)
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        pass
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _rewrite(Path(config.hydra.sweep.dir) / "multirun.yaml")
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: summary.md, summary.csv and summary.png in the multirun dir.
+
+    ``metrics``: result.json keys to tabulate (default: the common ones present); ``plot_metric``: the one to
+    plot (default: the first numeric one). Set them with hydra.callbacks.summary.plot_metric=tokens_per_second.
+    The exit code is non-zero when any job failed; the other jobs' results are kept.
+    """
+
+    def __init__(self, metrics: list[str] | None = None, plot_metric: str | None = None) -> None:
+        self.metrics = list(metrics) if metrics else None
+        self.plot_metric = plot_metric
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import logging
+        import sys
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from gemma_run.sweep import summary
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        swept = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+        rows = summary.collect(sweep_dir, swept or None)
+        written = summary.write(sweep_dir, rows, self.metrics or list(summary.DEFAULT_METRICS), self.plot_metric)
+        failed = [r for r in rows if r.status != "ok"]
+        log = logging.getLogger("gemma_run")
+        log.info("sweep summary: %s", ", ".join(str(p) for p in written.values()))
+        print((sweep_dir / "summary.md").read_text())
+        if failed:
+            log.error("%d of %d jobs failed: %s", len(failed), len(rows),
+                      "; ".join(f"job {r.num}: {r.error}" for r in failed))
+            sys.exit(1)

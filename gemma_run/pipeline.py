@@ -25,6 +25,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
+    previous_result = (run_dir / "result.json").is_file()
     ctx.result.update(task=cfg.task.name, model=cfg.model.name, quant=cfg.quant.name, status="running")
     start = time.perf_counter()
     try:
@@ -35,7 +36,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         error = e.format() if isinstance(e, GemmaRunError) else f"{type(e).__name__}: {e}"
         ctx.result.update(status="failed", error=error, seconds=round(time.perf_counter() - start, 3))
         if ctx.is_main_process:
-            ctx.write_json("result.json", ctx.result)
+            # a failed attempt to continue a run never overwrites that run's record
+            name = "result.failed.json" if previous_result else "result.json"
+            ctx.write_json(name, ctx.result)
         raise
     ctx.result["status"] = ctx.result.get("status_override", "ok")
     ctx.result.pop("status_override", None)
@@ -45,16 +48,31 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return ctx.result
 
 
-def hydra_job(cfg: DictConfig) -> dict[str, Any]:
-    """The body of the Hydra app: run in Hydra's output dir; a user error is one message, not a traceback."""
+def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
+    """The body of the Hydra app: run in Hydra's output dir; a user error is one message, not a traceback.
+
+    In a sweep a failed job is recorded (result.json, its log) and the sweep goes on; the summary at the end
+    lists it with its error and makes the exit code non-zero (gemma_run.callbacks.SweepSummary).
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return run(cfg, hc.runtime.output_dir)
+        result = run(cfg, hc.runtime.output_dir)
     except GemmaRunError as e:
         log.error("%s", e.format())
-        if hc.mode == RunMode.MULTIRUN:
-            raise  # Hydra records the job as failed; the sweep's other jobs keep their results
+        if multirun:
+            return None
         sys.exit(e.exit_code)
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("job %s failed", hc.job.num)
+        return None
+    # A task that ran to the end but found failures (task=test: a failing check) asks for a non-zero exit with
+    # `exit_code` in its result (its status is already "failed" in result.json, which is what a sweep reads).
+    if result.get("exit_code") and not multirun:
+        sys.exit(int(result["exit_code"]))
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -23,18 +24,39 @@ def run_dir(resume: str | None, task_name: str | None, default: str) -> str:
     return str(found) if found is not None else default
 
 
+def resumable(path: Path) -> bool:
+    """A run that stopped before finishing and left work to continue (checkpoints or generations)."""
+    result = path / "result.json"
+    if result.is_file():
+        try:
+            if json.loads(result.read_text()).get("status") == "ok":
+                return False
+        except ValueError:
+            pass
+    return any(path.glob("checkpoint-*")) or (path / "generations.jsonl").is_file()
+
+
 def newest_run_dir(outputs: Path, task_name: str | None) -> Path | None:
-    """The newest outputs/DATE/TIME dir whose saved config ran ``task_name``."""
+    """The newest outputs/DATE/TIME dir of ``task_name`` that was interrupted with work to continue
+    (a run that failed before doing anything, or one that finished, is not picked)."""
     if not outputs.is_dir():
         return None
     candidates = sorted((p for p in outputs.glob("*/*") if (p / ".hydra" / "config.yaml").is_file()), reverse=True)
     for path in candidates:
         saved = OmegaConf.load(path / ".hydra" / "config.yaml")
-        if task_name is None or OmegaConf.select(saved, "task.name") == task_name:
+        if (task_name is None or OmegaConf.select(saved, "task.name") == task_name) and resumable(path):
             return path
     return None
+
+
+def output_subdir(resume: str | None, stamp: str) -> str:
+    """Where Hydra saves the resolved config: .hydra, or for a resumed run .hydra/resume-STAMP, so the
+    original run's .hydra/config.yaml is never overwritten."""
+    return ".hydra" if resume in (None, "", "none", "null") else f".hydra/resume-{stamp}"
 
 
 def register() -> None:
     if not OmegaConf.has_resolver("gr_run_dir"):
         OmegaConf.register_new_resolver("gr_run_dir", run_dir)
+    if not OmegaConf.has_resolver("gr_output_subdir"):
+        OmegaConf.register_new_resolver("gr_output_subdir", output_subdir)

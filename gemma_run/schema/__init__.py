@@ -12,18 +12,26 @@ from gemma_run.schema.config import RunConfig
 from gemma_run.schema.device_map import DeviceMapConfig
 from gemma_run.schema.env import EnvConfig
 from gemma_run.schema.model import ModelConfig
+from gemma_run.schema.plan import PlanTaskConfig
 from gemma_run.schema.quant import QuantConfig
-from gemma_run.schema.tasks import InferTaskConfig
+from gemma_run.schema.tasks import InferTaskConfig, TestTaskConfig
+from gemma_run.schema.train import DeepSpeedConfig, LauncherConfig, MergeTaskConfig, TrainTaskConfig
 
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConfig,
     "quant": QuantConfig,
     "device_map": DeviceMapConfig,
     "env": EnvConfig,
+    "deepspeed": DeepSpeedConfig,
+    "launcher": LauncherConfig,
 }
 
 TASK_SCHEMAS: dict[str, type] = {
     "infer": InferTaskConfig,
+    "test": TestTaskConfig,
+    "plan": PlanTaskConfig,
+    "train": TrainTaskConfig,
+    "merge": MergeTaskConfig,
 }
 
 _registered = False

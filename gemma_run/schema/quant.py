@@ -26,7 +26,9 @@ class QuantConfig:
     compute_dtype: str = "bfloat16"  # 4-bit only: dtype of the matmuls
     # 4-bit only: dtype the packed weights are stored in. Must equal the training dtype for QLoRA + ZeRO-3.
     quant_storage: str = "uint8"
-    skip_modules: list[str] = field(default_factory=list)  # modules kept unquantized (lm_head always is)
+    # Modules kept unquantized. Empty: transformers' default (the output layer, lm_head). A list REPLACES that
+    # default, so name lm_head in it too to keep it unquantized: [lm_head, vision_tower]
+    skip_modules: list[str] = field(default_factory=list)
     int8_threshold: float = 6.0  # 8-bit only: outlier threshold (LLM.int8())
     # Allow modules that the device map puts on CPU to stay unquantized in fp32 (8-bit and 4-bit).
     cpu_offload: bool = False

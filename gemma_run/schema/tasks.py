@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
@@ -12,9 +12,28 @@ class TaskConfig:
     name: str = MISSING
     # The task's entry point, called as fn(cfg, run_dir) -> dict (the task's result).
     _target_: str = MISSING
+    # false for tasks that only describe a machine (task=plan can plan for GPUs you do not have): the checks of
+    # this machine's devices (device_map_check) do not apply to them.
+    uses_this_machine: bool = True
 
 
 @dataclass
 class InferTaskConfig(TaskConfig):
     name: str = "infer"
     _target_: str = "gemma_run.tasks.infer.run"
+
+
+@dataclass
+class TestTaskConfig(TaskConfig):
+    """task=test, the environment doctor (docs/doctor.md)."""
+
+    __test__ = False  # not a pytest test class despite its name
+    name: str = "test"
+    _target_: str = "gemma_run.tasks.test.run"
+    # Which checks run: all, families (versions, shims, env, gpus, quant, deepspeed, smoke) or single checks
+    # (gpus.nccl); e.g. task.checks=[versions,smoke.load]
+    checks: list[str] = field(default_factory=lambda: ["all"])
+    # Smoke-test another model: a model option (gemma3_1b) or a checkpoint dir. null: the run's `model` group.
+    model: str | None = None
+    new_tokens: int = 8  # tokens generated on each device (min = max, so every device does the same work)
+    nccl_timeout_s: float = 120.0  # an all-reduce that takes longer counts as hung (P2P over PCIe can hang)

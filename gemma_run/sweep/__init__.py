@@ -1,0 +1,1 @@
+"""Multirun (sweep) support: the summary written at the end of a sweep."""
