@@ -85,6 +85,7 @@ class SweepSummary(Callback):
             return
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         swept = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+        swept += [str(k) for k in (OmegaConf.select(config, "hydra.sweeper.params") or {})]  # Optuna's search space
         rows = summary.collect(sweep_dir, swept or None)
         written = summary.write(sweep_dir, rows, self.metrics or list(summary.DEFAULT_METRICS), self.plot_metric)
         failed = [r for r in rows if r.status != "ok"]

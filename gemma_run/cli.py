@@ -11,10 +11,10 @@ from gemma_run.api import setup
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gemma_run.conf", config_name="config")
-def _app(cfg: DictConfig) -> None:
-    from gemma_run.pipeline import hydra_job
+def _app(cfg: DictConfig) -> float | None:
+    from gemma_run.pipeline import hydra_job, objective_value
 
-    hydra_job(cfg)
+    return objective_value(cfg, hydra_job(cfg))
 
 
 def main() -> None:

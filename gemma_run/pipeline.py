@@ -76,3 +76,17 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
     if result.get("exit_code") and not multirun:
         sys.exit(int(result["exit_code"]))
     return result
+
+
+def objective_value(cfg: DictConfig, result: dict[str, Any] | None) -> float | None:
+    """What an optimising sweeper (Optuna) reads from a job: result[objective]; NaN for a failed job."""
+    if cfg.objective is None:
+        return None
+    if result is None:
+        return float("nan")
+    value = result.get(cfg.objective)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        numeric = sorted(k for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool))
+        raise GemmaRunError(f"objective={cfg.objective!r} is not a number in this task's result.json",
+                            key="objective", fix=f"one of: {', '.join(numeric)}")
+    return float(value)

@@ -19,10 +19,9 @@ CASES = {
     "bf16": ["quant=none", "device_map=auto"],
     "8bit": ["quant=8bit", "device_map=auto"],
     "4bit-nf4": ["quant=4bit", "device_map=auto"],
-    # 3 GiB on GPU 0: the embedding (1.3 GB) and the first layers there, the rest on the CPU. The preflight
-    # plan is skipped: it plans GPU budgets only, and this split is the point of the case.
+    # 3 GiB on GPU 0: the embedding (1.3 GB) and the first layers there, the rest on the CPU.
     "bf16 split gpu+cpu": ["quant=none", "device_map=auto", "+device_map.max_memory.0=3GiB",
-                           "+device_map.max_memory.cpu=100GiB", "plan.preflight=false"],
+                           "+device_map.max_memory.cpu=100GiB"],
 }
 ROWS: dict[str, dict] = {}
 

@@ -76,3 +76,33 @@ def test_sweep_over_an_unknown_key_fails_before_any_job(cli, tmp_path: Path) -> 
     proc = cli("-m", "generation.max_new_tokenz=1,2")
     assert proc.returncode == 2 and "did you mean `generation.max_new_tokens`" in proc.stderr
     assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow
+def test_optuna_learning_rate_search_on_the_tiny_model(cli, tmp_path: Path) -> None:
+    rows = [{"instruction": f"Say {w}", "input": "", "output": f"{w} {w}"} for w in "one two three four".split()]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = cli("-m", "hydra/sweeper=lr_search", "hydra.sweeper.n_trials=3", "task=train",
+               f"data.train_file={tmp_path / 'train.jsonl'}", "train.max_steps=2", "train.max_seq_length=64",
+               "objective=train_loss")
+    assert proc.returncode == 0, proc.stderr
+    assert "Best parameters: {'train.learning_rate'" in proc.stderr
+    sweep = _sweep_dir(tmp_path)
+    table = list(csv.reader((sweep / "summary.csv").open()))
+    assert table[0][:2] == ["job", "train.learning_rate"] and len(table) == 4
+    rates = {float(row[1]) for row in table[1:]}
+    assert len(rates) == 3 and all(1e-5 <= r <= 1e-2 for r in rates)  # three different trials in the range
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()
+
+
+def test_objective_must_name_a_number_in_the_result() -> None:
+    from omegaconf import OmegaConf
+
+    from gemma_run.errors import GemmaRunError
+    from gemma_run.pipeline import objective_value
+
+    cfg = OmegaConf.create({"objective": "train_loss"})
+    assert objective_value(cfg, {"train_loss": 1.5, "status": "ok"}) == 1.5
+    assert objective_value(cfg, None) != objective_value(cfg, None)  # NaN: a failed trial
+    with pytest.raises(GemmaRunError, match="one of: seconds"):
+        objective_value(cfg, {"loss": "x", "seconds": 2.0})

@@ -30,7 +30,7 @@ def test_qlora_zero3_gemma3_4b(cli, tmp_path: Path):
     proc = cli("task=train", "model=gemma3_4b", "model.weights=random", "quant=4bit", "deepspeed=zero3",
                f"data.train_file={train_file}", f"train.max_seq_length={SEQ}", f"train.per_device_batch_size={BATCH}",
                f"train.max_steps={STEPS}", "train.save_steps=1000", "train.logging_steps=1",
-               "train.gradient_checkpointing=true", "plan.preflight=false", timeout=290)
+               "train.gradient_checkpointing=true", timeout=290)
     assert proc.returncode == 0, proc.stderr[-4000:]
     [run_dir] = run_dirs(tmp_path)
     r = json.loads((run_dir / "result.json").read_text())

@@ -53,17 +53,21 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
 
 def gpus(cfg: DictConfig) -> tuple[tuple[int, ...], str]:
     """(bytes per GPU, where they came from): plan.gpus, else the GPUs found; capped by device_map.max_memory."""
-    given = list(_sel(cfg, "plan.gpus", []))
-    if given:
-        found, source = parse_gpus(given), "plan.gpus"
-    else:
-        found, source = detect_gpus(), "detected"
+    found, source = gpu_capacity(cfg)
     caps = dict(cfg.device_map.max_memory or {})
     out = []
     for i, size in enumerate(found):
         cap = caps.get(str(i))
         out.append(min(size, parse_size(cap, "device_map.max_memory")) if cap else size)
     return tuple(out), source if out else "none"
+
+
+def gpu_capacity(cfg: DictConfig) -> tuple[tuple[int, ...], str]:
+    """(bytes each GPU has, where that came from): plan.gpus, else the GPUs found (uncapped)."""
+    given = list(_sel(cfg, "plan.gpus", []))
+    if given:
+        return tuple(parse_gpus(given)), "plan.gpus"
+    return tuple(detect_gpus()), "detected"
 
 
 def dtype(cfg: DictConfig, on_gpu: bool) -> str:
@@ -101,6 +105,9 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
         single_device=str(dm.device).removeprefix("cuda:"),
         explicit_map=tuple((str(k), str(v)) for k, v in (dm.map or {}).items()),
         cpu_budget=parse_size(cpu_cap, "plan.cpu_memory") if cpu_cap else cpu_memory(),
+        gpu_capacity=gpu_capacity(cfg)[0],
+        cpu_capacity=parse_size(_sel(cfg, "plan.cpu_memory", None), "plan.cpu_memory")
+        if _sel(cfg, "plan.cpu_memory", None) else cpu_memory(),
         disk=bool(dm.offload_folder),
         overhead_per_gpu=parse_size(_sel(cfg, "plan.overhead_per_gpu", "1GiB"), "plan.overhead_per_gpu"),
         train=train_spec(cfg),

@@ -31,6 +31,10 @@ class PlanInputs:
     single_device: str = "0"  # strategy=single: "0", "1", ... or "cpu"
     explicit_map: tuple[tuple[str, str], ...] = ()
     cpu_budget: int = 0  # bytes of CPU memory modules may be offloaded to
+    # What each device really has, when a device_map.max_memory cap limits only where weights go (accelerate's
+    # meaning of max_memory): the run fits if each device's total fits here. Empty/0: the budgets above.
+    gpu_capacity: tuple[int, ...] = ()
+    cpu_capacity: int = 0
     disk: bool = False  # an offload folder is set
     overhead_per_gpu: int = GiB  # CUDA context + allocator slack, not in any tensor
     train: TrainSpec = field(default_factory=TrainSpec)
@@ -211,9 +215,10 @@ def _finish(p: PlanInputs, parts: dict[str, dict[str, int]], placement: dict[str
         d = dict(parts[dev])
         d["total"] = sum(d.values())
         if dev.isdigit():
-            cap = p.gpus[int(dev)] if int(dev) < len(p.gpus) else 0
+            gpus = p.gpu_capacity or p.gpus
+            cap = gpus[int(dev)] if int(dev) < len(gpus) else 0
         elif dev == "cpu":
-            cap = p.cpu_budget
+            cap = p.cpu_capacity or p.cpu_budget
         else:
             cap = None
         if cap is not None:

@@ -43,6 +43,8 @@ class RunConfig:
     seed: int = 0
     # GPUs each job of a sweep gets from a cluster launcher (hydra/launcher=slurm|local_jobs).
     gpus_per_job: int = 1
+    # The result.json key an optimising sweeper (hydra/sweeper=lr_search, Optuna) minimises, e.g. train_loss.
+    objective: str | None = None
 
     # Where random-weight checkpoints and other built artefacts are cached.
     cache_dir: str = "${oc.env:GEMMA_RUN_CACHE,${oc.env:HOME,.}/.cache/gemma-run}"
