@@ -54,13 +54,17 @@ def choose_dtype(model_cfg: Any, quant_cfg: Any, model_type: str | None = None) 
             name = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
         else:
             name = "float32"
-    model_type = model_type or str(model_cfg.config.get("model_type", ""))
+    check_dtype(name, model_type or str(model_cfg.config.get("model_type", "")))
+    return name
+
+
+def check_dtype(name: str, model_type: str) -> None:
+    """The one rule on dtypes, shared with the planner: fp16 is refused for Gemma 3."""
     if name == "float16" and model_type.startswith("gemma3"):
         raise GemmaRunError(
             "float16 is refused for Gemma 3: its activations exceed fp16's range (max 65504) and overflow to "
             "inf/NaN, giving garbage output", key="model.dtype",
             fix="model.dtype=bfloat16 (or float32 on GPUs without bf16)")
-    return name
 
 
 def load_tokenizer(path: Path, model_cfg: Any):  # -> PreTrainedTokenizerBase

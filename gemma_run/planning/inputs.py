@@ -74,10 +74,9 @@ def dtype(cfg: DictConfig, on_gpu: bool) -> str:
     name = cfg.model.dtype
     if name == "auto":
         name = "bfloat16" if on_gpu else "float32"
-    model_type = str(cfg.model.config.get("model_type", ""))
-    if name == "float16" and model_type.startswith("gemma3"):
-        raise GemmaRunError("float16 is refused for Gemma 3: its activations overflow fp16 (max 65504)",
-                            key="model.dtype", fix="model.dtype=bfloat16")
+    from gemma_run.loading import check_dtype
+
+    check_dtype(name, str(cfg.model.config.get("model_type", "")))
     return name
 
 
