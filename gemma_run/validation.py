@@ -56,6 +56,10 @@ def _generation(cfg: DictConfig) -> list[GemmaRunError]:
                                     key="generation.temperature", fix="generation.temperature=0.7, or do_sample=false"))
     if cfg.batch_size < 1:
         problems.append(ConfigError(f"batch_size={cfg.batch_size} must be >= 1", key="batch_size", fix="batch_size=8"))
+    if g.compile and g.cache_implementation is None:  # gemma_run.infer.generate.cache_kwargs
+        problems.append(ConfigError("generation.compile=true needs a static KV cache (compiled steps need fixed "
+                                    "shapes)", key="generation.compile",
+                                    fix="add generation.cache_implementation=static"))
     return problems
 
 

@@ -80,7 +80,31 @@ def generation_kwargs(g: Any, model: Any, tokenizer: Any, chat: bool) -> dict[st
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if g.stop:
         kwargs.update(stop_strings=list(g.stop), tokenizer=tokenizer)
+    kwargs.update(cache_kwargs(g))
     return kwargs
+
+
+def cache_kwargs(g: Any) -> dict[str, Any]:
+    """The KV cache and compile keys of generate(): ``generation.cache_implementation`` and ``generation.compile``.
+
+    transformers compiles the forward by itself whenever the cache is compilable (static) and the model is on
+    a GPU; ``disable_compile`` keeps a static cache eager unless ``compile=true`` asks for it, which passes a
+    ``CompileConfig`` (inductor, reduce-overhead: the decode step replayed as a CUDA graph).
+    """
+    cache = getattr(g.cache_implementation, "value", g.cache_implementation)
+    if g.compile and cache != "static":
+        raise GemmaRunError("generation.compile=true needs a static KV cache (compiled steps need fixed shapes)",
+                            key="generation.compile", fix="add generation.cache_implementation=static")
+    out: dict[str, Any] = {}
+    if cache is not None:
+        out["cache_implementation"] = str(cache)
+    if g.compile:
+        from transformers import CompileConfig
+
+        out["compile_config"] = CompileConfig()
+    elif cache is not None:
+        out["disable_compile"] = True
+    return out
 
 
 def encode(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:

@@ -15,7 +15,7 @@ from gemma_run.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 
-MODES = {"infer": "infer", "train": "train"}  # task name -> what to plan; other tasks are not checked
+MODES = {"infer": "infer", "bench": "infer", "train": "train"}  # task name -> what to plan; others unchecked
 
 
 class Preflight:

@@ -14,7 +14,7 @@ from gemma_run.schema.env import EnvConfig
 from gemma_run.schema.model import ModelConfig
 from gemma_run.schema.plan import PlanTaskConfig
 from gemma_run.schema.quant import QuantConfig
-from gemma_run.schema.tasks import InferTaskConfig, TestTaskConfig
+from gemma_run.schema.tasks import BenchTaskConfig, InferTaskConfig, TestTaskConfig
 from gemma_run.schema.train import DeepSpeedConfig, LauncherConfig, MergeTaskConfig, TrainTaskConfig
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -32,6 +32,7 @@ TASK_SCHEMAS: dict[str, type] = {
     "plan": PlanTaskConfig,
     "train": TrainTaskConfig,
     "merge": MergeTaskConfig,
+    "bench": BenchTaskConfig,
 }
 
 _registered = False

@@ -37,3 +37,19 @@ class TestTaskConfig(TaskConfig):
     model: str | None = None
     new_tokens: int = 8  # tokens generated on each device (min = max, so every device does the same work)
     nccl_timeout_s: float = 120.0  # an all-reduce that takes longer counts as hung (P2P over PCIe can hang)
+
+
+@dataclass
+class BenchTaskConfig(TaskConfig):
+    """task=bench: speed and memory of the infer path, and how close decode comes to the bandwidth limit
+    (docs/bench.md). Every combination of the three lists is measured."""
+
+    name: str = "bench"
+    _target_: str = "gemma_run.tasks.bench.run"
+    prompt_tokens: list[int] = field(default_factory=lambda: [128])  # synthetic prompts of exactly these lengths
+    new_tokens: list[int] = field(default_factory=lambda: [128])  # generated per sequence (EOS is suppressed)
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    warmup: bool = True  # one untimed run of each combination first (pays compile/autotune and allocator growth)
+    repeats: int = 1  # timed runs per combination; the row holds their medians
+    # Bytes the bandwidth probe copies (read once + written once per copy); large enough to miss every cache.
+    probe_bytes: str = "1GiB"

@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 # The result.json keys shown when present, in this order (nested keys with dots).
-DEFAULT_METRICS = ("tokens_per_second", "time_to_first_token_s", "peak_memory_bytes", "train_loss", "eval_loss",
+DEFAULT_METRICS = ("tokens_per_second", "decode_tokens_per_second", "decode_throughput", "limit_fraction",
+                   "time_to_first_token_s", "peak_memory_bytes", "train_loss", "eval_loss",
                    "fits", "load_seconds", "seconds")
 
 

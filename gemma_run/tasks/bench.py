@@ -1,0 +1,169 @@
+"""task=bench: how fast the infer path generates, and how close its decode comes to the memory-bandwidth limit.
+
+The model is loaded and run exactly as task=infer runs it (``gemma_run.loading.load``, then
+``infer.generate.generation_kwargs`` and ``generate_batch``), on synthetic prompts of exact token lengths. For
+each (prompt_tokens, new_tokens, batch) combination: a warm-up run, then timed runs giving time to first token
+(the prefill), decode tokens/s (tokens after the first over the time after it), total tokens/s, peak memory per
+device and the fraction of the limit: bytes a decode step reads (the planner's weights in this quant mode + the
+KV cache) x steps/s over the device's copy bandwidth, measured in the same run. Rows go to ``bench.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gemma_run.errors import ConfigError, GemmaRunError
+
+log = logging.getLogger(__name__)
+
+CPU_PROBE_CAP = 256 * 2**20  # a CPU copy of this size already misses every cache; bigger only costs seconds
+
+
+def _context(cfg: DictConfig) -> int | None:
+    config = cfg.model.config
+    text = config.get("text_config") or config
+    value = text.get("max_position_embeddings") or text.get("n_positions")
+    return int(value) if value else None
+
+
+def validate(cfg: DictConfig) -> list[GemmaRunError]:
+    """Empty or non-positive lists, combinations longer than the model's context, a bad probe size."""
+    from gemma_run.planning.devices import parse_size
+
+    t, problems = cfg.task, []
+    for key in ("prompt_tokens", "new_tokens", "batch_sizes"):
+        values = list(t[key])
+        if not values or any(int(v) < 1 for v in values):
+            problems.append(ConfigError(f"task.{key}={values} must be a non-empty list of numbers >= 1",
+                                        key=f"task.{key}", fix=f"task.{key}=[{128 if 'tokens' in key else 1}]"))
+    if t.repeats < 1:
+        problems.append(ConfigError(f"task.repeats={t.repeats} must be >= 1", key="task.repeats", fix="task.repeats=1"))
+    context = _context(cfg)
+    if context and t.prompt_tokens and t.new_tokens and max(t.prompt_tokens) + max(t.new_tokens) > context:
+        problems.append(ConfigError(f"prompt {max(t.prompt_tokens)} + {max(t.new_tokens)} new tokens exceed "
+                                    f"{cfg.model.name}'s context of {context} tokens", key="task.prompt_tokens",
+                                    fix="shorter task.prompt_tokens or task.new_tokens"))
+    try:
+        parse_size(t.probe_bytes, "task.probe_bytes")
+    except GemmaRunError as e:
+        problems.append(e)
+    return problems
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from gemma_run.bench import bandwidth, report
+    from gemma_run.context import write_json
+    from gemma_run.infer.stats import reset_peak_memory
+    from gemma_run.loading import load
+    from gemma_run.planning.devices import parse_size
+
+    reset_peak_memory()
+    loaded = load(cfg)
+    tok = loaded.tokenizer
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    device = loaded.input_device
+    probe = parse_size(cfg.task.probe_bytes, "task.probe_bytes")
+    bw = bandwidth.measure(device, probe if device.type == "cuda" else min(probe, CPU_PROBE_CAP))
+    log.info("bandwidth (copy, read + write) on %s: %.1f GB/s", bw["device"], bw["bytes_per_second"] / 1e9)
+    t = cfg.task
+    rows = [_measure(cfg, loaded, int(p), int(n), int(b), bw["bytes_per_second"])
+            for p, n, b in itertools.product(t.prompt_tokens, t.new_tokens, t.batch_sizes)]
+    g = cfg.generation
+    cache = getattr(g.cache_implementation, "value", g.cache_implementation)
+    data = {"model": cfg.model.name, "quant": cfg.quant.name, "dtype": loaded.dtype, "checkpoint": str(loaded.path),
+            "load_seconds": loaded.load_seconds, "bytes_per_device": loaded.bytes_per_device,
+            "generation": {"cache_implementation": cache, "compile": bool(g.compile), "do_sample": bool(g.do_sample)},
+            "bandwidth": bw, "rows": rows, "environment": _environment()}
+    path = write_json(Path(run_dir) / "bench.json", data)
+    title = (f"bench: {cfg.model.name} quant={cfg.quant.name} dtype={loaded.dtype} cache={cache or 'dynamic'} "
+             f"compile={bool(g.compile)}; copy bandwidth {bw['bytes_per_second'] / 1e9:.1f} GB/s on {bw['device']}")
+    print(report.table(rows, title), flush=True)
+    first = rows[0]
+    return {"bench": str(path), "load_seconds": loaded.load_seconds, "bandwidth_gb_per_s":
+            round(bw["bytes_per_second"] / 1e9, 2),
+            **{k: first[k] for k in ("decode_tokens_per_second", "decode_throughput", "time_to_first_token_s",
+                                     "total_tokens_per_second", "limit_tokens_per_second", "limit_fraction",
+                                     "peak_memory_bytes")}}
+
+
+def _measure(cfg: DictConfig, loaded: Any, prompt: int, new: int, batch: int, bandwidth: float) -> dict[str, Any]:
+    """One combination: warm-up, ``task.repeats`` timed runs (medians), the bytes per step and the limit."""
+    import time
+
+    import torch
+
+    from gemma_run.bench import limit
+    from gemma_run.bench.prompts import token_ids
+    from gemma_run.infer import generate as gen
+    from gemma_run.infer.stats import TimingStreamer, peak_memory, reset_peak_memory
+
+    model, tok, device = loaded.model, loaded.tokenizer, loaded.input_device
+    g = OmegaConf.merge(cfg.generation, {"max_new_tokens": new, "stop": []})  # stop strings would end runs early
+    kwargs = gen.generation_kwargs(g, model, tok, chat=False)
+    kwargs["min_new_tokens"] = new  # every run generates exactly `new` tokens (EOS suppressed), as timed
+    ids = token_ids(tok, prompt, batch)
+
+    def once() -> tuple[float, float | None, int]:
+        torch.manual_seed(cfg.seed)
+        streamer = TimingStreamer()
+        outputs, seconds = gen.generate_batch(model, tok, ids, device=device, kwargs=kwargs, stop=[],
+                                              streamer=streamer)
+        return seconds, streamer.ttft, min(o.new_tokens for o in outputs)
+
+    warmup = None
+    if cfg.task.warmup:
+        start = time.perf_counter()
+        once()
+        warmup = time.perf_counter() - start
+    reset_peak_memory()
+    runs = [once() for _ in range(int(cfg.task.repeats))]
+    seconds = statistics.median(r[0] for r in runs)
+    ttft = statistics.median(r[1] for r in runs if r[1] is not None) if any(r[1] for r in runs) else None
+    made = min(r[2] for r in runs)
+    if made != new:
+        raise GemmaRunError(f"bench generated {made} tokens instead of {new} (prompt {prompt}, batch {batch})",
+                            key="task.new_tokens", fix="report this: min_new_tokens should prevent an early stop")
+    decode_s = seconds - ttft if ttft is not None else None
+    decode_tps = (new - 1) / decode_s if decode_s and new > 1 else None
+    step = limit.decode_step_bytes(cfg, loaded.dtype, prompt, new, batch)
+    row: dict[str, Any] = {
+        "prompt_tokens": prompt, "new_tokens": new, "batch": batch, "repeats": len(runs),
+        "warmup_seconds": round(warmup, 3) if warmup is not None else None,
+        "seconds": round(seconds, 4), "time_to_first_token_s": round(ttft, 4) if ttft is not None else None,
+        "prefill_tokens_per_second": round(batch * prompt / ttft, 2) if ttft else None,
+        "decode_tokens_per_second": round(decode_tps, 3) if decode_tps else None,  # per sequence = steps/s
+        "decode_throughput": round(decode_tps * batch, 3) if decode_tps else None,  # all sequences
+        "total_tokens_per_second": round(batch * new / seconds, 3),
+        **step,
+        "limit_tokens_per_second": round(bandwidth / step["bytes_per_step"], 3),
+        "limit_fraction": round(limit.limit_fraction(decode_tps, step["bytes_per_step"], bandwidth), 6)
+        if decode_tps else None,
+        "peak_memory_bytes": peak_memory(),
+    }
+    log.info("bench prompt=%d new=%d batch=%d: ttft %.3f s, decode %.1f tok/s (%.1f%% of the limit)", prompt, new,
+             batch, ttft or float("nan"), decode_tps or float("nan"), 100 * (row["limit_fraction"] or float("nan")))
+    return row
+
+
+def _environment() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    from gemma_run.doctor.versions import installed
+
+    env: dict[str, Any] = {d: installed(d) for d in ("python", "torch", "transformers", "accelerate",
+                                                     "bitsandbytes")}
+    env.update(platform=platform.platform(), cpu_count=os.cpu_count(), cuda=torch.version.cuda,
+               gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+               torch_threads=torch.get_num_threads())
+    return env

@@ -1,0 +1,108 @@
+"""task=bench on the tiny random-weight Gemma 3 (CPU): bench.json rows with positive numbers and a fraction of
+the bandwidth limit, a `-m quant=none,8bit` sweep tabulated into one summary, and the generation-path switch
+(static KV cache: the same greedy tokens as the dynamic cache)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from gemma_run import run
+from gemma_run.errors import GemmaRunError
+from gemma_run.infer import generate as gen
+from gemma_run.validation import validate
+
+SMALL = ["task=bench", "task.prompt_tokens=[20]", "task.new_tokens=[6]", "task.batch_sizes=[1,3]",
+         "task.probe_bytes=32MiB"]
+
+
+def test_bench_rows_in_bench_json(compose_cfg, tmp_path: Path, capsys) -> None:
+    result = run(compose_cfg(SMALL), tmp_path)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = data["rows"]
+    assert [(r["prompt_tokens"], r["new_tokens"], r["batch"]) for r in rows] == [(20, 6, 1), (20, 6, 3)]
+    assert data["bandwidth"]["bytes_per_second"] > 1e8 and data["bandwidth"]["device"] == "cpu"
+    assert data["environment"]["torch"] and data["generation"]["cache_implementation"] is None
+    for r in rows:
+        for key in ("time_to_first_token_s", "decode_tokens_per_second", "total_tokens_per_second",
+                    "prefill_tokens_per_second", "warmup_seconds", "weights_bytes", "kv_read_bytes"):
+            assert r[key] > 0, key
+        assert 0 < r["limit_fraction"] <= 1.5
+        assert r["decode_throughput"] == pytest.approx(r["decode_tokens_per_second"] * r["batch"], rel=1e-3)
+        assert r["peak_memory_bytes"]["cpu"] > 0
+    # the tiny model in fp32: its parameters, 4 bytes each, are what a decode step reads (plus the KV cache);
+    # the planner rounds each tensor up to the CUDA allocator's 512 bytes, ~1.4% on a model this small
+    assert rows[0]["weights_bytes"] == pytest.approx(_param_bytes(compose_cfg), rel=0.02)
+    # 3 sequences read 3 KV caches: 1 KV head x 32 dims x 2 (K, V) x 4 bytes per token, layer 0 capped at 16
+    # for the decode steps' contexts 21..25 (mean 23): layer 0 (sliding) keeps 16 tokens, layer 1 all of them
+    assert rows[0]["kv_read_bytes"] == 2 * 32 * 4 * (16 + 23)
+    assert rows[1]["kv_read_bytes"] == 3 * rows[0]["kv_read_bytes"]
+    assert result["decode_tokens_per_second"] == rows[0]["decode_tokens_per_second"]
+    assert result["limit_fraction"] == rows[0]["limit_fraction"]
+    assert "decode tok/s" in capsys.readouterr().out
+
+
+def _param_bytes(compose_cfg) -> int:
+    from gemma_run.loading import load
+
+    model = load(compose_cfg([])).model
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_bench_sweep_makes_one_comparison_table(cli, tmp_path: Path) -> None:
+    proc = cli("-m", *SMALL, "task.batch_sizes=[1]", "quant=none,8bit")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = next(tmp_path.glob("multirun/*/*"))
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["quant"] for r in rows] == ["none", "8bit"] and all(r["status"] == "ok" for r in rows)
+    assert all(float(r["decode_tokens_per_second"]) > 0 and 0 < float(r["limit_fraction"]) <= 1.5 for r in rows)
+    assert "decode_tokens_per_second" in (sweep / "summary.md").read_text()
+
+
+def test_static_cache_gives_the_dynamic_caches_greedy_tokens(compose_cfg) -> None:
+    """Prompts longer than the tiny model's sliding window (16), left-padded in one batch: the static cache's
+    sliding and global layers must reproduce the dynamic cache token for token."""
+    import torch
+
+    from gemma_run.loading import load
+
+    loaded = load(compose_cfg([]))
+    model, tok = loaded.model, loaded.tokenizer
+    tok.padding_side = "left"
+    ids = [tok("the cat sat on the mat and looked at the dog " * 3)["input_ids"], tok("hello there")["input_ids"]]
+    outs = {}
+    for cache in ("null", "static"):
+        cfg = compose_cfg(["generation.max_new_tokens=24", f"generation.cache_implementation={cache}"])
+        kwargs = gen.generation_kwargs(cfg.generation, model, tok, chat=False)
+        assert ("cache_implementation" in kwargs) == (cache == "static")
+        inputs = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            outs[cache] = model.generate(**inputs, **kwargs, min_new_tokens=24)
+    assert max(len(i) for i in ids) > 16
+    assert outs["static"].shape[1] == max(len(i) for i in ids) + 24
+    assert torch.equal(outs["null"], outs["static"])
+
+
+def test_compile_switch_maps_to_transformers_keys(compose_cfg) -> None:
+    from transformers import CompileConfig
+
+    static = gen.cache_kwargs(compose_cfg(["generation.cache_implementation=static"]).generation)
+    assert static == {"cache_implementation": "static", "disable_compile": True}
+    compiled = gen.cache_kwargs(compose_cfg(["generation.cache_implementation=static",
+                                             "generation.compile=true"]).generation)
+    assert compiled["cache_implementation"] == "static" and isinstance(compiled["compile_config"], CompileConfig)
+    assert gen.cache_kwargs(compose_cfg([]).generation) == {}
+    cfg = compose_cfg(["generation.compile=true"])
+    assert any(e.key == "generation.compile" for e in validate(cfg))
+    with pytest.raises(GemmaRunError, match="static KV cache"):
+        gen.cache_kwargs(cfg.generation)
+
+
+def test_bench_config_errors_are_reported_before_loading(compose_cfg) -> None:
+    cfg = compose_cfg(["task=bench", "task.batch_sizes=[]", "task.prompt_tokens=[500]", "task.new_tokens=[100]",
+                       "task.probe_bytes=lots"])
+    keys = {e.key for e in validate(cfg)}
+    assert {"task.batch_sizes", "task.prompt_tokens", "task.probe_bytes"} <= keys
