@@ -16,6 +16,9 @@ for part in "$@"; do
               && (cd /tmp && python3 -m gemma_run.cli task=test) ;;
     train)  python3 -m pytest tests/test_train_gpu.py -m gpu -s -q -p no:cacheprovider ;;
     plan)   python3 bench/plan_accuracy.py ;;
+    bench)  python3 -m pytest tests/test_bench_gpu.py -m gpu -s -q -p no:cacheprovider ;;
+    compile) (cd /tmp && timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              generation.cache_implementation=static generation.compile=true task.batch_sizes=[1]) ;;
     *) echo "unknown part $part"; false ;;
   esac > >(tee "$logs/$part.log") 2>&1 || status=1
 done
