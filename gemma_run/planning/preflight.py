@@ -32,7 +32,7 @@ class Preflight:
 
         p, note = inputs.from_cfg(cfg, mode)
         plan = make_plan(p)
-        per_device = ", ".join(f"{d} {b / 2**30:.2f} GiB" for d, b in plan["bytes_per_device"].items())
+        per_device = ", ".join(f"{d} {_size(b)}" for d, b in plan["bytes_per_device"].items())
         ctx.result["preflight"] = {"fits": plan["fits"], "bytes_per_device": plan["bytes_per_device"], **note}
         if plan["fits"]:
             log.info("preflight: fits (%s; GPUs %s)", per_device, note["gpus_from"])
@@ -43,3 +43,7 @@ class Preflight:
                             + explain(plan, suggestions), key="plan",
                             fix=(f"{suggestions[0]}; " if suggestions else "")
                             + "see `gemma-run task=plan ...` for the whole plan; plan.preflight=false skips this check")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
