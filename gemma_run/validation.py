@@ -56,10 +56,15 @@ def _generation(cfg: DictConfig) -> list[GemmaRunError]:
                                     key="generation.temperature", fix="generation.temperature=0.7, or do_sample=false"))
     if cfg.batch_size < 1:
         problems.append(ConfigError(f"batch_size={cfg.batch_size} must be >= 1", key="batch_size", fix="batch_size=8"))
-    if g.compile and g.cache_implementation is None:  # gemma_run.infer.generate.cache_kwargs
+    engine = getattr(g.engine, "value", g.engine)
+    if g.compile and engine == "hf" and g.cache_implementation is None:  # gemma_run.infer.generate.cache_kwargs
         problems.append(ConfigError("generation.compile=true needs a static KV cache (compiled steps need fixed "
                                     "shapes)", key="generation.compile",
-                                    fix="add generation.cache_implementation=static"))
+                                    fix="add generation.cache_implementation=static, or generation.engine=fast"))
+    if engine == "fast" and g.cache_implementation is not None:
+        problems.append(ConfigError("generation.cache_implementation chooses generate()'s cache; the fast engine "
+                                    "always uses its own static cache", key="generation.cache_implementation",
+                                    fix="drop generation.cache_implementation, or generation.engine=hf"))
     return problems
 
 

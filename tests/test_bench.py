@@ -95,10 +95,14 @@ def test_compile_switch_maps_to_transformers_keys(compose_cfg) -> None:
                                              "generation.compile=true"]).generation)
     assert compiled["cache_implementation"] == "static" and isinstance(compiled["compile_config"], CompileConfig)
     assert gen.cache_kwargs(compose_cfg([]).generation) == {}
-    cfg = compose_cfg(["generation.compile=true"])
+    cfg = compose_cfg(["generation.compile=true", "generation.engine=hf"])
     assert any(e.key == "generation.compile" for e in validate(cfg))
     with pytest.raises(GemmaRunError, match="static KV cache"):
         gen.cache_kwargs(cfg.generation)
+    # the fast engine has its own static cache: compile=true alone is valid there, cache_implementation is not
+    assert not validate(compose_cfg(["generation.compile=true", "generation.engine=fast"]))
+    keys = {e.key for e in validate(compose_cfg(["generation.engine=fast", "generation.cache_implementation=static"]))}
+    assert "generation.cache_implementation" in keys
 
 
 def test_bench_config_errors_are_reported_before_loading(compose_cfg) -> None:

@@ -11,6 +11,45 @@ from gemma_run.infer.prompts import PromptItem
 from gemma_run.infer.stats import TimingStreamer
 
 
+@dataclass(frozen=True)
+class Engine:
+    """The generation loop a run uses (``generation.engine`` resolved for this model and machine)."""
+
+    name: str  # "fast" (gemma_run.infer.fast) | "hf" (transformers' generate)
+    compile: bool
+    exact: bool = True
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"{self.name}{' + compiled step' if self.compile else ''} ({self.reason})"
+
+
+def choose_engine(g: Any, model: Any, *, images: bool = False) -> Engine:
+    """``generation.engine`` for this model: auto takes the fast engine on a single CUDA GPU unless the run
+    needs something only generate() does (then it says which); fast refuses, naming the reason, where it
+    cannot run."""
+    from gemma_run.infer import fast
+
+    wanted = getattr(g.engine, "value", g.engine)
+    compile_set = g.compile is not None
+    if wanted == "hf":
+        return Engine("hf", bool(g.compile), reason="generation.engine=hf")
+    why = fast.unsupported(model, g, images=images)
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if wanted == "fast":
+        if why:
+            raise GemmaRunError(f"generation.engine=fast cannot run this: {why}", key="generation.engine",
+                                fix="generation.engine=auto (falls back to generate()) or generation.engine=hf")
+        return Engine("fast", bool(g.compile) if compile_set else on_gpu, bool(g.exact), "generation.engine=fast")
+    if g.cache_implementation is not None:
+        return Engine("hf", bool(g.compile), reason="generation.cache_implementation is a generate() setting")
+    if why:
+        return Engine("hf", bool(g.compile), reason=why)
+    if not on_gpu:
+        return Engine("hf", bool(g.compile), reason="not on a CUDA GPU: the fast engine's gain is CUDA graphs")
+    return Engine("fast", bool(g.compile) if compile_set else True, bool(g.exact), "one CUDA GPU")
+
+
 @dataclass
 class Output:
     completion: str
@@ -65,8 +104,9 @@ def eos_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
     return ids
 
 
-def generation_kwargs(g: Any, model: Any, tokenizer: Any, chat: bool) -> dict[str, Any]:
-    """generate()'s arguments from the ``generation`` group; sampling knobs only when sampling."""
+def generation_kwargs(g: Any, model: Any, tokenizer: Any, chat: bool, engine: Engine | None = None) -> dict[str, Any]:
+    """generate()'s arguments from the ``generation`` group (the fast engine reads the same); sampling knobs only
+    when sampling; the cache and compile keys only for generate() (``engine`` None: generate())."""
     kwargs: dict[str, Any] = {
         "max_new_tokens": int(g.max_new_tokens),
         "do_sample": bool(g.do_sample),
@@ -80,7 +120,8 @@ def generation_kwargs(g: Any, model: Any, tokenizer: Any, chat: bool) -> dict[st
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if g.stop:
         kwargs.update(stop_strings=list(g.stop), tokenizer=tokenizer)
-    kwargs.update(cache_kwargs(g))
+    if engine is None or engine.name == "hf":
+        kwargs.update(cache_kwargs(g))
     return kwargs
 
 
@@ -111,11 +152,14 @@ def encode(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
 
+HF = Engine("hf", False, reason="default")
+
+
 def generate_batch(model: Any, tokenizer: Any, ids: list[list[int]], *, device: Any, kwargs: dict[str, Any],
-                   stop: list[str], streamer: TimingStreamer) -> tuple[list[Output], float]:
+                   stop: list[str], streamer: TimingStreamer, engine: Engine = HF) -> tuple[list[Output], float]:
     """Generate for a batch of token id lists (left-padded); returns the outputs and the seconds it took."""
     inputs = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(device)
-    return _generate(model, tokenizer, dict(inputs), kwargs, stop, streamer)
+    return _generate(model, tokenizer, dict(inputs), kwargs, stop, streamer, engine)
 
 
 def generate_image(model: Any, processor: Any, text: str, image_path: str, *, device: Any, kwargs: dict[str, Any],
@@ -132,13 +176,19 @@ def generate_image(model: Any, processor: Any, text: str, image_path: str, *, de
 
 
 def _generate(model: Any, tokenizer: Any, inputs: dict[str, Any], kwargs: dict[str, Any], stop: list[str],
-              streamer: TimingStreamer) -> tuple[list[Output], float]:
+              streamer: TimingStreamer, engine: Engine = HF) -> tuple[list[Output], float]:
     import torch
 
     start = time.perf_counter()
     streamer.start = start
     with torch.inference_mode():
-        out = model.generate(**inputs, streamer=streamer, **kwargs)
+        if engine.name == "fast":
+            from gemma_run.infer import fast
+
+            out = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, streamer=streamer,
+                                compile=engine.compile, exact=engine.exact, stop=stop, tokenizer=tokenizer)
+        else:
+            out = model.generate(**inputs, streamer=streamer, **kwargs)
     seconds = time.perf_counter() - start
     width = inputs["input_ids"].shape[1]
     eos = set(kwargs["eos_token_id"])

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+class Engine(Enum):
+    auto = "auto"  # fast on one CUDA GPU when the run allows it (gemma_run.infer.fast.unsupported), else hf
+    fast = "fast"  # gemma-run's loop: static KV cache + a compiled (CUDA-graph) decode step
+    hf = "hf"  # transformers' generate()
+
+
 class CacheImplementation(Enum):
     static = "static"  # transformers' StaticCache: the KV cache allocated once at prompt + max_new_tokens
 
@@ -20,10 +26,17 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)  # stop strings, e.g. ["<end_of_turn>"]
     stream: bool = True  # stream tokens to the console (single prompt only)
-    # The KV cache generate() uses. null: transformers' default (a dynamic cache that grows each step);
+    # Which loop generates. auto: the fast engine on a single CUDA GPU (unless an hf-only key below is set),
+    # generate() elsewhere; the run's log and result say which ran and why.
+    engine: Engine = Engine.auto
+    # hf engine only. The KV cache generate() uses. null: transformers' default (a dynamic cache that grows each step);
     # static: preallocated, fixed shapes, the precondition of a compiled decode step.
     cache_implementation: CacheImplementation | None = None
-    # torch.compile the decode step (transformers' automatic compile: inductor, mode reduce-overhead = CUDA
-    # graphs). Needs cache_implementation=static; transformers compiles on GPUs only. false also stops
-    # transformers from compiling a static cache on its own, so each setting means one thing.
-    compile: bool = False
+    # torch.compile the decode step (inductor, mode reduce-overhead: the step replayed as a CUDA graph).
+    # null: on for the fast engine on a GPU, off otherwise. With engine=hf it needs cache_implementation=static
+    # (transformers' own compile, GPUs only); false also stops transformers from compiling a static cache on
+    # its own, so each setting means one thing. The compiled code is cached in env.vars.TORCHINDUCTOR_CACHE_DIR.
+    compile: bool | None = None
+    # Compiled steps round bf16 where eager rounds it (inductor's emulate_precision_casts), so greedy tokens
+    # equal the eager path's; false lets inductor keep fp32 between fused ops (not bit-equal to eager).
+    exact: bool = True

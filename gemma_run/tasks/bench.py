@@ -73,28 +73,36 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     probe = parse_size(cfg.task.probe_bytes, "task.probe_bytes")
     bw = bandwidth.measure(device, probe if device.type == "cuda" else min(probe, CPU_PROBE_CAP))
     log.info("bandwidth (copy, read + write) on %s: %.1f GB/s", bw["device"], bw["bytes_per_second"] / 1e9)
+    from gemma_run.infer.generate import choose_engine
+
+    engine = choose_engine(cfg.generation, loaded.model)
+    log.info("generation engine: %s", engine.describe())
     t = cfg.task
-    rows = [_measure(cfg, loaded, int(p), int(n), int(b), bw["bytes_per_second"])
+    rows = [_measure(cfg, loaded, engine, int(p), int(n), int(b), bw["bytes_per_second"])
             for p, n, b in itertools.product(t.prompt_tokens, t.new_tokens, t.batch_sizes)]
     g = cfg.generation
-    cache = getattr(g.cache_implementation, "value", g.cache_implementation)
+    cache = "static" if engine.name == "fast" else getattr(g.cache_implementation, "value", g.cache_implementation)
     data = {"model": cfg.model.name, "quant": cfg.quant.name, "dtype": loaded.dtype, "checkpoint": str(loaded.path),
             "load_seconds": loaded.load_seconds, "bytes_per_device": loaded.bytes_per_device,
-            "generation": {"cache_implementation": cache, "compile": bool(g.compile), "do_sample": bool(g.do_sample)},
+            "generation": {"engine": engine.name, "engine_reason": engine.reason, "cache_implementation": cache,
+                           "compile": engine.compile, "exact": engine.exact, "do_sample": bool(g.do_sample)},
             "bandwidth": bw, "rows": rows, "environment": _environment()}
     path = write_json(Path(run_dir) / "bench.json", data)
-    title = (f"bench: {cfg.model.name} quant={cfg.quant.name} dtype={loaded.dtype} cache={cache or 'dynamic'} "
-             f"compile={bool(g.compile)}; copy bandwidth {bw['bytes_per_second'] / 1e9:.1f} GB/s on {bw['device']}")
+    title = (f"bench: {cfg.model.name} quant={cfg.quant.name} dtype={loaded.dtype} engine={engine.name} "
+             f"cache={cache or 'dynamic'} compile={engine.compile}; copy bandwidth "
+             f"{bw['bytes_per_second'] / 1e9:.1f} GB/s on {bw['device']}")
     print(report.table(rows, title), flush=True)
     first = rows[0]
-    return {"bench": str(path), "load_seconds": loaded.load_seconds, "bandwidth_gb_per_s":
+    return {"bench": str(path), "engine": engine.name, "compiled": engine.compile,
+            "load_seconds": loaded.load_seconds, "bandwidth_gb_per_s":
             round(bw["bytes_per_second"] / 1e9, 2),
             **{k: first[k] for k in ("decode_tokens_per_second", "decode_throughput", "time_to_first_token_s",
                                      "total_tokens_per_second", "limit_tokens_per_second", "limit_fraction",
                                      "peak_memory_bytes")}}
 
 
-def _measure(cfg: DictConfig, loaded: Any, prompt: int, new: int, batch: int, bandwidth: float) -> dict[str, Any]:
+def _measure(cfg: DictConfig, loaded: Any, engine: Any, prompt: int, new: int, batch: int,
+             bandwidth: float) -> dict[str, Any]:
     """One combination: warm-up, ``task.repeats`` timed runs (medians), the bytes per step and the limit."""
     import time
 
@@ -107,7 +115,7 @@ def _measure(cfg: DictConfig, loaded: Any, prompt: int, new: int, batch: int, ba
 
     model, tok, device = loaded.model, loaded.tokenizer, loaded.input_device
     g = OmegaConf.merge(cfg.generation, {"max_new_tokens": new, "stop": []})  # stop strings would end runs early
-    kwargs = gen.generation_kwargs(g, model, tok, chat=False)
+    kwargs = gen.generation_kwargs(g, model, tok, chat=False, engine=engine)
     kwargs["min_new_tokens"] = new  # every run generates exactly `new` tokens (EOS suppressed), as timed
     ids = token_ids(tok, prompt, batch)
 
@@ -115,7 +123,7 @@ def _measure(cfg: DictConfig, loaded: Any, prompt: int, new: int, batch: int, ba
         torch.manual_seed(cfg.seed)
         streamer = TimingStreamer()
         outputs, seconds = gen.generate_batch(model, tok, ids, device=device, kwargs=kwargs, stop=[],
-                                              streamer=streamer)
+                                              streamer=streamer, engine=engine)
         return seconds, streamer.ttft, min(o.new_tokens for o in outputs)
 
     warmup = None
@@ -161,7 +169,7 @@ def _environment() -> dict[str, Any]:
 
     from gemma_run.doctor.versions import installed
 
-    env: dict[str, Any] = {d: installed(d) for d in ("python", "torch", "transformers", "accelerate",
+    env: dict[str, Any] = {d: installed(d) for d in ("python", "torch", "transformers", "accelerate", "torchao",
                                                      "bitsandbytes")}
     env.update(platform=platform.platform(), cpu_count=os.cpu_count(), cuda=torch.version.cuda,
                gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],

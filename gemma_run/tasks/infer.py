@@ -85,7 +85,9 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
     gen.check_context([todo[k] for k in texts], lengths, loaded.context_length, cfg.generation.max_new_tokens)
     # text prompts in length-grouped batches, then each image prompt alone (images differ in soft-token layout)
     batches = [[texts[i] for i in b] for b in gen.plan_batches(lengths, cfg.batch_size)] + [[k] for k in images]
-    kwargs = gen.generation_kwargs(cfg.generation, model, tok, chat=any(is_chat) or bool(images))
+    engine = gen.choose_engine(cfg.generation, model, images=bool(images))
+    log.info("generation engine: %s", engine.describe())
+    kwargs = gen.generation_kwargs(cfg.generation, model, tok, chat=any(is_chat) or bool(images), engine=engine)
     stream = single and cfg.generation.stream
     totals = Totals()
     device = loaded.input_device
@@ -101,7 +103,7 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
                                                   kwargs=kwargs, stop=list(cfg.generation.stop), streamer=streamer)
         else:
             outputs, seconds = gen.generate_batch(model, tok, [ids[i] for i in batch], device=device, kwargs=kwargs,
-                                                  stop=list(cfg.generation.stop), streamer=streamer)
+                                                  stop=list(cfg.generation.stop), streamer=streamer, engine=engine)
         records = []
         for i, out in zip(batch, outputs, strict=True):
             records.append({**todo[i].record(), "completion": out.completion, "new_tokens": out.new_tokens,
@@ -118,6 +120,7 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
         "checkpoint": str(loaded.path), "load_kind": loaded.kind, "dtype": loaded.dtype,
         "load_seconds": loaded.load_seconds, "bytes_per_device": loaded.bytes_per_device,
         "input_device": str(device), "generated": len(todo), "batch_size": cfg.batch_size,
+        "engine": engine.name, "compiled": engine.compile, "engine_reason": engine.reason,
         **totals.summary(), "peak_memory_bytes": peak_memory(),
     }
     log.info("generated %d prompt(s): %s new tokens, %s tok/s, time to first token %s s",

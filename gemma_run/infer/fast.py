@@ -1,0 +1,251 @@
+"""The fast generation engine: a static KV cache and one compiled decode step, driven by a lean loop of our own.
+
+Why not ``model.generate``: at batch 1 a decode step of a 4B model reads 7.8 GB, 2.6 ms at an H100's bandwidth,
+while transformers' generate loop spends 6-13 ms of Python per token around the model even when the forward is
+compiled (logits processors, stopping criteria, kwargs bookkeeping; measured, ../shared/docs/stack.md). This
+loop does per token only what decoding needs: one replay of the compiled step (a CUDA graph under
+``mode="reduce-overhead"``), picking the next token on the device, and a check for finished rows every
+``CHECK_EVERY`` steps, so the CPU stays ahead of the GPU.
+
+The model is the one ``gemma_run.loading.load`` gave (any transformers causal LM whose cache can be static); the
+prompt goes through an eager forward (compute-bound, and it fills the cache, whose tensors transformers then marks
+as static addresses for CUDA graphs). One :class:`Session` per (batch, cache length) is kept on the model and
+reused, so a CUDA graph is recorded once per shape; cache lengths are rounded up to ``BUCKET`` tokens so that
+prompts of similar lengths share it.
+
+Sampling, when asked for, is temperature / top-k / top-p on the step's logits, as generate() does it; what this
+engine does not do (repetition penalty, image inputs, a model spread over devices) is reported by
+:func:`unsupported`, and ``generation.engine=auto`` then takes generate().
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BUCKET = 256  # cache lengths are multiples of this: one recorded graph serves every prompt up to that length
+CHECK_EVERY = 8  # steps between looks at which rows have finished (each look waits for the GPU)
+
+
+def unsupported(model: Any, g: Any, *, images: bool = False) -> str | None:
+    """Why the fast engine cannot run this model/generation config, or None when it can."""
+    if images:
+        return "image inputs go through generate()"
+    if float(g.repetition_penalty) != 1.0:
+        return f"generation.repetition_penalty={g.repetition_penalty} is not implemented by the fast engine"
+    devices = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
+    if len(devices) > 1 or (getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1):
+        return "the model is spread over several devices (a compiled step needs it on one)"
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"transformers gives {type(model).__name__} no static KV cache"
+    try:
+        from transformers.cache_utils import StaticLayer  # noqa: F401  (transformers >= 4.56)
+    except ImportError:
+        return "this transformers has no StaticLayer cache (the fast engine needs transformers >= 4.56)"
+    return None
+
+
+@dataclass
+class Session:
+    """A static cache of one (batch, length) shape and the compiled step that reads and writes it."""
+
+    batch: int
+    length: int
+    cache: Any
+    step: Any  # (input_ids [B, 1], position_ids [B, 1], cache_position [1], attention_mask [B, L]) -> logits [B, V]
+    compiled: bool
+    compile_seconds: float | None = None  # first step's time, compile included (None until it ran)
+    steps_run: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _bucket(n: int, context: int | None) -> int:
+    length = -(-n // BUCKET) * BUCKET
+    return min(length, context) if context else length
+
+
+def session(model: Any, batch: int, needed: int, *, compile: bool, exact: bool = True) -> Session:
+    """The session for ``batch`` rows of up to ``needed`` positions, made on first use and kept on the model."""
+    config = model.config
+    text = getattr(config, "get_text_config", lambda: config)()
+    context = getattr(text, "max_position_embeddings", None)
+    length = _bucket(needed, context)
+    sessions = model.__dict__.setdefault("_gemma_run_sessions", {})
+    key = (batch, length, compile, exact)
+    if key not in sessions:
+        cache = static_cache(text.num_hidden_layers, length)
+        sessions[key] = Session(batch, length, cache, _make_step(model, cache, compile, exact), compile)
+    return sessions[key]
+
+
+def static_cache(layers: int, length: int) -> Any:
+    """A static cache whose every layer holds ``length`` positions, sliding-window layers included.
+
+    transformers' own StaticCache gives sliding layers a rolling window tracked by a Python int, which a compiled
+    step guards on: it recompiles as the window fills and on every step once it is full (prompts over the window,
+    1024 tokens on Gemma 3). With full-length layers every step has the same shapes and no Python state, and
+    the sliding window is still applied, by the model's sliding-window mask on absolute positions. The price is
+    memory: sliding layers keep ``length`` positions instead of the window.
+    """
+    from transformers.cache_utils import Cache, StaticLayer
+
+    return Cache(layers=[StaticLayer(max_cache_len=length) for _ in range(layers)])
+
+
+def _make_step(model: Any, cache: Any, compile: bool, exact: bool) -> Any:
+    import torch
+
+    def step(input_ids: Any, position_ids: Any, cache_position: Any, attention_mask: Any) -> Any:
+        out = model(input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
+                    attention_mask=attention_mask, past_key_values=cache, use_cache=True, return_dict=True)
+        return out.logits[:, -1, :].float()
+
+    if not compile:
+        return step
+    # triton.cudagraphs is what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both);
+    # emulate_precision_casts rounds to bf16 wherever eager does, so the compiled step picks eager's tokens
+    return torch.compile(step, fullgraph=True, dynamic=False,
+                         options={"triton.cudagraphs": True, "emulate_precision_casts": exact})
+
+
+def choose(logits: Any, kwargs: dict[str, Any], generator: Any = None) -> Any:
+    """The next token of each row: greedy argmax, or a sample after temperature, top-k and top-p (the order
+    generate() applies them in)."""
+    import torch
+
+    if not kwargs.get("do_sample"):
+        return logits.argmax(dim=-1)
+    logits = logits / max(float(kwargs["temperature"]), 1e-5)
+    top_k = int(kwargs.get("top_k") or 0)
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    top_p = float(kwargs.get("top_p") or 1.0)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # the tokens after the nucleus is complete
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, Any], *, streamer: Any = None,
+             compile: bool, exact: bool = True, stop: list[str] | None = None, tokenizer: Any = None) -> Any:
+    """Tokens [B, prompt + new] as generate() returns them (rows that finished early padded), from generate()'s
+    own ``kwargs`` (max_new_tokens, min_new_tokens, eos_token_id, pad_token_id and the sampling keys).
+
+    ``input_ids``/``attention_mask`` are left-padded [B, P] on the model's device. ``streamer`` gets the prompt,
+    then the new tokens as they are known (the first one at once: time to first token; then every few steps).
+    A row ends at an EOS or, when ``stop`` strings are given, once its text holds one (checked every few steps).
+    """
+    import torch
+
+    batch, prompt = input_ids.shape
+    new = int(kwargs["max_new_tokens"])
+    min_new = int(kwargs.get("min_new_tokens") or 0)
+    eos, pad = list(kwargs.get("eos_token_id") or []), int(kwargs["pad_token_id"])
+    s = session(model, batch, prompt + new, compile=compile, exact=exact)
+    device = input_ids.device
+    s.cache.reset()
+    mask = torch.ones(batch, s.length, dtype=attention_mask.dtype, device=device)
+    mask[:, :prompt] = attention_mask
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    real = attention_mask.long().sum(-1, keepdim=True)  # the position of each row's next token
+    out = torch.full((batch, new), pad, dtype=input_ids.dtype, device=device)
+    eos_t = torch.tensor(eos or [-1], device=device)
+    suppress = eos_t[eos_t >= 0] if min_new and eos else None
+    cache_positions = torch.arange(prompt, prompt + new, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, position_ids=positions, attention_mask=mask,
+                       cache_position=torch.arange(prompt, device=device), past_key_values=s.cache,
+                       use_cache=True, return_dict=True, **_last_only(model)).logits[:, -1, :].float()
+        token = _pick(logits, kwargs, done, pad, suppress if min_new > 0 else None)
+        out[:, 0] = token
+        done |= torch.isin(token, eos_t)
+        if streamer is not None:
+            streamer.put(token.cpu())
+        streamed = 1
+        for i in range(1, new):
+            if i % CHECK_EVERY == 0:
+                if stop:
+                    done |= _stopped(out[:, :i], stop, tokenizer)
+                if bool(done.all()):
+                    break
+            first = s.steps_run == 0
+            start = time.perf_counter() if first else 0.0
+            args = (token.view(batch, 1).clone(), real + (i - 1), cache_positions[i - 1:i], mask)
+            try:
+                logits = s.step(*args)
+            except Exception as e:  # torch.compile fails in many exception types
+                if not (first and s.compiled):
+                    raise
+                log.warning("could not compile the decode step (%s: %s); it runs eagerly. generation.compile=false "
+                            "skips the attempt", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                s.step, s.compiled = _make_step(model, s.cache, False, exact), False
+                logits = s.step(*args)
+            if first:
+                _sync(device)
+                s.compile_seconds = time.perf_counter() - start
+                if s.compiled:
+                    log.info("compiled the decode step for batch %d x %d positions in %.1f s", batch, s.length,
+                             s.compile_seconds)
+            s.steps_run += 1
+            token = _pick(logits, kwargs, done, pad, suppress if i < min_new else None)
+            out[:, i] = token
+            done |= torch.isin(token, eos_t)
+            if streamer is not None and i % CHECK_EVERY == 0:
+                streamer.put(out[0, streamed:i + 1].cpu())
+                streamed = i + 1
+        if streamer is not None and streamed < new:
+            tail = out[0, streamed:]
+            streamer.put(tail[: _length(tail, eos)].cpu())
+    return torch.cat([input_ids, out], dim=1)
+
+
+def _last_only(model: Any) -> dict[str, Any]:
+    """``logits_to_keep=1`` where the model takes it: the prompt's pass computes the last position's logits
+    only (Gemma's 262k vocabulary would otherwise cost prompt x 262k floats)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def _stopped(tokens: Any, stop: list[str], tokenizer: Any) -> Any:
+    """Rows whose text so far holds a stop string (generate()'s stop_strings, checked on decoded text)."""
+    import torch
+
+    texts = tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+    return torch.tensor([any(s in t for s in stop) for t in texts], device=tokens.device)
+
+
+def _pick(logits: Any, kwargs: dict[str, Any], done: Any, pad: int, suppress: Any) -> Any:
+    """The next tokens; ``suppress`` (the EOS ids while min_new_tokens is not reached, as in generate()) cannot
+    win, and finished rows get ``pad``."""
+    import torch
+
+    if suppress is not None:
+        logits = logits.index_fill(-1, suppress, float("-inf"))
+    token = choose(logits, kwargs)
+    return torch.where(done, torch.full_like(token, pad), token)
+
+
+def _length(tokens: Any, eos: list[int]) -> int:
+    values = tokens.tolist()
+    for pos, t in enumerate(values):
+        if t in eos:
+            return pos + 1
+    return len(values)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

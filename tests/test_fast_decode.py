@@ -1,0 +1,126 @@
+"""The fast generation engine (gemma_run.infer.fast) on the tiny random-weight Gemma 3 (CPU): the same greedy
+tokens as transformers' generate() eager and compiled, in bf16, for a left-padded batch whose long prompt runs
+past the sliding window; EOS and stop strings end rows as generate() ends them; sampling is seeded; and the
+engine choice (auto/fast/hf) says why it fell back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gemma_run import run
+from gemma_run.errors import GemmaRunError
+from gemma_run.infer import generate as gen
+from gemma_run.infer.stats import TimingStreamer
+
+LONG = "the cat sat on the mat and looked at the dog " * 3  # > 16 tokens: past the tiny model's sliding window
+
+
+@pytest.fixture(scope="module")
+def bf16(cache_dir: Path):
+    from gemma_run import compose
+    from gemma_run.loading import load
+
+    loaded = load(compose([f"cache_dir={cache_dir}", "model.dtype=bfloat16"]))
+    loaded.tokenizer.padding_side = "left"
+    return loaded
+
+
+def _run(loaded, prompts: list[str], engine: gen.Engine, new: int = 32, **extra):
+    import torch
+
+    from gemma_run import compose
+
+    tok = loaded.tokenizer
+    stop = list(extra.pop("stop", []))
+    g = compose([f"generation.max_new_tokens={new}"]).generation
+    kwargs = {**gen.generation_kwargs(g, loaded.model, tok, chat=False, engine=engine), **extra}
+    ids = [tok(p)["input_ids"] for p in prompts]
+    outs, _ = gen.generate_batch(loaded.model, tok, ids, device=torch.device("cpu"), kwargs=kwargs,
+                                 stop=stop, streamer=TimingStreamer(), engine=engine)
+    return outs
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-step", "compiled-step"])
+def test_fast_engine_gives_generates_greedy_tokens_in_bf16(bf16, compiled: bool) -> None:
+    prompts = [LONG, "hello there"]
+    assert len(bf16.tokenizer(LONG)["input_ids"]) > 16
+    ref = _run(bf16, prompts, gen.HF, min_new_tokens=32)
+    fast = _run(bf16, prompts, gen.Engine("fast", compiled, True, "test"), min_new_tokens=32)
+    assert [o.new_tokens for o in fast] == [32, 32]
+    assert [o.completion for o in fast] == [o.completion for o in ref]
+
+
+def test_fast_engine_stops_at_eos_and_stop_strings_as_generate_does(bf16) -> None:
+    import torch
+
+    tok, model = bf16.tokenizer, bf16.model
+    ids = tok(LONG, return_tensors="pt")
+    with torch.inference_mode():
+        greedy = model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
+    new = greedy[0, ids["input_ids"].shape[1]:].tolist()
+    k = next(i for i in range(2, len(new)) if new[i] not in new[:i])  # a token first produced at step k
+    fast = gen.Engine("fast", False, True, "test")
+    for engine in (gen.HF, fast):
+        (out,) = _run(bf16, [LONG], engine, new=24, eos_token_id=[new[k]])
+        assert (out.new_tokens, out.stopped_by) == (k + 1, "eos"), engine
+    # a stop string: the text of that token, which first appears with it
+    stop = tok.decode([new[k]], skip_special_tokens=True).strip() or tok.decode(new[k:k + 2]).strip()
+    assert stop
+    ref = _run(bf16, [LONG], gen.HF, new=24, stop=[stop], stop_strings=[stop], tokenizer=tok)
+    got = _run(bf16, [LONG], fast, new=24, stop=[stop])
+    assert ref[0].stopped_by == "stop_string"
+    assert (got[0].completion, got[0].stopped_by) == (ref[0].completion, "stop_string")
+
+
+def test_fast_engine_sampling_is_seeded_and_top_k_1_is_greedy(bf16) -> None:
+    import torch
+
+    fast = gen.Engine("fast", False, True, "test")
+    sample = {"do_sample": True, "temperature": 0.9, "top_p": 0.9, "top_k": 50, "min_new_tokens": 16}
+    torch.manual_seed(3)
+    a = _run(bf16, [LONG], fast, new=16, **sample)
+    torch.manual_seed(3)
+    b = _run(bf16, [LONG], fast, new=16, **sample)
+    torch.manual_seed(4)
+    c = _run(bf16, [LONG], fast, new=16, **sample)
+    assert a[0].completion == b[0].completion != c[0].completion
+    one = _run(bf16, [LONG], fast, new=16, **{**sample, "top_k": 1})
+    greedy = _run(bf16, [LONG], fast, new=16, min_new_tokens=16)
+    assert one[0].completion == greedy[0].completion
+
+
+def test_engine_choice_and_its_reasons(compose_cfg, bf16) -> None:
+    model = bf16.model
+
+    def choose(*overrides: str, images: bool = False) -> gen.Engine:
+        return gen.choose_engine(compose_cfg(list(overrides)).generation, model, images=images)
+
+    assert choose().name == "hf" and "CUDA" in choose().reason  # auto on a CPU
+    assert choose("generation.engine=fast") == gen.Engine("fast", False, True, "generation.engine=fast")
+    assert choose("generation.engine=fast", "generation.compile=true").compile
+    assert "repetition_penalty" in choose("generation.repetition_penalty=1.2").reason
+    assert choose("generation.cache_implementation=static").name == "hf"
+    assert choose("generation.engine=auto", images=True).name == "hf"
+    with pytest.raises(GemmaRunError, match="repetition_penalty") as e:
+        choose("generation.engine=fast", "generation.repetition_penalty=1.2")
+    assert e.value.key == "generation.engine"
+
+
+def test_infer_and_bench_run_the_fast_engine_end_to_end(compose_cfg, tmp_path: Path) -> None:
+    outs = {}
+    for engine in ("hf", "fast"):
+        run_dir = tmp_path / engine
+        result = run(compose_cfg([f"generation.engine={engine}", "batch_size=2", "prompt=" + LONG,
+                                  "generation.max_new_tokens=20"]), run_dir)
+        assert result["engine"] == engine
+        outs[engine] = [json.loads(line)["completion"] for line in (run_dir / "generations.jsonl").open()]
+    assert outs["fast"] == outs["hf"]
+    result = run(compose_cfg(["task=bench", "generation.engine=fast", "task.prompt_tokens=[20]",
+                              "task.new_tokens=[6]", "task.batch_sizes=[2]", "task.probe_bytes=32MiB"]),
+                 tmp_path / "bench")
+    data = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert data["generation"]["engine"] == "fast" and data["generation"]["cache_implementation"] == "static"
+    assert result["decode_tokens_per_second"] > 0 and data["rows"][0]["new_tokens"] == 6
