@@ -19,6 +19,11 @@ for part in "$@"; do
     bench)  python3 -m pytest tests/test_bench_gpu.py -m gpu -s -q -p no:cacheprovider ;;
     compile) (cd /tmp && timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
               generation.cache_implementation=static generation.compile=true task.batch_sizes=[1]) ;;
+    fast4b) (cd /tmp && timeout 330 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
+              generation.engine=fast quant=none,4bit task.batch_sizes=[1,8]) ;;
+    fastwarm) (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              generation.engine=fast task.batch_sizes=[1]) ;;
+    int4probe) timeout 140 python3 bench/int4_probe.py gemma3_4b ;;
     *) echo "unknown part $part"; false ;;
   esac > >(tee "$logs/$part.log") 2>&1 || status=1
 done
