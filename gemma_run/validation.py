@@ -31,11 +31,13 @@ def _model(cfg: DictConfig) -> list[GemmaRunError]:
 
 def _quant(cfg: DictConfig) -> list[GemmaRunError]:
     q = cfg.quant
-    allowed = {"none": (16,), "bitsandbytes": (8, 4)}[q.backend.name]
+    allowed = {"none": (16,), "bitsandbytes": (8, 4), "torchao": (4,)}[q.backend.name]
     if q.bits not in allowed:
         return [ConfigError(f"quant.bits={q.bits} does not exist for quant.backend={q.backend.name}",
-                            key="quant.bits", fix=f"quant.bits={allowed[0]} (or pick quant=none|8bit|4bit|fp4)")]
-    return []
+                            key="quant.bits", fix=f"quant.bits={allowed[0]} (or pick quant=none|8bit|4bit|fp4|int4)")]
+    from gemma_run.loading.quantization import torchao_problems
+
+    return torchao_problems(q) if q.backend.name == "torchao" else []
 
 
 def _device_map(cfg: DictConfig) -> list[GemmaRunError]:

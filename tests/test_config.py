@@ -69,6 +69,7 @@ def test_rtx3090x3_keeps_the_quiet_defaults(compose_cfg) -> None:
     assert cfg.env.vars == {
         "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
         "CUDA_VISIBLE_DEVICES": "0,1,2", "NCCL_P2P_DISABLE": "1", "NCCL_DEBUG": "INFO",
+        "TORCHINDUCTOR_CACHE_DIR": f"{cfg.cache_dir}/torchinductor",
     }
 
 

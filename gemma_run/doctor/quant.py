@@ -75,4 +75,51 @@ def bnb_check(ctx: DoctorContext) -> Finding:
     return Finding("pass", text, details=r)
 
 
-CHECKS = [("quant.bitsandbytes", bnb_check, "bitsandbytes imports and a real nf4 matmul matches its reference")]
+def int4_errors(device: str, seed: int = 0) -> dict[str, Any]:
+    """quant=int4's own layout for ``device`` on a random 256 -> 256 Linear (bf16, group 128): the weight read
+    back through the kernel against the bf16 weight (int4 on Gaussian weights: ~9%)."""
+    import torch
+    from omegaconf import OmegaConf
+    from torchao.quantization import quantize_
+
+    from gemma_run.loading.torchao_int4 import ao_config
+
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(256, 256, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(256, 256, generator=g).to(torch.bfloat16))
+    lin = lin.to(device)
+    weight = lin.weight.detach().float().clone()
+    q = OmegaConf.create({"group_size": 128, "packing_format": "auto", "qparams_algorithm": "tinygemm"})
+    quantize_(lin, ao_config(q, device.startswith("cuda")))
+    with torch.no_grad():
+        read = lin(torch.eye(256, device=device, dtype=torch.bfloat16)).float().t()
+    if not bool(torch.isfinite(read).all()):
+        raise FloatingPointError("torchao int4 matmul gave non-finite values")
+    return {"device": device, "layout": type(lin.weight).__name__, "weight_error": round(_rel(read, weight), 4)}
+
+
+def int4_check(ctx: DoctorContext) -> Finding:
+    from gemma_run.doctor.versions import installed
+
+    version = installed("torchao")
+    if version is None:
+        return Finding("warn", "torchao is not installed: quant=int4 cannot run",
+                       fix="pip install torchao==0.18.0 (or 'gemma-run[fast]')")
+    device = "cuda:0" if gpu_count() else "cpu"
+    try:
+        r = int4_errors(device)
+    except Exception as e:  # an import mismatch with torch, or a missing kernel for this device
+        return Finding("fail", f"torchao {version} int4 on {device} failed: {type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}",
+                       fix="pip install torchao==0.18.0 (it pairs with torch 2.11+), or use quant=4bit")
+    r["torchao"] = version
+    text = f"torchao {version} int4 ({r['layout']}) on {device}: weight error {r['weight_error']:.3f}"
+    if r["weight_error"] > MAX_QUANT_ERROR:
+        return Finding("fail", f"{text} (limit {MAX_QUANT_ERROR})", details=r,
+                       fix="the int4 kernel is wrong on this device: pip install torchao==0.18.0, or quant=4bit")
+    return Finding("pass", text, details=r)
+
+
+CHECKS = [("quant.bitsandbytes", bnb_check, "bitsandbytes imports and a real nf4 matmul matches its reference"),
+          ("quant.torchao", int4_check, "torchao imports and quant=int4's kernel reads its weights back")]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_run.errors import GemmaRunError
-from gemma_run.loading import architecture, checkpoint, checks, compat, placement, quantization
+from gemma_run.loading import architecture, checkpoint, checks, compat, placement, quantization, random_weights
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +102,31 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
     }
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
-    qconfig = quantization.build(cfg.quant, plan.model_type)
-    if qconfig is not None:
-        kwargs["quantization_config"] = qconfig
     if device_map == "config":
         kwargs.update(checks.device_map_kwargs(cfg, path, plan))
     elif device_map is not None:
         kwargs["device_map"] = device_map
-    if qconfig is not None and cfg.quant.bits == 4 and _all_on_cpu(kwargs.get("device_map")) \
-            and "avx512_bf16" in quantization.cpu_flags():
+    on_cpu = _all_on_cpu(kwargs.get("device_map"))
+    qconfig = quantization.build(cfg.quant, plan.model_type, on_cuda=not on_cpu, dtype=dtype)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    if cfg.quant.backend.name == "torchao":
+        from gemma_run.loading import torchao_int4
+
+        torchao_int4.check_group_size(cfg.quant, architecture.skeleton(path, plan, cfg.model.trust_remote_code))
+    elif qconfig is not None and cfg.quant.bits == 4 and on_cpu and "avx512_bf16" in quantization.cpu_flags():
         quantization.check_cpu_4bit(cfg.quant, architecture.skeleton(path, plan, cfg.model.trust_remote_code))
     tokenizer = load_tokenizer(path, cfg.model)
     processor = load_processor(path, cfg.model) if plan.multimodal else None
     log.info("loading %s from %s (%s, %s, quant=%s, device_map=%s)", cfg.model.name, path, plan.kind, dtype,
              cfg.quant.name, kwargs.get("device_map"))
-    model = _from_pretrained(architecture.model_class(plan), path, kwargs, quiet=plan.kind == "text_only")
+    if random_weights.in_memory(path):
+        from gemma_run.loading import random_memory
+
+        model = _from_pretrained(lambda: random_memory.build(path, cfg.model, kwargs, int(cfg.quant.bits)))
+    else:
+        cls = architecture.model_class(plan)
+        model = _from_pretrained(lambda: cls.from_pretrained(path, **kwargs), quiet=plan.kind == "text_only")
     model.eval()
     loaded = Loaded(model=model, tokenizer=tokenizer, path=path, dtype=dtype,
                     load_seconds=round(time.perf_counter() - start, 3),
@@ -137,8 +147,8 @@ def _all_on_cpu(device_map: Any) -> bool:
     return not torch.cuda.is_available()
 
 
-def _from_pretrained(cls: Any, path: Path, kwargs: dict[str, Any], quiet: bool) -> Any:
-    """from_pretrained, with the library's errors for placement problems turned into fixable ones.
+def _from_pretrained(call: Any, quiet: bool = False) -> Any:
+    """``call()`` (a from_pretrained), with the library's errors for placement problems turned into fixable ones.
 
     ``quiet`` hides transformers' report of unexpected keys (the vision tower a text-only load skips).
     """
@@ -148,7 +158,7 @@ def _from_pretrained(cls: Any, path: Path, kwargs: dict[str, Any], quiet: bool) 
     if quiet:
         hf_logging.set_verbosity_error()
     try:
-        return cls.from_pretrained(path, **kwargs)
+        return call()
     except ValueError as e:
         text = str(e)
         if "offload_folder" in text or "offload to disk" in text:

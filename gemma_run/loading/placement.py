@@ -133,6 +133,15 @@ def input_device(model: Any):  # -> torch.device
     return emb.weight.device
 
 
+def storage_bytes(tensor: Any) -> int:
+    """Bytes a tensor holds; a wrapper subclass (torchao's int4 weights) holds its inner tensors, while its own
+    numel/element_size describe the unquantized weight it stands for."""
+    if hasattr(type(tensor), "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(storage_bytes(getattr(tensor, n)) for n in names if getattr(tensor, n) is not None)
+    return tensor.numel() * tensor.element_size()
+
+
 def bytes_per_device(model: Any) -> dict[str, int]:
     """Bytes of parameters and buffers per device ("cpu", "cuda:0", "disk" for offloaded modules)."""
     hf_map = getattr(model, "hf_device_map", None) or {}
@@ -142,7 +151,7 @@ def bytes_per_device(model: Any) -> dict[str, int]:
         if id(tensor) in seen:  # tied weights count once
             continue
         seen.add(id(tensor))
-        size = tensor.numel() * tensor.element_size()
+        size = storage_bytes(tensor)
         dev = str(tensor.device)
         if dev == "meta":
             owner = max((m for m in hf_map if name.startswith(m + ".") or m == ""), key=len, default=None)

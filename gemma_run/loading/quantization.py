@@ -51,9 +51,18 @@ def check_bitsandbytes(quant_cfg: Any | None = None, model_type: str = "") -> No
                             key="quant.compute_dtype", fix="quant.compute_dtype=bfloat16 (or float32)")
 
 
-def build(quant_cfg: Any, model_type: str = ""):  # -> transformers.BitsAndBytesConfig | None
+def build(quant_cfg: Any, model_type: str = "", on_cuda: bool | None = None, dtype: str = "bfloat16"):
+    """The quant group -> transformers' BitsAndBytesConfig or TorchAoConfig (None for quant=none).
+
+    ``on_cuda``: whether the weights go to a GPU (torchao's int4 layout depends on it; default: a GPU exists);
+    ``dtype``: the model's dtype (torchao's CUDA int4 layout takes bf16 only).
+    """
     if quant_cfg.backend.name == "none":
         return None
+    if quant_cfg.backend.name == "torchao":
+        from gemma_run.loading import torchao_int4
+
+        return torchao_int4.build(quant_cfg, on_cuda, dtype)
     check_bitsandbytes(quant_cfg, model_type)
     quiet_repeated_warnings()
     from transformers import BitsAndBytesConfig
@@ -72,6 +81,28 @@ def build(quant_cfg: Any, model_type: str = ""):  # -> transformers.BitsAndBytes
         llm_int8_skip_modules=skip,
         llm_int8_enable_fp32_cpu_offload=quant_cfg.cpu_offload,
     )
+
+
+TORCHAO_GROUP_SIZES = (32, 64, 128, 256)  # tinygemm's; the CPU layout takes 32, 64, 128
+TORCHAO_PACKING = ("auto", "tile_packed_to_4d", "opaque")
+TORCHAO_QPARAMS = ("tinygemm", "hqq")
+
+
+def torchao_problems(quant_cfg: Any) -> list[GemmaRunError]:
+    """Config errors of quant=int4 found without importing anything (run by the Validate plugin)."""
+    from gemma_run.errors import ConfigError
+
+    problems: list[GemmaRunError] = []
+    if quant_cfg.group_size not in TORCHAO_GROUP_SIZES:
+        problems.append(ConfigError(f"quant.group_size={quant_cfg.group_size} is not one tinygemm supports",
+                                    key="quant.group_size", fix="quant.group_size=128 (or 32, 64; 256 on CUDA)"))
+    if quant_cfg.packing_format not in TORCHAO_PACKING:
+        problems.append(ConfigError(f"quant.packing_format={quant_cfg.packing_format!r} is not supported",
+                                    key="quant.packing_format", fix="quant.packing_format=auto"))
+    if quant_cfg.qparams_algorithm not in TORCHAO_QPARAMS:
+        problems.append(ConfigError(f"quant.qparams_algorithm={quant_cfg.qparams_algorithm!r} is not supported",
+                                    key="quant.qparams_algorithm", fix="quant.qparams_algorithm=tinygemm (or hqq)"))
+    return problems
 
 
 class _Once(logging.Filter):

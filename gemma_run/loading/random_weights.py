@@ -65,29 +65,88 @@ def checkpoint_dir(cache_dir: str | Path, name: str, config: dict[str, Any], see
     return Path(cache_dir).expanduser() / "random" / f"{name}-{digest}"
 
 
+MEMORY_ABOVE = 20e9  # bytes of checkpoint above which random_storage=auto builds in memory (12B: 24 GB, 27B: 54 GB)
+IN_MEMORY = ".in-memory"  # marker of a dir holding only config + tokenizer: the weights are built at load time
+
+
+def in_memory(path: Path) -> bool:
+    """Whether ``path`` is a random model whose weights are built in memory at every load."""
+    return (path / IN_MEMORY).is_file()
+
+
+def checkpoint_bytes(arch: Any) -> int:
+    """Bytes the disk checkpoint of ``arch`` would take (in the dtype build_device_dtype picks)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(arch).parameters())
+    return n * (4 if n <= BIG else 2)
+
+
+def storage(model_cfg: Any, arch: Any, disk_dir: Path) -> str:
+    """disk | memory for this run. auto: a checkpoint already built stays in use; else memory when the
+    checkpoint would exceed MEMORY_ABOVE or 90% of the free disk of the cache dir."""
+    choice = model_cfg.random_storage.name
+    if choice != "auto":
+        return choice
+    if (disk_dir / COMPLETE).is_file():
+        return "disk"
+    need = checkpoint_bytes(arch)
+    free = shutil.disk_usage(_existing_parent(disk_dir)).free
+    if need > MEMORY_ABOVE or need > 0.9 * free:
+        log.info("random %s: the checkpoint would take %.1f GB (%.1f GB free in %s): building it in memory "
+                 "(model.random_storage=disk forces a checkpoint)", model_cfg.name, need / 1e9, free / 1e9,
+                 disk_dir.parent)
+        return "memory"
+    return "disk"
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def ensure_random_checkpoint(model_cfg: Any, cache_dir: str | Path) -> Path:
-    """The cached checkpoint of this random-weight model, built first if it is not there yet."""
+    """The cached checkpoint of this random-weight model, built first if it is not there yet.
+
+    With in-memory storage (see :func:`storage`) the directory holds the config, generation config and
+    tokenizer only (marked by IN_MEMORY); :func:`gemma_run.loading.load` builds the weights itself.
+    """
     from omegaconf import OmegaConf
 
     config = OmegaConf.to_container(model_cfg.config, resolve=True) if OmegaConf.is_config(model_cfg.config) \
         else dict(model_cfg.config)
     target = checkpoint_dir(cache_dir, model_cfg.name, config, model_cfg.seed, model_cfg.tokenizer_vocab_size,
                             model_cfg.text_only)
-    if (target / COMPLETE).is_file():
+    if (target / COMPLETE).is_file() and model_cfg.random_storage.name != "memory":
         return target
+    arch = architecture_config(config, model_cfg.text_only)
+    if storage(model_cfg, arch, target) == "memory":
+        target = target.with_name(target.name + "-memory")
+        if not (target / COMPLETE).is_file():
+            _build_dir(model_cfg, arch, target, weights=False)
+        return target
+    _build_dir(model_cfg, arch, target, weights=True)
+    return target
+
+
+def _build_dir(model_cfg: Any, arch: Any, target: Path, weights: bool) -> None:
+    """Write the random model's dir: tokenizer (+ processor), config, and the weights when ``weights``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from gemma_run.loading.tokenizer_build import build_tokenizer
 
-    log.info("building random-weight %s into %s (first use; cached afterwards)", model_cfg.name, target)
-    arch = architecture_config(config, model_cfg.text_only)
+    log.info("building random-weight %s into %s (first use; cached afterwards%s)", model_cfg.name, target,
+             "" if weights else "; config and tokenizer only, the weights are built in memory at every load")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         device, dtype = build_device_dtype(arch)
         torch.manual_seed(model_cfg.seed)
-        with torch.device(device):
+        with torch.device(device if weights else "meta"):
             model = AutoModelForCausalLM.from_config(arch, **{compat.dtype_kwarg(): dtype})  # 4.53: torch_dtype
         vocab = min(model_cfg.tokenizer_vocab_size, model.get_input_embeddings().num_embeddings)
         text_arch = getattr(arch, "text_config", None) or arch
@@ -101,7 +160,12 @@ def ensure_random_checkpoint(model_cfg: Any, cache_dir: str | Path) -> Path:
 
             for name, value in build_gemma3_processor(tmp, arch).items():  # image token ids of this tokenizer
                 setattr(model.config, name, value)
-        model.save_pretrained(tmp, safe_serialization=True)
+        if weights:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.config.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+            (tmp / IN_MEMORY).write_text(json.dumps({"seed": model_cfg.seed}))
         (tmp / COMPLETE).write_text(json.dumps({"name": model_cfg.name, "seed": model_cfg.seed}))
         if target.exists():  # another process won the race; keep its copy
             shutil.rmtree(tmp)
@@ -110,4 +174,3 @@ def ensure_random_checkpoint(model_cfg: Any, cache_dir: str | Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target

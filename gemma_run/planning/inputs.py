@@ -37,6 +37,7 @@ def num_layers(config: dict[str, Any]) -> int | None:
 def train_spec(cfg: DictConfig) -> TrainSpec:
     targets = _sel(cfg, "lora.target_modules", list(DEFAULT_TARGETS))
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    kernel = _sel(cfg, "train.loss_kernel", "none")
     return TrainSpec(
         lora=bool(_sel(cfg, "lora.enabled", True)),
         lora_r=int(_sel(cfg, "lora.r", 16)),
@@ -48,6 +49,7 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         gradient_checkpointing=bool(_sel(cfg, "train.gradient_checkpointing", True)),
         seq_len=int(_sel(cfg, "plan.context", None) or _sel(cfg, "train.max_seq_length", 2048)),
         batch=int(_sel(cfg, "plan.batch", None) or _sel(cfg, "train.per_device_batch_size", 1)),
+        loss_kernel=str(getattr(kernel, "value", kernel)),
     )
 
 
@@ -83,11 +85,17 @@ def dtype(cfg: DictConfig, on_gpu: bool) -> str:
 def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
     """The plan inputs of a run config (``mode`` infer | train) and a note of where the GPUs came from."""
     gpu_list, source = gpus(cfg)
+    capacity = gpu_capacity(cfg)[0]
+    train_cap = _sel(cfg, "train.gpu_memory_cap", None) if mode == "train" else None
+    if train_cap:  # training in a smaller card's memory (train.gpu_memory_cap): plan as if the GPU were that size
+        limit = parse_size(train_cap, "train.gpu_memory_cap")
+        gpu_list, capacity = tuple(min(g, limit) for g in gpu_list), tuple(min(g, limit) for g in capacity)
     dm = cfg.device_map
     strategy = dm.strategy.name
     on_gpu = bool(gpu_list) and strategy != "cpu" and not (strategy == "single" and dm.device == "cpu")
     q = cfg.quant
-    quant = quant_from(q.backend.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules))
+    quant = quant_from(q.backend.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules),
+                       int(q.group_size), on_gpu)
     cpu_cap = dm.max_memory.get("cpu") if dm.max_memory else None
     cpu_cap = cpu_cap or _sel(cfg, "plan.cpu_memory", None)
     ctx = _sel(cfg, "plan.context", None)
@@ -104,7 +112,7 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
         single_device=str(dm.device).removeprefix("cuda:"),
         explicit_map=tuple((str(k), str(v)) for k, v in (dm.map or {}).items()),
         cpu_budget=parse_size(cpu_cap, "plan.cpu_memory") if cpu_cap else cpu_memory(),
-        gpu_capacity=gpu_capacity(cfg)[0],
+        gpu_capacity=capacity,
         cpu_capacity=parse_size(_sel(cfg, "plan.cpu_memory", None), "plan.cpu_memory")
         if _sel(cfg, "plan.cpu_memory", None) else cpu_memory(),
         disk=bool(dm.offload_folder),

@@ -6,7 +6,11 @@ quantized model: ``Int8Params.SCB``, ``Params4bit.quant_state``):
 - 4-bit (nf4/fp4): the packed weight (n/2 bytes, whatever ``quant_storage`` dtype holds it) + one absmax per
   block of 64 weights: fp32 (4 bytes) without double quant; with double quant a uint8 per block + one fp32
   per 256 blocks + a 256-entry fp32 code and an fp32 offset. Plus the 16-entry fp32 nf4/fp4 code.
-Which modules are quantized is transformers' decision, reproduced by calling its own functions: every
+- int4 (torchao, tinygemm): 4 bits per weight + one (scale, zero) pair per group of ``group_size`` weights of
+  one row, in the model's dtype. On CUDA (tile_packed_to_4d) the weight is first padded: in_features to a
+  multiple of 1024, out_features to 8 (``Int4TilePackedTo4dTensor.from_hp``); the CPU layout (opaque) is not.
+  Quantized: every ``nn.Linear`` but quant.skip_modules (default lm_head, vision tower, projector).
+Which modules bitsandbytes quantizes is transformers' decision, reproduced by calling its own functions: every
 ``nn.Linear`` (and GPT-2's ``Conv1D``) except ``get_keys_to_not_convert`` (the lm_head, tied weights, the last
 module) when no skip list is given, else exactly the skip list, plus ``_keep_in_fp32_modules``. Embeddings,
 norms, convolutions and biases keep the model's dtype.
@@ -29,19 +33,24 @@ ALLOC_ROUND = 512  # the CUDA caching allocator rounds every tensor up to 512 by
 class Quant:
     """How the weights are stored: mode none | int8 | nf4 | fp4."""
 
-    mode: str = "none"
+    mode: str = "none"  # none | int8 | nf4 | fp4 (bitsandbytes) | int4 (torchao)
     double_quant: bool = True
     skip_modules: tuple[str, ...] = ()  # as quant.skip_modules: replaces transformers' default skip list
+    group_size: int = 128  # int4 only
+    padded: bool = True  # int4 only: the CUDA layout (in_features padded to 1024); False: the CPU layout
 
     @property
     def bits(self) -> int:
-        return {"none": 16, "int8": 8, "nf4": 4, "fp4": 4}[self.mode]
+        return {"none": 16, "int8": 8, "nf4": 4, "fp4": 4, "int4": 4}[self.mode]
 
 
-def quant_from(backend: str, bits: int, quant_type: str, double_quant: bool, skip: list[str] | tuple) -> Quant:
-    """The quant group's values -> a :class:`Quant`."""
+def quant_from(backend: str, bits: int, quant_type: str, double_quant: bool, skip: list[str] | tuple,
+               group_size: int = 128, on_gpu: bool = True) -> Quant:
+    """The quant group's values -> a :class:`Quant` (``on_gpu``: which int4 layout the weights get)."""
     if backend == "none":
         return Quant()
+    if backend == "torchao":
+        return Quant("int4", skip_modules=tuple(skip), group_size=group_size, padded=on_gpu)
     mode = "int8" if bits == 8 else quant_type
     return Quant(mode, double_quant, tuple(skip))
 
@@ -50,6 +59,10 @@ def quantized_modules(model: Any, quant: Quant) -> set[str]:
     """Names of the modules transformers replaces with bitsandbytes layers for ``quant`` (empty for none)."""
     if quant.mode == "none":
         return set()
+    if quant.mode == "int4":
+        from gemma_run.loading.torchao_int4 import DEFAULT_SKIP, quantized_linears
+
+        return set(quantized_linears(model, list(quant.skip_modules) or list(DEFAULT_SKIP)))
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -76,8 +89,19 @@ def quantized_weight_bytes(numel: int, rows: int, quant: Quant) -> int:
     return packed + _r(blocks) + _r(nested * 4) + _r(256 * 4) + _r(4) + code
 
 
+def int4_weight_bytes(shape: tuple[int, ...], quant: Quant, dtype: str) -> int:
+    """Bytes torchao holds for one int4 weight of ``shape`` (out, in): packed data + scale_and_zero."""
+    rows, cols = shape
+    if quant.padded:  # Int4TilePackedTo4dTensor pads before packing, and keeps the padding
+        rows, cols = -(-rows // 8) * 8, -(-cols // 1024) * 1024
+    groups = -(-cols // quant.group_size)
+    return _r(rows * cols // 2) + _r(groups * rows * 2 * DTYPE_BYTES[dtype])
+
+
 def tensor_bytes(t: Tensor, quant: Quant, quantized: set[str], dtype: str) -> int:
     """Bytes of one tensor on a GPU (allocator rounding included)."""
+    if quant.mode == "int4" and not t.is_buffer and t.name.endswith(".weight") and t.module in quantized:
+        return int4_weight_bytes(t.shape, quant, dtype)
     if not t.is_buffer and t.name.endswith(".weight") and t.module in quantized:
         rows = t.shape[0] if t.shape else 1
         return quantized_weight_bytes(t.numel, rows, quant)
@@ -101,7 +125,8 @@ def dtype_table(unit_list: list[Unit], model: Any) -> dict[str, int]:
     for label, dtype, quant in (("float32", "float32", Quant()), ("bfloat16", "bfloat16", Quant()),
                                 ("float16", "float16", Quant()), ("int8", "bfloat16", Quant("int8")),
                                 ("nf4", "bfloat16", Quant("nf4", double_quant=False)),
-                                ("nf4+double_quant", "bfloat16", Quant("nf4", double_quant=True))):
+                                ("nf4+double_quant", "bfloat16", Quant("nf4", double_quant=True)),
+                                ("int4", "bfloat16", Quant("int4"))):
         q = quantized_modules(model, quant)
         out[label] = sum(unit_bytes(u, quant, q, dtype) for u in unit_list)
     return out

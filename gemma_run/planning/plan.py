@@ -131,7 +131,7 @@ def _train(p: PlanInputs, model, units, shape, wbytes, db, result) -> None:
     transient = kv.layer_forward_bytes(shape, tokens, db)
     if t.gradient_checkpointing:
         transient += kv.layer_saved_bytes(shape, tokens, db)  # the layer recomputed in backward
-    logits = kv.logits_train_bytes(shape, tokens, db)
+    logits = training.logits_bytes(shape, tokens, db, t)
     data_parallel = t.world > 1 or t.zero_stage > 0
     result.update(trainable_params=trainable, context=t.seq_len, batch=t.batch, world=t.world,
                   zero_stage=t.zero_stage, gradient_checkpointing=t.gradient_checkpointing, lora=t.lora,

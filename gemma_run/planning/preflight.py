@@ -15,7 +15,8 @@ from gemma_run.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 
-MODES = {"infer": "infer", "bench": "infer", "train": "train"}  # task name -> what to plan; others unchecked
+# task name -> what to plan; others unchecked
+MODES = {"infer": "infer", "bench": "infer", "train": "train", "bench_train": "train"}
 
 
 class Preflight:
@@ -30,6 +31,10 @@ class Preflight:
         from gemma_run.planning.plan import make_plan
         from gemma_run.planning.suggest import explain, suggest
 
+        if mode == "train":  # deepspeed=auto picks its stage from the plan: before planning the run itself
+            from gemma_run.training.zero_choice import resolve
+
+            ctx.result["deepspeed_choice"] = resolve(cfg)
         p, note = inputs.from_cfg(cfg, mode)
         plan = make_plan(p)
         per_device = ", ".join(f"{d} {_size(b)}" for d, b in plan["bytes_per_device"].items())

@@ -30,6 +30,7 @@ class TrainSpec:
     gradient_checkpointing: bool = True
     seq_len: int = 2048
     batch: int = 1  # per device
+    loss_kernel: str = "none"  # none: the model's full logits; chunked | liger | auto: a chunk at a time
 
 
 def _targets_module(name: str, targets: tuple[str, ...], lm_head: str | None) -> bool:
@@ -102,3 +103,18 @@ def state_bytes(trainable: int, spec: TrainSpec, dtype_bytes: int) -> StateBytes
         out.cpu += optim
         out.optimizer = 0
     return out
+
+
+# One chunk of the chunked/fused loss: fp32 logits of 256 tokens of a 262k vocabulary, with its softmax, gradient
+# and softcap temporaries (gemma_run/training/loss.py CHUNK_BYTES x 4); Liger's chunks are of the same order.
+FUSED_CHUNK_BYTES = 4 * 256 * 2**20
+
+
+def logits_bytes(shape: Any, tokens: int, dtype_bytes: int, spec: TrainSpec) -> int:
+    """Loss memory: the full logits (planning.kv.logits_train_bytes) with loss_kernel=none; with a chunked or
+    fused kernel one chunk of logits plus the gradient wrt the hidden states it makes in the forward."""
+    from gemma_run.planning import kv
+
+    if spec.loss_kernel == "none":
+        return kv.logits_train_bytes(shape, tokens, dtype_bytes)
+    return FUSED_CHUNK_BYTES + tokens * shape.hidden * (dtype_bytes + 4)

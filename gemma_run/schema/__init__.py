@@ -15,7 +15,13 @@ from gemma_run.schema.model import ModelConfig
 from gemma_run.schema.plan import PlanTaskConfig
 from gemma_run.schema.quant import QuantConfig
 from gemma_run.schema.tasks import BenchTaskConfig, InferTaskConfig, TestTaskConfig
-from gemma_run.schema.train import DeepSpeedConfig, LauncherConfig, MergeTaskConfig, TrainTaskConfig
+from gemma_run.schema.train import (
+    BenchTrainTaskConfig,
+    DeepSpeedConfig,
+    LauncherConfig,
+    MergeTaskConfig,
+    TrainTaskConfig,
+)
 
 GROUP_SCHEMAS: dict[str, type] = {
     "model": ModelConfig,
@@ -33,6 +39,7 @@ TASK_SCHEMAS: dict[str, type] = {
     "train": TrainTaskConfig,
     "merge": MergeTaskConfig,
     "bench": BenchTaskConfig,
+    "bench_train": BenchTrainTaskConfig,
 }
 
 _registered = False

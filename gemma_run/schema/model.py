@@ -9,6 +9,12 @@ from typing import Any
 from omegaconf import MISSING
 
 
+class RandomStorage(Enum):
+    auto = "auto"  # memory when the checkpoint would exceed 20 GB or the free disk of cache_dir, else disk
+    disk = "disk"  # build once into cache_dir as safetensors, load with from_pretrained
+    memory = "memory"  # build at every load, in memory (GPU when there is one); only config+tokenizer on disk
+
+
 class Weights(Enum):
     pretrained = "pretrained"  # a local dir (`path`) or the hub id found in the local HF cache
     random = "random"  # the architecture in `config` with random weights, built locally (no download)
@@ -25,6 +31,7 @@ class ModelConfig:
     revision: str | None = None
     weights: Weights = Weights.pretrained
     seed: int = 0  # seed of random weights (weights=random)
+    random_storage: RandomStorage = RandomStorage.auto  # weights=random: where the built weights live
     # auto: bf16 on GPUs that support it, else fp32 on CPU. float16 is refused for Gemma 3.
     dtype: str = "auto"
     trust_remote_code: bool = False

@@ -9,6 +9,7 @@ from enum import Enum
 class QuantBackend(Enum):
     none = "none"
     bitsandbytes = "bitsandbytes"
+    torchao = "torchao"  # int4 weight-only (tinygemm kernels): quant=int4
 
 
 class QuantType(Enum):
@@ -32,3 +33,11 @@ class QuantConfig:
     int8_threshold: float = 6.0  # 8-bit only: outlier threshold (LLM.int8())
     # Allow modules that the device map puts on CPU to stay unquantized in fp32 (8-bit and 4-bit).
     cpu_offload: bool = False
+    # torchao only (quant=int4). Weights per bf16 scale+zero pair; every quantized Linear's in_features must be a
+    # multiple of it. 32, 64 or 128 (CPU kernels), also 256 on CUDA.
+    group_size: int = 128
+    # auto: tile_packed_to_4d on CUDA (tinygemm, bf16), opaque on CPU (torchao's prototype CPU tinygemm layout).
+    packing_format: str = "auto"
+    # How scales/zeros are chosen: tinygemm (min/max per group) or hqq (optimised: slower to quantize, usually
+    # closer to the bf16 weights).
+    qparams_algorithm: str = "tinygemm"

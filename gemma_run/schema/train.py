@@ -13,6 +13,13 @@ from enum import Enum
 from gemma_run.schema.tasks import TaskConfig
 
 
+class LossKernel(Enum):
+    auto = "auto"
+    liger = "liger"
+    chunked = "chunked"
+    none = "none"
+
+
 @dataclass
 class TrainConfig:
     max_seq_length: int = 1024  # longer examples are truncated (and counted in the result)
@@ -33,8 +40,16 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
     # Where checkpoints, the adapter and logs go; null: the run dir.
     output_dir: str | None = None
-    # eager is what Gemma 3 was trained with (its attention softcapping/sliding windows); sdpa is faster.
-    attn_implementation: str = "eager"
+    # auto: sdpa unless the model softcaps attention logits (Gemma 2: eager); eager | sdpa | flash_attention_2
+    # force one. The seeds' setup was eager (gemma_run/training/attention.py says why auto is safe).
+    attn_implementation: str = "auto"
+    # How the loss is computed (gemma_run/training/loss.py): none = the model's logits of every token (fp32 over
+    # a 262k vocabulary: 8.6 GB at 4 x 2048 tokens), chunked = the same loss 256 tokens at a time in torch,
+    # liger = Liger's fused Triton kernel (CUDA), auto = liger where it runs, else chunked.
+    loss_kernel: LossKernel = LossKernel.auto
+    # Use at most this much of each GPU (e.g. 24GiB: a 3090's worth on an 80 GB card), through
+    # torch.cuda.set_per_process_memory_fraction before the model loads; the preflight plans with it. null: all.
+    gpu_memory_cap: str | None = None
     merge: bool = False  # after training, also write the base model with the adapter merged into <output>/merged
     dataloader_workers: int = 0
 
@@ -69,6 +84,10 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     bias: str = "none"
+    # QLoRA: peft's prepare_model_for_kbit_training upcasts every unquantized weight to fp32, the frozen embedding
+    # (262k x hidden: +2.7 GB at 4B, +5.6 GB at 27B) and so the residual stream too. false casts the embedding
+    # back to bf16 (gemma_run/training/lora.py); true is the seeds' setup.
+    fp32_embeddings: bool = False
 
 
 @dataclass
@@ -78,6 +97,10 @@ class DeepSpeedConfig:
     offload_optimizer: bool = False  # optimizer state in CPU memory (DeepSpeed's CPU Adam)
     offload_params: bool = False  # stage 3 only: parameters in CPU memory
     overlap_comm: bool = True
+    # deepspeed=auto: the stage is chosen from the plan when the run starts (no ZeRO when one process and one
+    # GPU suffice, ZeRO-3 over several processes); `reason` then says why (also in result.json).
+    auto: bool = False
+    reason: str | None = None
     # Raw keys merged last into the rendered JSON (for what the group does not cover), e.g.
     # '+deepspeed.extra={zero_optimization:{reduce_bucket_size:5e7}}'
     extra: dict = field(default_factory=dict)
@@ -107,6 +130,17 @@ class LauncherConfig:
 class TrainTaskConfig(TaskConfig):
     name: str = "train"
     _target_: str = "gemma_run.tasks.train.run"
+
+
+@dataclass
+class BenchTrainTaskConfig(TaskConfig):
+    """task=bench_train: the train path's speed and memory on synthetic data (docs/train.md). Every example is
+    train.max_seq_length tokens, train.per_device_batch_size of them a micro-batch (as the preflight plans)."""
+
+    name: str = "bench_train"
+    _target_: str = "gemma_run.tasks.bench_train.run"
+    steps: int = 6  # optimizer steps timed
+    warmup_steps: int = 2  # steps run first and not timed (allocator growth, autotune, first-call overheads)
 
 
 @dataclass

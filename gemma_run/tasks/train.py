@@ -45,6 +45,8 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
          "deepspeed.offload_params", "deepspeed=zero3_offload")
     need(cfg.lora.enabled or cfg.quant.backend.name == "none", "a quantized model cannot be fully fine-tuned "
          "(its weights are frozen integers)", "lora.enabled", "lora.enabled=true (QLoRA), or quant=none")
+    need(cfg.quant.backend.name != "torchao", "quant=int4 (torchao) is an inference format: transformers does not "
+         "train through torchao's int4 weights", "quant", "quant=4bit (bitsandbytes NF4: QLoRA)")
     need(not (cfg.quant.bits == 8 and ds.stage == 3), "8-bit weights cannot be sharded by ZeRO-3", "quant",
          "quant=4bit (QLoRA stores 4-bit weights in the training dtype for ZeRO-3), or deepspeed=zero2")
     local = la.kind.name == "local"
@@ -53,6 +55,13 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
          "launcher=torchrun (or launcher=deepspeed) to start several processes")
     need(la.nproc_per_node >= 1 and la.nnodes >= 1, "launcher.nproc_per_node and launcher.nnodes must be >= 1",
          "launcher", "launcher.nproc_per_node=2")
+    if t.gpu_memory_cap:
+        from gemma_run.planning.devices import parse_size
+
+        try:
+            parse_size(t.gpu_memory_cap, "train.gpu_memory_cap")
+        except GemmaRunError as e:
+            problems.append(e)
     if ds.stage > 0 or la.kind.name == "deepspeed":
         need(importlib.util.find_spec("deepspeed") is not None, "deepspeed is not installed", "deepspeed",
              "pip install 'gemma-run[deepspeed]' (or deepspeed=none launcher=torchrun)")
@@ -94,7 +103,8 @@ def _resume_point(cfg: DictConfig, out: Path) -> tuple[Path | None, list[dict[st
 # What fixes the data order and the schedule: a resumed run must keep them (less the keys that do not).
 SAME_ON_RESUME = ("model", "quant", "train", "data", "lora", "deepspeed", "seed")
 FREE_ON_RESUME = ("train.merge", "train.logging_steps", "train.save_steps", "train.save_total_limit",
-                  "train.eval_steps", "train.dataloader_workers", "train.gradient_checkpointing")
+                  "train.eval_steps", "train.dataloader_workers", "train.gradient_checkpointing",
+                  "train.gpu_memory_cap", "deepspeed.reason")
 
 
 def _check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
@@ -131,8 +141,12 @@ def _diff(old: Any, new: Any, key: str) -> list[str]:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from gemma_run.launch import launch, write_config
     from gemma_run.loading import choose_dtype
-    from gemma_run.training import data, merge, trainer
+    from gemma_run.training import data, merge, trainer, zero_choice
 
+    choice = zero_choice.resolve(cfg)  # deepspeed=auto (the preflight has usually done it already)
+    warning = zero_choice.explicit_warning(cfg)
+    if warning:
+        log.warning(warning)
     out = trainer.output_dir(cfg, run_dir)
     _check_writable(out)
     checked = data.read_checked(cfg)
@@ -145,6 +159,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         result = launch(cfg, run_dir, resume_from)
     result["skipped_checkpoints"] = skipped
+    result["deepspeed_choice"] = choice or warning or f"deepspeed={cfg.deepspeed.name} as given"
     if cfg.train.merge and "adapter" in result:  # node 0 merges; other nodes return no adapter
         result["merge"] = merge.merge(cfg, Path(result["adapter"]), out / "merged", replace=True)
     return result

@@ -60,8 +60,12 @@ def _device_map(stage: int, world_size: int, local_rank: int) -> Any:
 
 def _load_cfg(cfg: DictConfig, dtype: str, stage: int) -> DictConfig:
     """The config the loader gets: training attention, and 4-bit storage ZeRO-3 can shard."""
+    from gemma_run.training import attention
+
     out = copy.deepcopy(cfg)
-    out.model.attn_implementation = cfg.train.attn_implementation or cfg.model.attn_implementation
+    attn, why = attention.choose(cfg.train.attn_implementation, cfg.model)
+    log.info("attention: %s (%s)", attn, why)
+    out.model.attn_implementation = attn
     if cfg.quant.bits == 4 and stage == 3 and cfg.quant.quant_storage != dtype:
         log.info("QLoRA + ZeRO-3: quant.quant_storage %s -> %s (ZeRO shards tensors of the training dtype)",
                  cfg.quant.quant_storage, dtype)
@@ -111,6 +115,9 @@ def arguments(cfg: DictConfig, out: Path, dtype: str, ds: dict[str, Any] | None,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
         include_num_input_tokens_seen=True,  # for tokens/s (padding included: none when packing)
+        # no metric reads eval logits: keeping them would hold [examples, seq, vocab] (and the fused loss
+        # path returns none)
+        prediction_loss_only=True,
     )
 
 
@@ -129,12 +136,33 @@ def _wants_token_type_ids(model: Any) -> bool:
     return "token_type_ids" in inspect.signature(base.forward).parameters
 
 
+def _loss_kernel(cfg: DictConfig, model: Any) -> tuple[str, str]:
+    """(kernel, why): train.loss_kernel resolved (auto: liger on CUDA, else chunked); none where it cannot serve."""
+    from gemma_run.training import loss, loss_hook
+
+    asked = cfg.train.loss_kernel.value if hasattr(cfg.train.loss_kernel, "value") else str(cfg.train.loss_kernel)
+    kernel = loss.choose(asked)
+    if kernel == "liger" and not loss.liger_available():
+        raise GemmaRunError(f"train.loss_kernel=liger cannot run here: {loss.liger_unavailable()}",
+                            key="train.loss_kernel", fix="train.loss_kernel=auto (chunked where Liger cannot run)")
+    if kernel == "none":
+        return kernel, "train.loss_kernel=none: the model's own logits and loss"
+    why_not = loss_hook.usable(model)
+    if why_not:
+        log.warning("train.loss_kernel=%s: not used (%s); the model's own loss instead", asked, why_not)
+        return "none", f"{asked} not usable: {why_not}"
+    return kernel, f"train.loss_kernel={asked}"
+
+
 def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
-          checked: data.Checked | None = None) -> dict[str, Any]:
-    """Train in this process (one rank of N, or the only one); returns the result on every rank."""
+          checked: data.Checked | None = None, callbacks: list[Any] | None = None, save: bool = True) -> dict[str, Any]:
+    """Train in this process (one rank of N, or the only one); returns the result on every rank.
+
+    ``callbacks``: more Trainer callbacks (task=bench_train's step timer); ``save=False`` writes no adapter."""
     import torch
 
     from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer
+    from gemma_run.training import memory_cap
 
     rank, local_rank, world_size = world()
     out = output_dir(cfg, run_dir)
@@ -151,7 +179,15 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     torch.manual_seed(cfg.seed)
     # built before the model, so ZeRO-3 partitions the weights while they load (HfDeepSpeedConfig)
     args = arguments(cfg, out, dtype, ds, prepared.eval is not None)
-    loaded = load(_load_cfg(cfg, dtype, stage), device_map=_device_map(stage, world_size, local_rank))
+    # The cap goes on before loading (a real checkpoint loads into 4 bits tensor by tensor, inside it), except
+    # for random weights: those are first built whole in bf16 (54 GB at 27B, which no real load holds), so
+    # there it goes on once the model is built; training's peak is inside it either way.
+    random_build = getattr(cfg.model.weights, "value", cfg.model.weights) == "random"
+    cap = None if random_build else memory_cap.apply(cfg.train.gpu_memory_cap, "before loading")
+    load_cfg = _load_cfg(cfg, dtype, stage)
+    loaded = load(load_cfg, device_map=_device_map(stage, world_size, local_rank))
+    if random_build:
+        cap = memory_cap.apply(cfg.train.gpu_memory_cap, "after building the random weights")
     model = loaded.model
     # The KV cache is for generation. Off also because, with a cache, transformers does not detect packed rows
     # (data.packing) from their position ids, and packed examples would attend to each other.
@@ -161,23 +197,29 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
                              gradient_checkpointing=cfg.train.gradient_checkpointing)
     if _wants_token_type_ids(model) and not cfg.data.packing:
         prepared.add_token_type_ids()
-    result = _fit(cfg, args, model, tokenizer, prepared, out, resume_from, rank)
+    kernel, kernel_why = _loss_kernel(cfg, model)
+    log.info("loss: %s (%s)", kernel, kernel_why)
+    result = _fit(cfg, args, model, tokenizer, prepared, out, resume_from, rank, kernel, callbacks or [], save)
     result.update(dtype=dtype, world_size=world_size, deepspeed_stage=stage, quant=cfg.quant.name,
-                  quantized=bool(quantized), data=prepared.stats, base_model=str(loaded.path))
+                  quantized=bool(quantized), data=prepared.stats, base_model=str(loaded.path),
+                  attn_implementation=load_cfg.model.attn_implementation, loss_kernel=kernel,
+                  gradient_checkpointing=bool(cfg.train.gradient_checkpointing), **(cap or {}))
     return result
 
 
 def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.Prepared, out: Path,
-         resume_from: Path | None, rank: int) -> dict[str, Any]:
+         resume_from: Path | None, rank: int, kernel: str, callbacks: list[Any], save: bool) -> dict[str, Any]:
     import time
 
     import torch
-    from transformers import Trainer
+
+    from gemma_run.training import loss_hook
 
     loss_path = out / logs.LOSSES
-    trainer = Trainer(model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
-                      data_collator=prepared.collator, processing_class=tokenizer,
-                      callbacks=[checkpoints.completion_callback(), logs.loss_callback(loss_path)])
+    trainer = loss_hook.trainer_class(kernel)(
+        model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
+        data_collator=prepared.collator, processing_class=tokenizer,
+        callbacks=[checkpoints.completion_callback(), logs.loss_callback(loss_path), *callbacks])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -190,12 +232,13 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
                                 "batch), train.gradient_checkpointing=true, quant=4bit, or deepspeed=zero3") from e
     seconds = time.perf_counter() - start
     adapter = out / ADAPTER
-    trainer.save_model(str(adapter))  # every rank calls it (ZeRO-3 gathers); only rank 0 writes
+    if save:
+        trainer.save_model(str(adapter))  # every rank calls it (ZeRO-3 gathers); only rank 0 writes
     tokens = prepared.stats["train_tokens"]
     trainable, total = _parameters(model)
     result: dict[str, Any] = {
         "output_dir": str(out),
-        "adapter": str(adapter),
+        "adapter": str(adapter) if save else None,
         "global_step": trainer.state.global_step,
         "train_loss": round(float(output.training_loss), 6),
         "train_seconds": round(seconds, 3),

@@ -1,0 +1,121 @@
+"""quant=int4: torchao's int4 weight-only quantization (tinygemm kernels) as a transformers ``TorchAoConfig``.
+
+The layout depends on where the weights go, so it is chosen when the model is loaded (``packing_format: auto``):
+- CUDA: ``Int4WeightOnlyConfig(int4_packing_format="tile_packed_to_4d")`` -> ``Int4TilePackedTo4dTensor``,
+  multiplied by ``aten._weight_int4pack_mm``. bf16 only; in_features padded to a multiple of 1024 and
+  out_features to 8 (the padding is stored). Measured on an H100 with torch 2.11 (docs/stack.md).
+- CPU: torchao 0.18's ``Int4WeightOnlyConfig`` has no CPU layout (plain/preshuffled need the mslk package,
+  plain_int32 and tile_packed_to_4d refuse the CPU). ``PrototypeInt4WeightOnlyConfig`` gives ``Int4OpaqueTensor``,
+  multiplied by ``aten._weight_int4pack_mm_for_cpu``: fp32 or bf16, group size 32/64/128, no padding.
+Both store 4 bits per weight and one (scale, zero) pair per group, in the model's dtype.
+
+torchao quietly leaves a Linear unquantized when its in_features is not a multiple of the group size;
+:func:`check_group_size` refuses that before loading instead, naming the module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gemma_run.errors import GemmaRunError
+
+# Modules kept in the model's dtype when quant.skip_modules is empty: the output layer (its 262k-vocab read is
+# better served bf16; tied to the embedding in Gemma) and the multimodal parts (not decode-bound).
+DEFAULT_SKIP = ("lm_head", "vision_tower", "multi_modal_projector")
+INSTALL = "pip install torchao==0.18.0 (or pip install 'gemma-run[fast]')"
+
+
+def check_torchao() -> None:
+    """torchao must import and know int4 packing formats (torchao >= 0.14); else say how to install it."""
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig
+    except Exception as e:  # ImportError, or a torch/torchao version mismatch at import
+        raise GemmaRunError(f"quant=int4 needs torchao, which cannot be imported here: {type(e).__name__}: {e}",
+                            key="quant", fix=f"{INSTALL}, or use quant=4bit (bitsandbytes) or quant=none") from e
+    if "int4_packing_format" not in getattr(Int4WeightOnlyConfig, "__dataclass_fields__", {}):
+        import torchao
+
+        raise GemmaRunError(f"torchao {getattr(torchao, '__version__', '?')} is too old for quant=int4 "
+                            "(Int4WeightOnlyConfig has no int4_packing_format)", key="quant", fix=INSTALL)
+
+
+def packing(quant_cfg: Any, on_cuda: bool) -> str:
+    """The layout for this run: quant.packing_format, with auto resolved by the device."""
+    fmt = quant_cfg.packing_format
+    if fmt == "auto":
+        return "tile_packed_to_4d" if on_cuda else "opaque"
+    if fmt == "tile_packed_to_4d" and not on_cuda:
+        raise GemmaRunError("quant.packing_format=tile_packed_to_4d runs on CUDA only, and this model goes to the CPU",
+                            key="quant.packing_format", fix="quant.packing_format=auto (opaque on CPU)")
+    if fmt == "opaque" and on_cuda:
+        raise GemmaRunError("quant.packing_format=opaque is torchao's CPU layout, and this model goes to a GPU",
+                            key="quant.packing_format", fix="quant.packing_format=auto (tile_packed_to_4d on CUDA)")
+    return fmt
+
+
+def skip_modules(quant_cfg: Any) -> list[str]:
+    """Modules left unquantized: quant.skip_modules when given (it replaces the default), else DEFAULT_SKIP."""
+    return list(quant_cfg.skip_modules) or list(DEFAULT_SKIP)
+
+
+def ao_config(quant_cfg: Any, on_cuda: bool):  # -> torchao AOBaseConfig
+    """torchao's config object for the layout of this device."""
+    check_torchao()
+    from torchao.quantization.quantize_.workflows import Int4ChooseQParamsAlgorithm
+
+    algo = Int4ChooseQParamsAlgorithm(quant_cfg.qparams_algorithm)
+    fmt = packing(quant_cfg, on_cuda)
+    if fmt == "opaque":
+        if quant_cfg.group_size not in (32, 64, 128):
+            raise GemmaRunError(f"quant.group_size={quant_cfg.group_size}: torchao's CPU int4 layout takes 32, 64 "
+                                "or 128", key="quant.group_size", fix="quant.group_size=128")
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+        return PrototypeInt4WeightOnlyConfig(group_size=quant_cfg.group_size, int4_choose_qparams_algorithm=algo,
+                                             set_inductor_config=False)
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    # set_inductor_config=False: torchao would change torch._inductor's global flags at quantization time;
+    # the decode loop that compiles owns those settings.
+    return Int4WeightOnlyConfig(group_size=quant_cfg.group_size, int4_packing_format=fmt,
+                                int4_choose_qparams_algorithm=algo, set_inductor_config=False)
+
+
+def build(quant_cfg: Any, on_cuda: bool | None, dtype: str):  # -> transformers.TorchAoConfig
+    if on_cuda is None:
+        import torch
+
+        on_cuda = torch.cuda.is_available()
+    if on_cuda and dtype != "bfloat16":
+        raise GemmaRunError(f"quant=int4 on a GPU takes bf16 weights only (tinygemm), not {dtype}",
+                            key="model.dtype", fix="model.dtype=bfloat16 (or auto)")
+    config = ao_config(quant_cfg, on_cuda)
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(quant_type=config, modules_to_not_convert=skip_modules(quant_cfg))
+
+
+def quantized_linears(model: Any, skip: list[str]) -> dict[str, Any]:
+    """name -> nn.Linear that transformers' torchao quantizer converts (plain nn.Linear, not skipped)."""
+    from torch import nn
+
+    from gemma_run.loading.compat import should_convert_module
+
+    skip = [*skip, *(getattr(model, "_keep_in_fp32_modules", None) or [])]
+    return {name: m for name, m in model.named_modules()
+            if type(m) is nn.Linear and should_convert_module(name, skip)}
+
+
+def check_group_size(quant_cfg: Any, skeleton: Any) -> None:
+    """Every Linear to quantize must split into whole groups (torchao would leave it bf16 without a word)."""
+    size = quant_cfg.group_size
+    bad = [(n, m.in_features) for n, m in quantized_linears(skeleton, skip_modules(quant_cfg)).items()
+           if m.in_features % size]
+    if bad:
+        name, width = bad[0]
+        fits = [g for g in (128, 64, 32) if all(w % g == 0 for _, w in bad)]
+        raise GemmaRunError(
+            f"quant.group_size={size} does not divide the in_features of {name} ({width}; {len(bad)} such "
+            "Linear module(s)): torchao would leave them unquantized", key="quant.group_size",
+            fix=(f"quant.group_size={fits[0]}" if fits else "a group size dividing every in_features")
+            + f", or keep them unquantized with quant.skip_modules=[lm_head,{name.rsplit('.', 1)[-1]}]")

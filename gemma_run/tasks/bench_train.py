@@ -1,0 +1,192 @@
+"""task=bench_train: tokens/s, MFU and peak memory of the train path, on synthetic text.
+
+It runs task=train's own code (``training.trainer.train``: the loader, LoRA/QLoRA, the loss kernel, attention,
+DeepSpeed, the HF Trainer) for ``task.warmup_steps + task.steps`` optimizer steps on examples of (at most, cut at a
+word) ``train.max_seq_length`` tokens, ``train.per_device_batch_size`` per device, and times the last
+``task.steps`` only (the first steps pay allocator growth, autotuning and first-call overheads). MFU uses the
+model FLOPs of ``training.flops`` against the device's datasheet peak. The row goes to ``bench_train.json``
+and result.json (so a ``-m`` sweep over train.loss_kernel / train.attn_implementation / quant / deepspeed
+tabulates the runs).
+The seeds' setup: ``train.attn_implementation=eager train.loss_kernel=none lora.fp32_embeddings=true
+deepspeed=none``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gemma_run.errors import ConfigError, GemmaRunError
+
+log = logging.getLogger(__name__)
+
+WORDS = "the quick brown fox jumps over the lazy dog while a model trains on the GPUs you have".split()
+BENCH_JSON = "bench_train.json"
+
+
+def bench_cfg(cfg: DictConfig, data_file: Path | str) -> DictConfig:
+    """The train config the bench runs: its shape from task.*, no checkpoints, no eval, a loss every step."""
+    t = cfg.task
+    out = copy.deepcopy(cfg)
+    out.data.train_file, out.data.eval_file, out.data.eval_split = str(data_file), None, 0.0
+    out.data.format = "text"
+    out.train.max_steps = int(t.warmup_steps) + int(t.steps)
+    out.train.save_steps, out.train.logging_steps, out.train.merge = 10**9, 1, False
+    out.train.output_dir = None
+    return out
+
+
+def validate(cfg: DictConfig) -> list[GemmaRunError]:
+    from gemma_run.tasks import train
+
+    t = cfg.task
+    problems = [ConfigError(f"task.{k}={t[k]} must be >= {low}", key=f"task.{k}", fix=f"task.{k}={fix}")
+                for k, low, fix in (("steps", 1, 6), ("warmup_steps", 0, 2)) if int(t[k]) < low]
+    if cfg.launcher.kind.name != "local":
+        problems.append(ConfigError("task=bench_train runs in this process", key="launcher",
+                                    fix="launcher=local (benchmark several processes with task=train)"))
+    return problems + [p for p in train.validate(bench_cfg(cfg, "synthetic.jsonl")) if p.key != "launcher"]
+
+
+def _fitted_text(tokenizer: Any, rnd: random.Random, seq_len: int) -> tuple[str, int]:
+    """Random words cut to the longest prefix whose training row (bos, text, eos) has at most seq_len tokens."""
+    from gemma_run.training import data
+
+    words = rnd.choices(WORDS, k=seq_len + 8)  # every word is at least one token: the whole is too long
+
+    def length(k: int) -> int:
+        return len(data.tokenize(tokenizer, {"text": " ".join(words[:k])}, "text", "bench", False)["input_ids"])
+
+    low, high = 1, len(words)  # length(low) <= seq_len < length(high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if length(mid) <= seq_len else (low, mid)
+    return " ".join(words[:low]), length(low)
+
+
+def synthetic_data(path: Path, tokenizer: Any, records: int, seq_len: int, seed: int) -> tuple[Path, float]:
+    """``records`` text records of (nearly always exactly) seq_len tokens; returns the file and the mean length."""
+    rnd = random.Random(seed)
+    lengths = []
+    with path.open("w") as f:
+        for _ in range(records):
+            text, n = _fitted_text(tokenizer, rnd, seq_len)
+            lengths.append(n)
+            f.write(json.dumps({"text": text}) + "\n")
+    return path, sum(lengths) / len(lengths)
+
+
+def _timer():  # -> transformers.TrainerCallback
+    import torch
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time at the start and at the end of every optimizer step (GPU work finished)."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.start = 0.0
+
+        def _now(self) -> float:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = self._now()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(self._now())
+
+    return StepTimer()
+
+
+def _device() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from gemma_run.context import write_json
+    from gemma_run.loading import checkpoint, load_tokenizer
+    from gemma_run.training import flops, trainer, zero_choice
+
+    run_dir = Path(run_dir)
+    t = cfg.task
+    seq, batch, accum = int(cfg.train.max_seq_length), int(cfg.train.per_device_batch_size), \
+        int(cfg.train.gradient_accumulation_steps)
+    zero_choice.resolve(cfg)
+    records = (int(t.warmup_steps) + int(t.steps)) * batch * accum
+    tokenizer = load_tokenizer(checkpoint.resolve(cfg.model, cfg.cache_dir), cfg.model)
+    data_file, mean_len = synthetic_data(run_dir / "bench_data.jsonl", tokenizer, records, seq, int(cfg.seed))
+    run_cfg = bench_cfg(cfg, data_file)
+    timer = _timer()
+    result = trainer.train(run_cfg, run_dir, callbacks=[timer], save=False)
+    warm, steps = int(t.warmup_steps), int(t.steps)
+    if len(timer.ends) < warm + steps:
+        raise GemmaRunError(f"only {len(timer.ends)} of {warm + steps} steps ran (too few examples?)",
+                            key="task.steps", fix="report this: the synthetic data should fill every step")
+    begin = timer.ends[warm - 1] if warm else timer.start
+    seconds = timer.ends[warm + steps - 1] - begin
+    tokens_per_step = round(batch * mean_len * accum)  # the tokens trained on (padding, if any, not counted)
+    tps = tokens_per_step * steps / seconds
+    lora = bool(cfg.lora.enabled)
+    fl = flops.per_token(OmegaConf.to_container(cfg.model.config, resolve=True), bool(cfg.model.text_only),
+                         seq, lora=lora, lora_params=int(result["trainable_parameters"]) if lora else 0)
+    device = _device()
+    peak = flops.peak_tflops(device, result["dtype"])
+    losses = [json.loads(line)["loss"] for line in (run_dir / "losses.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    row = {
+        "model": cfg.model.name, "quant": cfg.quant.name, "lora": lora,
+        "loss_kernel": result["loss_kernel"], "attn_implementation": result["attn_implementation"],
+        "deepspeed_stage": result["deepspeed_stage"], "deepspeed_choice": cfg.deepspeed.reason,
+        "gradient_checkpointing": result["gradient_checkpointing"], "packing": bool(cfg.data.packing),
+        "seq_len": seq, "batch_size": batch, "tokens_per_step": tokens_per_step,
+        "timed_steps": steps, "warmup_steps": warm, "timed_seconds": round(seconds, 3),
+        "tokens_per_second": round(tps, 1), "flops_per_token": fl["flops_per_token"],
+        "model_tflops": round(tps * fl["flops_per_token"] / 1e12, 2), "peak_tflops": peak,
+        "mfu": round(tps * fl["flops_per_token"] / (peak * 1e12), 4) if peak else None,
+        "peak_memory_gib": result.get("peak_memory_gib"),
+        "peak_memory_bytes": int(result["peak_memory_gib"] * 2**30) if result.get("peak_memory_gib") else None,
+        "gpu_memory_cap_bytes": result.get("gpu_memory_cap_bytes"),
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "train_loss": result["train_loss"], "trainable_parameters": result["trainable_parameters"],
+        "device": device or "cpu", "dtype": result["dtype"],
+    }
+    write_json(run_dir / BENCH_JSON, row)
+    print(table([row]))
+    return {**row, "bench_train": str(run_dir / BENCH_JSON)}
+
+
+COLUMNS = (("setup", "{}"), ("tokens/s", "{:,.0f}"), ("MFU", "{:.1%}"), ("peak GiB", "{:.2f}"),
+           ("final loss", "{:.4f}"))
+
+
+def setup_name(row: dict[str, Any]) -> str:
+    quant = "QLoRA" if row["quant"] != "none" and row["lora"] else ("LoRA" if row["lora"] else "full")
+    zero = f" zero{row['deepspeed_stage']}" if row["deepspeed_stage"] else ""
+    return f"{row['model']} {quant} {row['attn_implementation']} loss={row['loss_kernel']}{zero}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of bench_train rows."""
+    def cell(row: dict[str, Any], name: str, fmt: str) -> str:
+        value = setup_name(row) if name == "setup" else row[{"tokens/s": "tokens_per_second", "MFU": "mfu",
+                                                             "peak GiB": "peak_memory_gib",
+                                                             "final loss": "final_loss"}[name]]
+        return "-" if value is None else fmt.format(value)
+
+    lines = ["| " + " | ".join(n for n, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r, n, f) for n, f in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
