@@ -15,6 +15,8 @@ for part in "$@"; do
     doctor) python3 -m pytest tests/test_doctor.py -m gpu -s -q -p no:cacheprovider \
               && (cd /tmp && python3 -m gemma_run.cli task=test) ;;
     train)  python3 -m pytest tests/test_train_gpu.py -m gpu -s -q -p no:cacheprovider ;;
+    trainfast) python3 -m pytest tests/test_train_fast_gpu.py -m gpu -s -q -p no:cacheprovider ;;
+    trainspeed) python3 bench/train_speed.py ;;
     plan)   python3 bench/plan_accuracy.py ;;
     bench)  python3 -m pytest tests/test_bench_gpu.py -m gpu -s -q -p no:cacheprovider ;;
     compile) (cd /tmp && timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
@@ -23,7 +25,16 @@ for part in "$@"; do
               generation.engine=fast quant=none,4bit task.batch_sizes=[1,8]) ;;
     fastwarm) (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
               generation.engine=fast task.batch_sizes=[1]) ;;
-    int4probe) timeout 140 python3 bench/int4_probe.py gemma3_4b ;;
+    variants) timeout 540 python3 bench/decode_variants.py gemma3_4b ;;
+    decode27b) (cd /tmp && timeout 400 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
+              quant=4bit generation.engine=fast task.batch_sizes=[1] \
+              && timeout 150 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random quant=4bit \
+              generation.engine=hf task.batch_sizes=[1]) ;;
+    decodetests) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k "tiny or 4bit" ;;
+    trainvariants) (cd /tmp && timeout 200 python3 -m gemma_run.cli -m task=bench_train model=gemma3_4b \
+              model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
+              train.gradient_checkpointing=true task.steps=8 task.warmup_steps=2 deepspeed=none \
+              train.attn_implementation=eager,sdpa train.loss_kernel=liger) ;;
     *) echo "unknown part $part"; false ;;
   esac > >(tee "$logs/$part.log") 2>&1 || status=1
 done
