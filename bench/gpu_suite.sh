@@ -26,6 +26,12 @@ for part in "$@"; do
     fastwarm) (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
               generation.engine=fast task.batch_sizes=[1]) ;;
     variants) timeout 540 python3 bench/decode_variants.py gemma3_4b ;;
+    decode4b) (cd /tmp && timeout 380 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              generation.engine=fast task.batch_sizes=[1,8] \
+              && timeout 90 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              generation.engine=fast task.batch_sizes=[1] \
+              && timeout 100 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              generation.engine=hf task.batch_sizes=[1]) ;;
     decode27b) (cd /tmp && timeout 400 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
               quant=4bit generation.engine=fast task.batch_sizes=[1] \
               && timeout 150 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random quant=4bit \
