@@ -22,6 +22,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     Raises :class:`GemmaRunError` for problems the user can fix (after recording them in result.json).
     """
+    from gemma_run.quiet import quiet_optional_imports
+
+    quiet_optional_imports()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
