@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class Session:
     compiled: bool
     compile_seconds: float | None = None  # first step's time, compile included (None until it ran)
     steps_run: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _bucket(n: int, context: int | None) -> int:
