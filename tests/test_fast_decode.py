@@ -124,3 +124,29 @@ def test_infer_and_bench_run_the_fast_engine_end_to_end(compose_cfg, tmp_path: P
     data = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert data["generation"]["engine"] == "fast" and data["generation"]["cache_implementation"] == "static"
     assert result["decode_tokens_per_second"] > 0 and data["rows"][0]["new_tokens"] == 6
+
+
+def test_planner_sizes_the_fast_engines_cache_as_it_really_is(compose_cfg, bf16) -> None:
+    """The fast engine's static cache keeps every layer at full (bucketed) length, sliding layers included;
+    the planner must count that, or a long prompt would pass the preflight and then run out of memory."""
+    import torch
+
+    from gemma_run.infer import fast
+    from gemma_run.planning import inputs, kv, skeleton
+
+    overrides = ["model.dtype=bfloat16", "plan.gpus=[24GiB]", "plan.prompt_tokens=300", "generation.max_new_tokens=40"]
+    p, _ = inputs.from_cfg(compose_cfg([*overrides, "generation.engine=fast"]), "infer")
+    assert p.static_cache_len == fast.static_length(340, 512) == 512
+    assert inputs.from_cfg(compose_cfg([*overrides, "generation.engine=hf"]), "infer")[0].static_cache_len == 0
+    # auto decodes on the fast engine on one GPU, on generate() when several share the model
+    assert inputs.from_cfg(compose_cfg(overrides), "infer")[0].static_cache_len == 512
+    assert inputs.from_cfg(compose_cfg([*overrides, "plan.gpus=[24GiB,24GiB]"]), "infer")[0].static_cache_len == 0
+    # the real cache after a run of that shape holds exactly the planned bytes
+    ids = torch.randint(3, 500, (1, 300))
+    kwargs = {"max_new_tokens": 40, "do_sample": False, "eos_token_id": [1], "pad_token_id": 0}
+    fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False)
+    session = bf16.model._gemma_run_sessions[(1, 512, False, True)]
+    real = sum(t.numel() * t.element_size() for layer in session.cache.layers for t in (layer.keys, layer.values))
+    shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, True, "bfloat16")))
+    assert real == kv.kv_bytes(shape, 340, 1, 2, static_len=p.static_cache_len)
+    assert real > kv.kv_bytes(shape, 340, 1, 2)  # generate()'s cache caps the sliding layer at its 16-token window

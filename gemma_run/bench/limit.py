@@ -14,9 +14,11 @@ from dataclasses import replace
 from omegaconf import DictConfig
 
 
-def decode_step_bytes(cfg: DictConfig, dtype: str, prompt: int, new: int, batch: int) -> dict[str, int]:
+def decode_step_bytes(cfg: DictConfig, dtype: str, prompt: int, new: int, batch: int,
+                      static_len: int = 0) -> dict[str, int]:
     """{"weights_bytes", "kv_read_bytes", "bytes_per_step"} for this run's model and quant in ``dtype`` (the
-    dtype the model was loaded in)."""
+    dtype the model was loaded in). ``static_len`` > 0: the fast engine's static cache, whose every layer's
+    ``static_len`` positions a step's attention reads (masked or not)."""
     from gemma_run.planning import inputs, kv, skeleton
     from gemma_run.planning.memory import DTYPE_BYTES
     from gemma_run.planning.plan import make_plan
@@ -26,7 +28,7 @@ def decode_step_bytes(cfg: DictConfig, dtype: str, prompt: int, new: int, batch:
     plan = make_plan(p)
     shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, p.text_only, dtype)))
     steps = range(prompt + 1, prompt + new)  # the context of each step after the first token
-    kv_read = sum(kv.kv_bytes(shape, ctx, batch, DTYPE_BYTES[dtype]) for ctx in steps) // max(len(steps), 1)
+    kv_read = sum(kv.kv_bytes(shape, ctx, batch, DTYPE_BYTES[dtype], static_len) for ctx in steps) // max(len(steps), 1)
     weights = int(plan["weights_bytes"])
     return {"weights_bytes": weights, "kv_read_bytes": int(kv_read), "bytes_per_step": weights + int(kv_read)}
 

@@ -62,8 +62,10 @@ class Session:
     steps_run: int = 0
 
 
-def _bucket(n: int, context: int | None) -> int:
-    length = -(-n // BUCKET) * BUCKET
+def static_length(needed: int, context: int | None) -> int:
+    """Positions the static cache holds for ``needed`` (prompt + new tokens): rounded up to ``BUCKET``, at most
+    the model's context. The planner sizes the cache with the same function."""
+    length = -(-needed // BUCKET) * BUCKET
     return min(length, context) if context else length
 
 
@@ -72,7 +74,7 @@ def session(model: Any, batch: int, needed: int, *, compile: bool, exact: bool =
     config = model.config
     text = getattr(config, "get_text_config", lambda: config)()
     context = getattr(text, "max_position_embeddings", None)
-    length = _bucket(needed, context)
+    length = static_length(needed, context)
     sessions = model.__dict__.setdefault("_gemma_run_sessions", {})
     key = (batch, length, compile, exact)
     if key not in sessions:

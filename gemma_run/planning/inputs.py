@@ -118,8 +118,25 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
         disk=bool(dm.offload_folder),
         overhead_per_gpu=parse_size(_sel(cfg, "plan.overhead_per_gpu", "1GiB"), "plan.overhead_per_gpu"),
         train=train_spec(cfg),
+        static_cache_len=static_cache_len(cfg, on_gpu, len(gpu_list), prompt + new) if mode == "infer" else 0,
     )
     return inputs, {"gpus_from": source}
+
+
+def static_cache_len(cfg: DictConfig, on_gpu: bool, n_gpus: int, needed: int) -> int:
+    """The fast engine's cache length when the run will decode on it, else 0 (``generation.engine``: fast, or
+    auto on one GPU without a generate()-only key; the engine itself decides at run time, from the loaded model,
+    by the same rules: gemma_run.infer.generate.choose_engine)."""
+    from gemma_run.infer.fast import static_length
+
+    g = cfg.generation
+    engine = getattr(g.engine, "value", g.engine)
+    one_gpu = cfg.device_map.strategy.name == "single" or n_gpus == 1
+    auto_fast = on_gpu and one_gpu and g.cache_implementation is None and float(g.repetition_penalty) == 1.0
+    if engine == "fast" or (engine == "auto" and auto_fast):
+        text = model_config(cfg).get("text_config") or model_config(cfg)
+        return static_length(needed, text.get("max_position_embeddings") or text.get("n_positions"))
+    return 0
 
 
 def check(cfg: DictConfig) -> list[GemmaRunError]:

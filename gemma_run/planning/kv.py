@@ -60,20 +60,23 @@ def shape_of(text_cfg: Any) -> Shape:
                  bool(g("final_logit_softcapping")))
 
 
-def kv_tokens(shape: Shape, layer: int, context: int) -> int:
-    """Tokens layer ``layer`` keeps in its cache for a context of ``context`` tokens."""
+def kv_tokens(shape: Shape, layer: int, context: int, static_len: int = 0) -> int:
+    """Tokens layer ``layer`` keeps in its cache for a context of ``context`` tokens. ``static_len`` > 0: the
+    fast engine's static cache, where every layer, sliding ones included, holds that many positions."""
+    if static_len:
+        return static_len
     if shape.layer_types[layer] == "sliding_attention" and shape.sliding_window:
         return min(context, shape.sliding_window)
     return context
 
 
-def kv_layer_bytes(shape: Shape, layer: int, context: int, batch: int, dtype_bytes: int) -> int:
-    return batch * 2 * shape.kv_dim * kv_tokens(shape, layer, context) * dtype_bytes
+def kv_layer_bytes(shape: Shape, layer: int, context: int, batch: int, dtype_bytes: int, static_len: int = 0) -> int:
+    return batch * 2 * shape.kv_dim * kv_tokens(shape, layer, context, static_len) * dtype_bytes
 
 
-def kv_bytes(shape: Shape, context: int, batch: int, dtype_bytes: int) -> int:
+def kv_bytes(shape: Shape, context: int, batch: int, dtype_bytes: int, static_len: int = 0) -> int:
     """The whole KV cache."""
-    return sum(kv_layer_bytes(shape, i, context, batch, dtype_bytes) for i in range(shape.layers))
+    return sum(kv_layer_bytes(shape, i, context, batch, dtype_bytes, static_len) for i in range(shape.layers))
 
 
 def layer_forward_bytes(shape: Shape, tokens: int, dtype_bytes: int) -> int:

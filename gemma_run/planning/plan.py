@@ -37,6 +37,9 @@ class PlanInputs:
     cpu_capacity: int = 0
     disk: bool = False  # an offload folder is set
     overhead_per_gpu: int = GiB  # CUDA context + allocator slack, not in any tensor
+    # infer on the fast engine (gemma_run.infer.fast): its static cache holds this many positions in every layer,
+    # sliding ones included; 0: transformers' cache (sliding layers capped at their window)
+    static_cache_len: int = 0
     train: TrainSpec = field(default_factory=TrainSpec)
 
     @property
@@ -92,8 +95,8 @@ def _head_device(units: list[params.Unit], placement: dict[str, str], tied: bool
 
 def _infer(p: PlanInputs, units, shape, wbytes, db, quantized, model, result) -> None:
     batch, ctx = p.batch, p.context
-    kv_unit = {u.name: (kv.kv_layer_bytes(shape, u.layer_index, ctx, batch, db) if u.layer_index is not None else 0)
-               for u in units}
+    kv_unit = {u.name: (kv.kv_layer_bytes(shape, u.layer_index, ctx, batch, db, p.static_cache_len)
+                        if u.layer_index is not None else 0) for u in units}
     prefill = batch * p.prompt
     transient = kv.layer_forward_bytes(shape, prefill, db) + kv.prefill_mask_bytes(shape, batch, p.prompt)
     if p.quant.mode in ("nf4", "fp4") and prefill > 1:  # bnb dequantizes a whole weight for multi-token input
