@@ -30,7 +30,7 @@ def test_every_check_runs_on_cpu_and_gpu_checks_skip_with_reason(cli, tmp_path: 
     for name in GPU_CHECKS:
         assert by_name[name]["status"] == "skip", by_name[name]
         assert "GPU" in by_name[name]["finding"] or "CPU build" in by_name[name]["finding"]
-    for name in ("smoke.load", "smoke.generate", "smoke.lora"):
+    for name in ("smoke.load", "smoke.generate", "smoke.fast_engine", "smoke.lora"):
         assert by_name[name]["status"] == "pass", by_name[name]
     assert all(c["status"] != "fail" for c in rep["checks"]), [c for c in rep["checks"] if c["status"] == "fail"]
     lora = by_name["smoke.lora"]["details"]

@@ -272,9 +272,52 @@ def lora_check(ctx: DoctorContext) -> Finding:
     return Finding("pass", text, details=details)
 
 
+def fast_engine_check(ctx: DoctorContext) -> Finding:
+    """The fast generation engine (generation.engine=auto's choice on a GPU) against generate() on the smoke
+    model: greedy tokens, first device. Compiled (a CUDA graph) on a GPU as auto runs it, eager on a CPU."""
+    import torch
+
+    from gemma_run.infer import fast
+    from gemma_run.infer.generate import choose_engine
+
+    if (skip := _load_failed(ctx)) is not None:
+        return skip
+    loaded = _primary(ctx)
+    why = fast.unsupported(loaded.model, ctx.cfg.generation)
+    if why:
+        return Finding("skip", f"the fast engine cannot run here: {why}", fix="generation.engine=hf is used instead")
+    compiled = choose_engine(ctx.cfg.generation, loaded.model).compile if loaded.input_device.type == "cuda" else False
+    n_new = int(ctx.cfg.task.new_tokens)
+    tok, model = loaded.tokenizer, loaded.model
+    inputs = _encode(tok, PROMPT, loaded.input_device)
+    kwargs = {"max_new_tokens": n_new, "min_new_tokens": n_new, "do_sample": False,
+              "eos_token_id": [tok.eos_token_id], "pad_token_id": tok.pad_token_id or 0}
+    with torch.inference_mode():
+        ref = model.generate(**inputs, **kwargs)
+        start = time.perf_counter()
+        got = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, compile=compiled,
+                            exact=bool(ctx.cfg.generation.exact))
+        seconds = time.perf_counter() - start
+    same = [int(a) == int(b) for a, b in zip(ref[0].tolist(), got[0].tolist(), strict=False)]
+    agree = same.index(False) - inputs["input_ids"].shape[1] if False in same else n_new
+    details = {"compiled": compiled, "new_tokens": n_new, "tokens_equal_to_generate": agree,
+               "seconds": round(seconds, 2)}
+    step = "compiled CUDA-graph step" if compiled else "eager step"
+    if got.shape != ref.shape:
+        return Finding("fail", f"the fast engine returned {tuple(got.shape)} tokens, generate() {tuple(ref.shape)}",
+                       fix="generation.engine=hf, and report it with report.json", details=details)
+    if agree < n_new:
+        return Finding("warn", f"fast engine ({step}) and generate() agree on {agree} of {n_new} greedy tokens "
+                       f"(bf16 rounding can part near-ties)", fix="generation.exact=true keeps eager's rounding; "
+                       "generation.engine=hf if outputs must match generate() exactly", details=details)
+    return Finding("pass", f"fast engine ({step}) gives generate()'s {n_new} greedy tokens ({seconds:.1f} s "
+                   f"including {'compile' if compiled else 'the first call'})", details=details)
+
+
 CHECKS = [
     ("smoke.load", load_check, "the model loads through gemma_run.loading.load on the first device"),
     ("smoke.generate", generate_check, "generation on each device, inputs on the model's device"),
     ("smoke.spread", spread_check, "device_map=auto spreads the model over all GPUs and matches one GPU"),
+    ("smoke.fast_engine", fast_engine_check, "the fast generation engine gives generate()'s greedy tokens"),
     ("smoke.lora", lora_check, "one LoRA training step: finite loss, adapter changes, base does not"),
 ]
