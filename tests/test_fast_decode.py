@@ -109,6 +109,35 @@ def test_engine_choice_and_its_reasons(compose_cfg, bf16) -> None:
     assert e.value.key == "generation.engine"
 
 
+def test_auto_compiles_on_a_gpu_only_when_the_run_is_long_enough_to_pay_for_it(compose_cfg) -> None:
+    """On a GPU, auto takes the compiled fast engine for runs of >= COMPILE_MIN_TOKENS tokens (and bench,
+    where the count is not given); a one-off prompt gets generate() at once instead of minutes of compile."""
+    import torch
+
+    class OnGpu:  # what choose_engine reads of a model on one CUDA GPU
+        _can_compile_fullgraph = True
+
+        def parameters(self):
+            return iter([_Cuda()])
+
+        def buffers(self):
+            return iter(())
+
+    class _Cuda:
+        device = torch.device("cuda", 0)
+
+    def choose(*overrides: str, tokens: int | None) -> gen.Engine:
+        return gen.choose_engine(compose_cfg(list(overrides)).generation, OnGpu(), tokens=tokens)
+
+    assert choose(tokens=None) == gen.Engine("fast", True, True, "one CUDA GPU")
+    assert choose(tokens=gen.COMPILE_MIN_TOKENS).name == "fast"
+    short = choose(tokens=64)
+    assert short.name == "hf" and "generation.compile=true" in short.reason
+    assert choose("generation.compile=true", tokens=64) == gen.Engine("fast", True, True, "one CUDA GPU")
+    assert choose("generation.compile=false", tokens=10_000).name == "hf"
+    assert choose("generation.engine=fast", tokens=64) == gen.Engine("fast", True, True, "generation.engine=fast")
+
+
 def test_infer_and_bench_run_the_fast_engine_end_to_end(compose_cfg, tmp_path: Path) -> None:
     outs = {}
     for engine in ("hf", "fast"):

@@ -124,15 +124,17 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
 
 
 def static_cache_len(cfg: DictConfig, on_gpu: bool, n_gpus: int, needed: int) -> int:
-    """The fast engine's cache length when the run will decode on it, else 0 (``generation.engine``: fast, or
-    auto on one GPU without a generate()-only key; the engine itself decides at run time, from the loaded model,
-    by the same rules: gemma_run.infer.generate.choose_engine)."""
+    """The fast engine's cache length when the run may decode on it, else 0 (``generation.engine``: fast, or
+    auto on one GPU without a generate()-only key). The engine itself decides at run time from the loaded model
+    (gemma_run.infer.generate.choose_engine), also by the tokens to generate, which the plan does not know: it
+    counts the fast engine's bigger cache whenever it may run, so a plan that fits always fits."""
     from gemma_run.infer.fast import static_length
 
     g = cfg.generation
     engine = getattr(g.engine, "value", g.engine)
     one_gpu = cfg.device_map.strategy.name == "single" or n_gpus == 1
-    auto_fast = on_gpu and one_gpu and g.cache_implementation is None and float(g.repetition_penalty) == 1.0
+    auto_fast = (on_gpu and one_gpu and g.cache_implementation is None and float(g.repetition_penalty) == 1.0
+                 and g.compile is not False)
     if engine == "fast" or (engine == "auto" and auto_fast):
         text = model_config(cfg).get("text_config") or model_config(cfg)
         return static_length(needed, text.get("max_position_embeddings") or text.get("n_positions"))

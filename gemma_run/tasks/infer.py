@@ -85,7 +85,8 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
     gen.check_context([todo[k] for k in texts], lengths, loaded.context_length, cfg.generation.max_new_tokens)
     # text prompts in length-grouped batches, then each image prompt alone (images differ in soft-token layout)
     batches = [[texts[i] for i in b] for b in gen.plan_batches(lengths, cfg.batch_size)] + [[k] for k in images]
-    engine = gen.choose_engine(cfg.generation, model, images=bool(images))
+    engine = gen.choose_engine(cfg.generation, model, images=bool(images),
+                               tokens=len(todo) * int(cfg.generation.max_new_tokens))
     log.info("generation engine: %s", engine.describe())
     kwargs = gen.generation_kwargs(cfg.generation, model, tok, chat=any(is_chat) or bool(images), engine=engine)
     stream = single and cfg.generation.stream
