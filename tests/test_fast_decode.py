@@ -99,6 +99,7 @@ def test_engine_choice_and_its_reasons(compose_cfg, bf16) -> None:
         return gen.choose_engine(compose_cfg(list(overrides)).generation, model, images=images)
 
     assert choose().name == "hf" and "CUDA" in choose().reason  # auto on a CPU
+    assert choose("generation.compile=true") == gen.Engine("fast", True, True, "generation.compile=true")
     assert choose("generation.engine=fast") == gen.Engine("fast", False, True, "generation.engine=fast")
     assert choose("generation.engine=fast", "generation.compile=true").compile
     assert "repetition_penalty" in choose("generation.repetition_penalty=1.2").reason
@@ -133,7 +134,7 @@ def test_auto_compiles_on_a_gpu_only_when_the_run_is_long_enough_to_pay_for_it(c
     assert choose(tokens=gen.COMPILE_MIN_TOKENS).name == "fast"
     short = choose(tokens=64)
     assert short.name == "hf" and "generation.compile=true" in short.reason
-    assert choose("generation.compile=true", tokens=64) == gen.Engine("fast", True, True, "one CUDA GPU")
+    assert choose("generation.compile=true", tokens=64) == gen.Engine("fast", True, True, "generation.compile=true")
     assert choose("generation.compile=false", tokens=10_000).name == "hf"
     assert choose("generation.engine=fast", tokens=64) == gen.Engine("fast", True, True, "generation.engine=fast")
 

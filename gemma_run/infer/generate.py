@@ -48,12 +48,14 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
             raise GemmaRunError(f"generation.engine=fast cannot run this: {why}", key="generation.engine",
                                 fix="generation.engine=auto (falls back to generate()) or generation.engine=hf")
         return Engine("fast", bool(g.compile) if compile_set else on_gpu, bool(g.exact), "generation.engine=fast")
-    if g.cache_implementation is not None:
+    if g.cache_implementation is not None:  # generate()'s own static cache (and compile, when asked)
         return Engine("hf", bool(g.compile), reason="generation.cache_implementation is a generate() setting")
-    if why:
-        return Engine("hf", bool(g.compile), reason=why)
+    if why:  # generate() compiles only a static cache, which was not asked for
+        return Engine("hf", False, reason=why)
+    if g.compile is True:
+        return Engine("fast", True, bool(g.exact), "generation.compile=true")
     if not on_gpu:
-        return Engine("hf", bool(g.compile), reason="not on a CUDA GPU: the fast engine's gain is CUDA graphs")
+        return Engine("hf", False, reason="not on a CUDA GPU: the fast engine's gain is CUDA graphs")
     if g.compile is False:
         return Engine("hf", False, reason="generation.compile=false: the fast engine's gain is its compiled step")
     if not compile_set and tokens is not None and tokens < COMPILE_MIN_TOKENS:
