@@ -6,7 +6,7 @@ the order a user would prefer them (cheapest change first). Only candidates whos
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gemma_run.errors import GemmaRunError
@@ -14,6 +14,13 @@ from gemma_run.planning.memory import Quant
 from gemma_run.planning.plan import PlanInputs, make_plan, with_changes
 
 GiB = 2**30
+
+
+def _halvings(value: int, floor: int) -> Iterator[int]:
+    """value // 2, // 4, ... while the previous value was above ``floor`` (the sizes a suggestion tries)."""
+    while value > floor:
+        value //= 2
+        yield value
 
 
 def _candidates(p: PlanInputs) -> list[tuple[str, Callable[[], PlanInputs]]]:
@@ -31,13 +38,9 @@ def _candidates(p: PlanInputs) -> list[tuple[str, Callable[[], PlanInputs]]]:
     if q.mode in ("none", "int8"):
         out.append(("quant=4bit", lambda: with_changes(p, quant=Quant("nf4", True))))
     if p.mode == "train":
-        b = t.batch
-        while b > 1:
-            b //= 2
+        for b in _halvings(t.batch, 1):
             out.append((f"train.per_device_batch_size={b}", lambda b=b: with_changes(p, train_batch=b)))
-        s = t.seq_len
-        while s > 512:
-            s //= 2
+        for s in _halvings(t.seq_len, 512):
             out.append((f"train.max_seq_length={s}", lambda s=s: with_changes(p, train_seq_len=s)))
         n = max(len(p.gpus), 1)
         if n > 1 and t.zero_stage < 3:
@@ -47,14 +50,10 @@ def _candidates(p: PlanInputs) -> list[tuple[str, Callable[[], PlanInputs]]]:
                     lambda: with_changes(p, train_zero_stage=3, train_world=n, train_offload_optimizer=True,
                                          train_offload_params=True)))
     else:
-        b = p.batch
-        while b > 1:
-            b //= 2
+        for b in _halvings(p.batch, 1):
             out.append((f"batch_size={b}", lambda b=b: with_changes(p, batch=b)))
-        ctx = p.new_tokens
-        while ctx > 256:
-            ctx //= 2
-            out.append((f"generation.max_new_tokens={ctx}", lambda c=ctx: with_changes(p, new_tokens=c)))
+        for c in _halvings(p.new_tokens, 256):
+            out.append((f"generation.max_new_tokens={c}", lambda c=c: with_changes(p, new_tokens=c)))
         if p.strategy in ("single", "balanced_low_0") and len(p.gpus) > 1:
             out.append(("device_map=auto", lambda: with_changes(p, strategy="auto")))
     if p.gpus:

@@ -161,7 +161,7 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     ``callbacks``: more Trainer callbacks (task=bench_train's step timer); ``save=False`` writes no adapter."""
     import torch
 
-    from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer
+    from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer, random_weights
     from gemma_run.training import memory_cap
 
     rank, local_rank, world_size = world()
@@ -170,7 +170,8 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     dtype = choose_dtype(cfg.model, cfg.quant)
     # the data is tokenized before the model loads: a dataset that cannot train fails in seconds, not after
     # the minutes a large model takes to load
-    tokenizer = load_tokenizer(checkpoint.resolve(cfg.model, cfg.cache_dir), cfg.model)
+    path = checkpoint.resolve(cfg.model, cfg.cache_dir)
+    tokenizer = load_tokenizer(path, cfg.model)
     prepared = data.prepare(cfg, tokenizer, checked)
     ds = deepspeed_config.render(cfg.deepspeed)
     stage = int(cfg.deepspeed.stage)
@@ -179,10 +180,10 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     torch.manual_seed(cfg.seed)
     # built before the model, so ZeRO-3 partitions the weights while they load (HfDeepSpeedConfig)
     args = arguments(cfg, out, dtype, ds, prepared.eval is not None)
-    # The cap goes on before loading (a real checkpoint loads into 4 bits tensor by tensor, inside it), except
-    # for random weights: those are first built whole in bf16 (54 GB at 27B, which no real load holds), so
-    # there it goes on once the model is built; training's peak is inside it either way.
-    random_build = getattr(cfg.model.weights, "value", cfg.model.weights) == "random"
+    # The cap goes on before loading (a checkpoint loads into 4 bits tensor by tensor, inside it), except for
+    # random weights built in memory: those are first built whole in bf16 (54 GB at 27B, which no real load
+    # holds), so there it goes on once the model is built; training's peak is inside it either way.
+    random_build = random_weights.in_memory(path)
     cap = None if random_build else memory_cap.apply(cfg.train.gpu_memory_cap, "before loading")
     load_cfg = _load_cfg(cfg, dtype, stage)
     loaded = load(load_cfg, device_map=_device_map(stage, world_size, local_rank))
