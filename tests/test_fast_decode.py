@@ -111,8 +111,9 @@ def test_engine_choice_and_its_reasons(compose_cfg, bf16) -> None:
 
 
 def test_auto_compiles_on_a_gpu_only_when_the_run_is_long_enough_to_pay_for_it(compose_cfg) -> None:
-    """On a GPU, auto takes the compiled fast engine for runs of >= COMPILE_MIN_TOKENS tokens (and bench,
-    where the count is not given); a one-off prompt gets generate() at once instead of minutes of compile."""
+    """On a GPU, auto takes the fast engine recorded as a CUDA graph; its step is compiled for runs of
+    >= COMPILE_MIN_TOKENS tokens (and bench, where the count is not given), while a one-off prompt runs the eager
+    step at once instead of waiting minutes for a compile."""
     import torch
 
     class OnGpu:  # what choose_engine reads of a model on one CUDA GPU
@@ -130,13 +131,20 @@ def test_auto_compiles_on_a_gpu_only_when_the_run_is_long_enough_to_pay_for_it(c
     def choose(*overrides: str, tokens: int | None) -> gen.Engine:
         return gen.choose_engine(compose_cfg(list(overrides)).generation, OnGpu(), tokens=tokens)
 
-    assert choose(tokens=None) == gen.Engine("fast", True, True, "one CUDA GPU")
-    assert choose(tokens=gen.COMPILE_MIN_TOKENS).name == "fast"
+    assert choose(tokens=None) == gen.Engine("fast", True, True, "one CUDA GPU", graph=True)
+    assert choose(tokens=gen.COMPILE_MIN_TOKENS).compile
     short = choose(tokens=64)
-    assert short.name == "hf" and "generation.compile=true" in short.reason
-    assert choose("generation.compile=true", tokens=64) == gen.Engine("fast", True, True, "generation.compile=true")
-    assert choose("generation.compile=false", tokens=10_000).name == "hf"
-    assert choose("generation.engine=fast", tokens=64) == gen.Engine("fast", True, True, "generation.engine=fast")
+    assert (short.name, short.compile, short.graph) == ("fast", False, True)
+    assert "generation.compile=true" in short.reason
+    assert choose("generation.compile=true", tokens=64) == gen.Engine("fast", True, True, "generation.compile=true",
+                                                                      graph=True)
+    assert (choose("generation.compile=false", tokens=10_000).compile, choose("generation.compile=false",
+                                                                              tokens=10_000).graph) == (False, True)
+    assert not choose("generation.cuda_graph=false", "generation.compile=true", tokens=64).graph
+    assert choose("generation.cuda_graph=false", tokens=64).name == "hf"  # eager and launch-bound: nothing gained
+    assert choose("generation.engine=fast", tokens=64) == gen.Engine("fast", False, True, "generation.engine=fast",
+                                                                     graph=True)
+    assert choose("generation.engine=fast", tokens=None).compile
 
 
 def test_infer_and_bench_run_the_fast_engine_end_to_end(compose_cfg, tmp_path: Path) -> None:
@@ -171,12 +179,44 @@ def test_planner_sizes_the_fast_engines_cache_as_it_really_is(compose_cfg, bf16)
     # auto decodes on the fast engine on one GPU, on generate() when several share the model
     assert inputs.from_cfg(compose_cfg(overrides), "infer")[0].static_cache_len == 512
     assert inputs.from_cfg(compose_cfg([*overrides, "plan.gpus=[24GiB,24GiB]"]), "infer")[0].static_cache_len == 0
+    # compile=false still decodes on the fast engine (its eager step as a CUDA graph); without graph or compile, not
+    assert inputs.from_cfg(compose_cfg([*overrides, "generation.compile=false"]), "infer")[0].static_cache_len == 512
+    no_graph = [*overrides, "generation.cuda_graph=false"]
+    assert inputs.from_cfg(compose_cfg(no_graph), "infer")[0].static_cache_len == 0
     # the real cache after a run of that shape holds exactly the planned bytes
     ids = torch.randint(3, 500, (1, 300))
     kwargs = {"max_new_tokens": 40, "do_sample": False, "eos_token_id": [1], "pad_token_id": 0}
     fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False)
-    session = bf16.model._gemma_run_sessions[(1, 512, False, True)]
+    session = bf16.model._gemma_run_sessions[(1, 512, False, True, False)]
     real = sum(t.numel() * t.element_size() for layer in session.cache.layers for t in (layer.keys, layer.values))
     shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, True, "bfloat16")))
     assert real == kv.kv_bytes(shape, 340, 1, 2, static_len=p.static_cache_len)
     assert real > kv.kv_bytes(shape, 340, 1, 2)  # generate()'s cache caps the sliding layer at its 16-token window
+
+
+def test_a_rewound_decode_step_runs_again_to_the_same_cache_and_logits(bf16) -> None:
+    """Recording a CUDA graph runs the current step again (warm-up, then the replay); that is only right if the
+    rerun writes the same cache slot and gives the same logits, which needs the cache's on-device position
+    (transformers' cumulative_length) put back first. Without the rewind a rerun writes the next slot."""
+    import torch
+
+    from gemma_run.infer import fast
+
+    model = bf16.model
+    s = fast.session(model, 1, 40, compile=False)
+    ids = torch.randint(3, 500, (1, 12))
+    mask = torch.ones(1, s.length, dtype=torch.long)
+    with torch.inference_mode():
+        s.cache.reset()
+        model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(12)[None], cache_position=torch.arange(12),
+              past_key_values=s.cache, use_cache=True)
+        args = (torch.tensor([[7]]), torch.tensor([[12]]), torch.tensor([12]), mask)
+        rewind = fast.rewinder(s.cache)
+        first = s.step(*args).clone()
+        cache = [(layer.keys.clone(), layer.values.clone()) for layer in s.cache.layers]
+        rewind()
+        assert torch.equal(s.step(*args), first)
+        assert all(torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+                   for layer, (k, v) in zip(s.cache.layers, cache, strict=True))
+        s.step(*args)  # no rewind: the step lands in the next slot
+        assert not all(torch.equal(layer.keys, k) for layer, (k, _) in zip(s.cache.layers, cache, strict=True))

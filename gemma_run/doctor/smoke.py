@@ -274,7 +274,8 @@ def lora_check(ctx: DoctorContext) -> Finding:
 
 def fast_engine_check(ctx: DoctorContext) -> Finding:
     """The fast generation engine (generation.engine=auto's choice on a GPU) against generate() on the smoke
-    model: greedy tokens, first device. Compiled (a CUDA graph) on a GPU as auto runs it, eager on a CPU."""
+    model: greedy tokens, first device. On a GPU as auto runs it (compiled, recorded as a CUDA graph); eager on a
+    CPU."""
     import torch
 
     from gemma_run.infer import fast
@@ -286,7 +287,9 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
     why = fast.unsupported(loaded.model, ctx.cfg.generation)
     if why:
         return Finding("skip", f"the fast engine cannot run here: {why}", fix="generation.engine=hf is used instead")
-    compiled = choose_engine(ctx.cfg.generation, loaded.model).compile if loaded.input_device.type == "cuda" else False
+    on_gpu = loaded.input_device.type == "cuda"
+    engine = choose_engine(ctx.cfg.generation, loaded.model) if on_gpu else None
+    compiled, graph = (engine.compile, engine.graph) if engine else (False, False)
     n_new = int(ctx.cfg.task.new_tokens)
     tok, model = loaded.tokenizer, loaded.model
     inputs = _encode(tok, PROMPT, loaded.input_device)
@@ -296,13 +299,13 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
         ref = model.generate(**inputs, **kwargs)
         start = time.perf_counter()
         got = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, compile=compiled,
-                            exact=bool(ctx.cfg.generation.exact))
+                            exact=bool(ctx.cfg.generation.exact), graph=graph)
         seconds = time.perf_counter() - start
     same = [int(a) == int(b) for a, b in zip(ref[0].tolist(), got[0].tolist(), strict=False)]
     agree = same.index(False) - inputs["input_ids"].shape[1] if False in same else n_new
-    details = {"compiled": compiled, "new_tokens": n_new, "tokens_equal_to_generate": agree,
+    details = {"compiled": compiled, "cuda_graph": graph, "new_tokens": n_new, "tokens_equal_to_generate": agree,
                "seconds": round(seconds, 2)}
-    step = "compiled CUDA-graph step" if compiled else "eager step"
+    step = f"{'compiled' if compiled else 'eager'} step{' as a CUDA graph' if graph else ''}"
     if got.shape != ref.shape:
         return Finding("fail", f"the fast engine returned {tuple(got.shape)} tokens, generate() {tuple(ref.shape)}",
                        fix="generation.engine=hf, and report it with report.json", details=details)

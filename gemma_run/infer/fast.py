@@ -3,15 +3,16 @@
 Why not ``model.generate``: at batch 1 a decode step of a 4B model reads 7.8 GB, 2.6 ms at an H100's bandwidth,
 while transformers' generate loop spends 6-13 ms of Python per token around the model even when the forward is
 compiled (logits processors, stopping criteria, kwargs bookkeeping; measured, ../shared/docs/stack.md). This
-loop does per token only what decoding needs: one replay of the compiled step (a CUDA graph under
-``mode="reduce-overhead"``), picking the next token on the device, and a check for finished rows every
-``CHECK_EVERY`` steps, so the CPU stays ahead of the GPU.
+loop does per token only what decoding needs: one replay of the step recorded as a CUDA graph
+(:mod:`gemma_run.infer.graph`; the step compiled by inductor, or eager when compiling would not pay back),
+picking the next token on the device, and a check for finished rows every ``CHECK_EVERY`` steps, so the CPU
+stays ahead of the GPU.
 
 The model is the one ``gemma_run.loading.load`` gave (any transformers causal LM whose cache can be static); the
-prompt goes through an eager forward (compute-bound, and it fills the cache, whose tensors transformers then marks
-as static addresses for CUDA graphs). One :class:`Session` per (batch, cache length) is kept on the model and
-reused, so a CUDA graph is recorded once per shape; cache lengths are rounded up to ``BUCKET`` tokens so that
-prompts of similar lengths share it.
+prompt goes through an eager forward (compute-bound, and it fills the cache at the fixed addresses the recorded
+step reads). One :class:`Session` per (batch, cache length) is kept on the model and reused, so a CUDA graph is
+recorded once per shape; cache lengths are rounded up to ``BUCKET`` tokens so that prompts of similar lengths
+share it.
 
 Sampling, when asked for, is temperature / top-k / top-p on the step's logits, as generate() does it; what this
 engine does not do (repetition penalty, image inputs, a model spread over devices) is reported by
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +60,49 @@ class Session:
     cache: Any
     step: Any  # (input_ids [B, 1], position_ids [B, 1], cache_position [1], attention_mask [B, L]) -> logits [B, V]
     compiled: bool
-    compile_seconds: float | None = None  # first step's time, compile included (None until it ran)
+    graph: bool  # replay the step as a CUDA graph (recorded at the first decode step)
+    mask: Any = None  # the attention mask [B, length]: one buffer, so a recorded graph reads it in place
+    replay: Any = None  # the recorded step (gemma_run.infer.graph.Replay), once recorded
+    compile_seconds: float | None = None  # first step's time, compile and recording included (None until it ran)
     steps_run: int = 0
+
+    def first_step(self, model: Any, args: tuple[Any, ...], exact: bool) -> Any:
+        """Run the first decode step: compile it (falling back to the eager step if compiling fails), then record
+        it as a CUDA graph (falling back to plain calls if recording fails), each fallback with a warning."""
+        rewind = rewinder(self.cache)
+        try:
+            logits = self.step(*args)
+        except Exception as e:  # torch.compile fails in many exception types
+            if not self.compiled:
+                raise
+            log.warning("could not compile the decode step (%s: %s); it runs eagerly. generation.compile=false "
+                        "skips the attempt", type(e).__name__, _first_line(e))
+            self.step, self.compiled = _make_step(model, self.cache, False, exact), False
+            rewind()
+            logits = self.step(*args)
+        if not self.graph:
+            return logits
+        from gemma_run.infer.graph import Replay
+
+        try:
+            self.replay = Replay(self.step, args, shared=(3,), rewind=rewind)
+            return self.replay(*args)
+        except Exception as e:
+            rewind()  # a failed recording may have left the cache's position anywhere: run the step once more
+            logits = self.step(*args)
+            log.warning("could not record the decode step as a CUDA graph (%s: %s); it runs without one, "
+                        "launch-bound. generation.cuda_graph=false skips the attempt", type(e).__name__,
+                        _first_line(e))
+            self.graph, self.replay = False, None
+            return logits
+
+
+def sessions_report(model: Any) -> list[dict[str, Any]]:
+    """What each session of the model ran as: its shape, and whether its step ended up compiled and replayed as a
+    CUDA graph (either can have fallen back, with a warning), with the first step's seconds."""
+    return [{"batch": s.batch, "length": s.length, "compiled": s.compiled, "cuda_graph": s.replay is not None,
+             "first_step_seconds": None if s.compile_seconds is None else round(s.compile_seconds, 2)}
+            for s in model.__dict__.get("_gemma_run_sessions", {}).values()]
 
 
 def static_length(needed: int, context: int | None) -> int:
@@ -69,18 +112,37 @@ def static_length(needed: int, context: int | None) -> int:
     return min(length, context) if context else length
 
 
-def session(model: Any, batch: int, needed: int, *, compile: bool, exact: bool = True) -> Session:
+def session(model: Any, batch: int, needed: int, *, compile: bool, exact: bool = True,
+            graph: bool = False) -> Session:
     """The session for ``batch`` rows of up to ``needed`` positions, made on first use and kept on the model."""
     config = model.config
     text = getattr(config, "get_text_config", lambda: config)()
     context = getattr(text, "max_position_embeddings", None)
     length = static_length(needed, context)
     sessions = model.__dict__.setdefault("_gemma_run_sessions", {})
-    key = (batch, length, compile, exact)
+    key = (batch, length, compile, exact, graph)
     if key not in sessions:
         cache = static_cache(text.num_hidden_layers, length)
-        sessions[key] = Session(batch, length, cache, _make_step(model, cache, compile, exact), compile)
+        sessions[key] = Session(batch, length, cache, _make_step(model, cache, compile, exact), compile, graph)
     return sessions[key]
+
+
+def rewinder(cache: Any) -> Callable[[], None]:
+    """A function that puts the cache's position back to what it is now.
+
+    transformers >= 5 keeps each static layer's position on the device (``cumulative_length``, advanced in place
+    by every forward, so a compiled or recorded step needs no Python state); running a step again (warm-up,
+    recording, a retry after a failed compile) must start from the same position to write the same slot."""
+    import torch
+
+    saved = [(layer, layer.cumulative_length.clone()) for layer in cache.layers
+             if torch.is_tensor(getattr(layer, "cumulative_length", None))]
+
+    def rewind() -> None:
+        for layer, value in saved:
+            layer.cumulative_length.copy_(value)
+
+    return rewind
 
 
 def static_cache(layers: int, length: int) -> Any:
@@ -112,17 +174,16 @@ def _make_step(model: Any, cache: Any, compile: bool, exact: bool) -> Any:
 
 def compile_options(exact: bool) -> dict[str, Any]:
     """Inductor's options for the decode step, each measured on an H100 (random gemma3_4b, bf16, batch 1;
-    bench/decode_variants.py, docs/benchmarks.md):
+    bench/decode_variants.py, docs/benchmarks.md). No ``triton.cudagraphs``: the engine records the CUDA graph
+    itself (:mod:`gemma_run.infer.graph`), which also serves the eager step and tensor-subclass weights.
 
-    - ``triton.cudagraphs``: the step replayed as one CUDA graph (what mode="reduce-overhead" sets; torch.compile
-      takes a mode or options, not both). Without it the step is bound by ~1000 kernel launches.
     - ``coordinate_descent_tuning``: inductor tunes its own batch-1 matrix-vector kernels (fused with the norms
       around them) instead of calling cuBLAS: 5.06 -> 4.07 ms a step (51% -> 64% of the bandwidth limit), for a
       longer first compile (84 -> 160 s), which the compile cache then saves.
     - ``emulate_precision_casts``: bf16 rounded wherever eager rounds it, so the compiled step picks eager's
       greedy tokens (``generation.exact``).
     """
-    return {"triton.cudagraphs": True, "coordinate_descent_tuning": True, "emulate_precision_casts": exact}
+    return {"coordinate_descent_tuning": True, "emulate_precision_casts": exact}
 
 
 def choose(logits: Any, kwargs: dict[str, Any], generator: Any = None) -> Any:
@@ -147,7 +208,8 @@ def choose(logits: Any, kwargs: dict[str, Any], generator: Any = None) -> Any:
 
 
 def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, Any], *, streamer: Any = None,
-             compile: bool, exact: bool = True, stop: list[str] | None = None, tokenizer: Any = None) -> Any:
+             compile: bool, exact: bool = True, graph: bool = False, stop: list[str] | None = None,
+             tokenizer: Any = None) -> Any:
     """Tokens [B, prompt + new] as generate() returns them (rows that finished early padded), from generate()'s
     own ``kwargs`` (max_new_tokens, min_new_tokens, eos_token_id, pad_token_id and the sampling keys).
 
@@ -161,10 +223,13 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
     new = int(kwargs["max_new_tokens"])
     min_new = int(kwargs.get("min_new_tokens") or 0)
     eos, pad = list(kwargs.get("eos_token_id") or []), int(kwargs["pad_token_id"])
-    s = session(model, batch, prompt + new, compile=compile, exact=exact)
     device = input_ids.device
+    s = session(model, batch, prompt + new, compile=compile, exact=exact, graph=graph and device.type == "cuda")
     s.cache.reset()
-    mask = torch.ones(batch, s.length, dtype=attention_mask.dtype, device=device)
+    if s.mask is None:
+        s.mask = torch.ones(batch, s.length, dtype=torch.long, device=device)
+    mask = s.mask
+    mask.fill_(1)
     mask[:, :prompt] = attention_mask
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     real = attention_mask.long().sum(-1, keepdim=True)  # the position of each row's next token
@@ -193,22 +258,17 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
                     break
             first = s.steps_run == 0
             start = time.perf_counter() if first else 0.0
-            args = (token.view(batch, 1).clone(), real + (i - 1), cache_positions[i - 1:i], mask)
-            try:
-                logits = s.step(*args)
-            except Exception as e:  # torch.compile fails in many exception types
-                if not (first and s.compiled):
-                    raise
-                log.warning("could not compile the decode step (%s: %s); it runs eagerly. generation.compile=false "
-                            "skips the attempt", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-                s.step, s.compiled = _make_step(model, s.cache, False, exact), False
-                logits = s.step(*args)
+            args = (token.view(batch, 1), real + (i - 1), cache_positions[i - 1:i], mask)
             if first:
+                logits = s.first_step(model, args, exact)
                 _sync(device)
                 s.compile_seconds = time.perf_counter() - start
-                if s.compiled:
-                    log.info("compiled the decode step for batch %d x %d positions in %.1f s", batch, s.length,
-                             s.compile_seconds)
+                if s.compiled or s.graph:
+                    log.info("%s the decode step for batch %d x %d positions in %.1f s",
+                             " and ".join(w for w, on in (("compiled", s.compiled), ("recorded", s.graph)) if on),
+                             batch, s.length, s.compile_seconds)
+            else:
+                logits = s.replay(*args) if s.replay is not None else s.step(*args)
             s.steps_run += 1
             token = _pick(logits, kwargs, done, pad, suppress if i < min_new else None)
             out[:, i] = token
@@ -220,6 +280,10 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
             tail = out[0, streamed:]
             streamer.put(tail[: _length(tail, eos)].cpu())
     return torch.cat([input_ids, out], dim=1)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else ""
 
 
 def _last_only(model: Any) -> dict[str, Any]:

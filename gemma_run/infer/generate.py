@@ -19,22 +19,29 @@ class Engine:
     compile: bool
     exact: bool = True
     reason: str = ""
+    graph: bool = False  # fast engine: the step replayed as a CUDA graph (gemma_run.infer.graph)
 
     def describe(self) -> str:
-        return f"{self.name}{' + compiled step' if self.compile else ''} ({self.reason})"
+        step = " + ".join(w for w, on in (("compiled step", self.compile), ("CUDA graph", self.graph)) if on)
+        return f"{self.name}{' + ' + step if step else ''} ({self.reason})"
 
 
 # auto compiles only when a run generates at least this many tokens. Measured on an H100: compiling costs
-# 87.5 s on a 4B (34.8 s from the cache) and 174 s on a 27B for 7.5x / 6.9x faster tokens, which pays back
-# after ~2,700 tokens (4B, cold) and ~1,400 (27B); below that, a one-off prompt would wait minutes for nothing.
+# 87.5 s on a 4B (34.8 s from the cache) and 174 s on a 27B for 7.5x / 6.9x faster tokens than generate(), which
+# pays back after ~2,700 tokens (4B, cold) and ~1,400 (27B); below that the fast engine runs its eager step
+# recorded as a CUDA graph, which starts in seconds.
 COMPILE_MIN_TOKENS = 2048
 
 
 def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> Engine:
-    """``generation.engine`` for this model: auto takes the fast engine on a single CUDA GPU unless the run
-    needs something only generate() does (then it says which), or generates fewer than COMPILE_MIN_TOKENS
-    ``tokens`` (prompts x max_new_tokens; None: unknown, e.g. task=bench) and ``generation.compile`` is not set;
-    fast refuses, naming the reason, where it cannot run."""
+    """``generation.engine`` for this model.
+
+    auto takes the fast engine on a single CUDA GPU unless the run needs something only generate() does (then it
+    says which). Its step is compiled when ``generation.compile`` says so or, unset, when the run generates at
+    least COMPILE_MIN_TOKENS ``tokens`` (prompts x max_new_tokens; None: unknown, e.g. task=bench, which compiles);
+    it is recorded as a CUDA graph on a GPU unless ``generation.cuda_graph=false``. fast refuses, naming the
+    reason, where it cannot run. Off a GPU, auto takes generate() unless compile=true asks for the compiled step.
+    """
     from gemma_run.infer import fast
 
     wanted = getattr(g.engine, "value", g.engine)
@@ -43,25 +50,31 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
         return Engine("hf", bool(g.compile), reason="generation.engine=hf")
     why = fast.unsupported(model, g, images=images)
     on_gpu = next(model.parameters()).device.type == "cuda"
+    graph = on_gpu and g.cuda_graph is not False
     if wanted == "fast":
         if why:
             raise GemmaRunError(f"generation.engine=fast cannot run this: {why}", key="generation.engine",
                                 fix="generation.engine=auto (falls back to generate()) or generation.engine=hf")
-        return Engine("fast", bool(g.compile) if compile_set else on_gpu, bool(g.exact), "generation.engine=fast")
+        compile = bool(g.compile) if compile_set else on_gpu and (tokens is None or tokens >= COMPILE_MIN_TOKENS)
+        return Engine("fast", compile, bool(g.exact), "generation.engine=fast", graph)
     if g.cache_implementation is not None:  # generate()'s own static cache (and compile, when asked)
         return Engine("hf", bool(g.compile), reason="generation.cache_implementation is a generate() setting")
     if why:  # generate() compiles only a static cache, which was not asked for
         return Engine("hf", False, reason=why)
     if g.compile is True:
-        return Engine("fast", True, bool(g.exact), "generation.compile=true")
+        return Engine("fast", True, bool(g.exact), "generation.compile=true", graph)
     if not on_gpu:
         return Engine("hf", False, reason="not on a CUDA GPU: the fast engine's gain is CUDA graphs")
+    if not graph and not g.compile:
+        return Engine("hf", False, reason="generation.cuda_graph=false and no compile: the fast engine would gain "
+                      "nothing")
     if g.compile is False:
-        return Engine("hf", False, reason="generation.compile=false: the fast engine's gain is its compiled step")
-    if not compile_set and tokens is not None and tokens < COMPILE_MIN_TOKENS:
-        return Engine("hf", False, reason=f"{tokens} tokens to generate: compiling the fast engine's step (minutes "
-                      f"the first time) pays off from ~{COMPILE_MIN_TOKENS}; generation.compile=true forces it")
-    return Engine("fast", True, bool(g.exact), "one CUDA GPU")
+        return Engine("fast", False, bool(g.exact), "generation.compile=false: the eager step as a CUDA graph", graph)
+    if tokens is not None and tokens < COMPILE_MIN_TOKENS:
+        return Engine("fast", False, bool(g.exact), f"{tokens} tokens to generate: the eager step as a CUDA graph "
+                      f"(compiling, minutes the first time, pays off from ~{COMPILE_MIN_TOKENS}; "
+                      "generation.compile=true forces it)", graph)
+    return Engine("fast", True, bool(g.exact), "one CUDA GPU", graph)
 
 
 @dataclass
@@ -200,7 +213,8 @@ def _generate(model: Any, tokenizer: Any, inputs: dict[str, Any], kwargs: dict[s
             from gemma_run.infer import fast
 
             out = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, streamer=streamer,
-                                compile=engine.compile, exact=engine.exact, stop=stop, tokenizer=tokenizer)
+                                compile=engine.compile, exact=engine.exact, graph=engine.graph, stop=stop,
+                                tokenizer=tokenizer)
         else:
             out = model.generate(**inputs, streamer=streamer, **kwargs)
     seconds = time.perf_counter() - start

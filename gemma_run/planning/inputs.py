@@ -134,7 +134,7 @@ def static_cache_len(cfg: DictConfig, on_gpu: bool, n_gpus: int, needed: int) ->
     engine = getattr(g.engine, "value", g.engine)
     one_gpu = cfg.device_map.strategy.name == "single" or n_gpus == 1
     auto_fast = (on_gpu and one_gpu and g.cache_implementation is None and float(g.repetition_penalty) == 1.0
-                 and g.compile is not False)
+                 and (g.cuda_graph is not False or bool(g.compile)))
     if engine == "fast" or (engine == "auto" and auto_fast):
         text = model_config(cfg).get("text_config") or model_config(cfg)
         return static_length(needed, text.get("max_position_embeddings") or text.get("n_positions"))

@@ -32,11 +32,17 @@ class GenerationConfig:
     # hf engine only. The KV cache generate() uses. null: transformers' default (a dynamic cache that grows each step);
     # static: preallocated, fixed shapes, the precondition of a compiled decode step.
     cache_implementation: CacheImplementation | None = None
-    # torch.compile the decode step (inductor, mode reduce-overhead: the step replayed as a CUDA graph).
-    # null: on for the fast engine on a GPU, off otherwise. With engine=hf it needs cache_implementation=static
-    # (transformers' own compile, GPUs only); false also stops transformers from compiling a static cache on
-    # its own, so each setting means one thing. The compiled code is cached in env.vars.TORCHINDUCTOR_CACHE_DIR.
+    # torch.compile the decode step (inductor, with its batch-1 kernels tuned). null: the fast engine on a GPU
+    # compiles for runs of >= 2048 generated tokens (prompts x max_new_tokens) and in task=bench, where the
+    # minutes of a first compile pay back; shorter runs take the eager step as a CUDA graph. With engine=hf it
+    # needs cache_implementation=static (transformers' own compile, GPUs only); false also stops transformers
+    # from compiling a static cache on its own, so each setting means one thing. The compiled code is cached in
+    # env.vars.TORCHINDUCTOR_CACHE_DIR.
     compile: bool | None = None
+    # fast engine: record the decode step (compiled or eager) as a CUDA graph and replay it per token, so the
+    # thousand kernels of a step cost one launch. null: on a CUDA GPU; false: plain calls (launch-bound; for
+    # debugging a step that cannot be recorded, which otherwise falls back with a warning).
+    cuda_graph: bool | None = None
     # Compiled steps round bf16 where eager rounds it (inductor's emulate_precision_casts), so greedy tokens
     # equal the eager path's; false lets inductor keep fp32 between fused ops (not bit-equal to eager).
     exact: bool = True

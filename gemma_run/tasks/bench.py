@@ -73,6 +73,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     probe = parse_size(cfg.task.probe_bytes, "task.probe_bytes")
     bw = bandwidth.measure(device, probe if device.type == "cuda" else min(probe, CPU_PROBE_CAP))
     log.info("bandwidth (copy, read + write) on %s: %.1f GB/s", bw["device"], bw["bytes_per_second"] / 1e9)
+    from gemma_run.infer import fast
     from gemma_run.infer.generate import choose_engine
 
     engine = choose_engine(cfg.generation, loaded.model)
@@ -85,15 +86,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     data = {"model": cfg.model.name, "quant": cfg.quant.name, "dtype": loaded.dtype, "checkpoint": str(loaded.path),
             "load_seconds": loaded.load_seconds, "bytes_per_device": loaded.bytes_per_device,
             "generation": {"engine": engine.name, "engine_reason": engine.reason, "cache_implementation": cache,
-                           "compile": engine.compile, "exact": engine.exact, "do_sample": bool(g.do_sample)},
+                           "compile": engine.compile, "cuda_graph": engine.graph, "exact": engine.exact,
+                           "do_sample": bool(g.do_sample), "sessions": fast.sessions_report(loaded.model)},
             "bandwidth": bw, "rows": rows, "environment": _environment()}
     path = write_json(Path(run_dir) / "bench.json", data)
     title = (f"bench: {cfg.model.name} quant={cfg.quant.name} dtype={loaded.dtype} engine={engine.name} "
-             f"cache={cache or 'dynamic'} compile={engine.compile}; copy bandwidth "
+             f"cache={cache or 'dynamic'} compile={engine.compile} cuda_graph={engine.graph}; copy bandwidth "
              f"{bw['bytes_per_second'] / 1e9:.1f} GB/s on {bw['device']}")
     print(report.table(rows, title), flush=True)
     first = rows[0]
-    return {"bench": str(path), "engine": engine.name, "compiled": engine.compile,
+    return {"bench": str(path), "engine": engine.name, "compiled": engine.compile, "cuda_graph": engine.graph,
             "load_seconds": loaded.load_seconds, "bandwidth_gb_per_s":
             round(bw["bytes_per_second"] / 1e9, 2),
             **{k: first[k] for k in ("decode_tokens_per_second", "decode_throughput", "time_to_first_token_s",

@@ -121,7 +121,8 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
         "checkpoint": str(loaded.path), "load_kind": loaded.kind, "dtype": loaded.dtype,
         "load_seconds": loaded.load_seconds, "bytes_per_device": loaded.bytes_per_device,
         "input_device": str(device), "generated": len(todo), "batch_size": cfg.batch_size,
-        "engine": engine.name, "compiled": engine.compile, "engine_reason": engine.reason,
+        "engine": engine.name, "compiled": engine.compile, "cuda_graph": engine.graph,
+        "engine_reason": engine.reason,
         **totals.summary(), "peak_memory_bytes": peak_memory(),
     }
     log.info("generated %d prompt(s): %s new tokens, %s tok/s, time to first token %s s",
