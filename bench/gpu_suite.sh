@@ -15,6 +15,7 @@ for part in "$@"; do
     doctor) python3 -m pytest tests/test_doctor.py -m gpu -s -q -p no:cacheprovider \
               && (cd /tmp && python3 -m gemma_run.cli task=test) ;;
     train)  python3 -m pytest tests/test_train_gpu.py -m gpu -s -q -p no:cacheprovider ;;
+    trainfused) timeout 240 python3 -m pytest tests/test_train_fused_gpu.py -m gpu -s -q -p no:cacheprovider ;;
     trainfast) python3 -m pytest tests/test_train_fast_gpu.py -m gpu -s -q -p no:cacheprovider ;;
     trainspeed) python3 bench/train_speed.py ;;
     plan)   python3 bench/plan_accuracy.py ;;
@@ -37,6 +38,22 @@ for part in "$@"; do
               && timeout 150 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random quant=4bit \
               generation.engine=hf task.batch_sizes=[1]) ;;
     decodetests) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k "tiny or 4bit" ;;
+    graphs) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k tiny
+            (cd /tmp && timeout 240 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
+              generation.compile=false quant=none,int4,4bit task.batch_sizes=[1]
+            timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random quant=int4 \
+              task.batch_sizes=[1]) ;;
+    kernels) timeout 200 python3 bench/kernels_4bit.py ;;
+    graphtests) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k tiny ;;
+    graphs27b) (cd /tmp && timeout 280 python3 -m gemma_run.cli -m task=bench model=gemma3_27b \
+              model.weights=random generation.compile=false quant=int4,4bit task.batch_sizes=[1]) ;;
+    seed27b) (cd /tmp && timeout 170 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
+              quant=4bit generation.engine=hf task.batch_sizes=[1]) ;;
+    compiled4b) (cd /tmp && timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              task.batch_sizes=[1,8]) ;;
+    int4top1) timeout 240 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k int4 ;;
+    compiled27b) (cd /tmp && timeout 400 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
+              quant=int4 task.batch_sizes=[1]) ;;
     trainvariants) (cd /tmp && timeout 200 python3 -m gemma_run.cli -m task=bench_train model=gemma3_4b \
               model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
               train.gradient_checkpointing=true task.steps=8 task.warmup_steps=2 deepspeed=none \

@@ -13,6 +13,12 @@ from enum import Enum
 from gemma_run.schema.tasks import TaskConfig
 
 
+class FusedOps(Enum):
+    auto = "auto"
+    liger = "liger"
+    none = "none"
+
+
 class LossKernel(Enum):
     auto = "auto"
     liger = "liger"
@@ -38,6 +44,12 @@ class TrainConfig:
     save_total_limit: int | None = 2  # keep the last K checkpoints; null keeps all
     eval_steps: int | None = None  # null: evaluate when saving (only when there is eval data)
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
+    # With gradient_checkpointing: how many decoder layers recompute (the first ones; the last keep their
+    # activations, gemma_run/training/checkpointing.py says why). all | N | a fraction (0.5) | auto: as few as the
+    # GPU's memory (train.gpu_memory_cap, else what is free) allows, all where it cannot tell (CPU, DeepSpeed).
+    # Default all: on an H100 (4B LoRA, 2048 x 4) auto kept 21 of 34 layers whole at 35 GiB and ran slower
+    # (7,363 tok/s) than every layer checkpointed (8,274 at 11 GiB); docs/benchmarks.md.
+    checkpoint_layers: str = "all"
     # Where checkpoints, the adapter and logs go; null: the run dir.
     output_dir: str | None = None
     # auto: sdpa unless the model softcaps attention logits (Gemma 2: eager); eager | sdpa | flash_attention_2
@@ -47,6 +59,9 @@ class TrainConfig:
     # a 262k vocabulary: 8.6 GB at 4 x 2048 tokens), chunked = the same loss 256 tokens at a time in torch,
     # liger = Liger's fused Triton kernel (CUDA), auto = liger where it runs, else chunked.
     loss_kernel: LossKernel = LossKernel.auto
+    # Fused kernels for the model body (gemma_run/training/fused_ops.py): liger = Liger's RoPE, RMSNorm and GeGLU
+    # (Triton, CUDA; Gemma 2/3), none = the model's torch ops, auto = liger where it runs, else none.
+    fused_ops: FusedOps = FusedOps.auto
     # Use at most this much of each GPU (e.g. 24GiB: a 3090's worth on an 80 GB card), through
     # torch.cuda.set_per_process_memory_fraction before the model loads; the preflight plans with it. null: all.
     gpu_memory_cap: str | None = None

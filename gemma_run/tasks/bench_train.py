@@ -152,6 +152,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "loss_kernel": result["loss_kernel"], "attn_implementation": result["attn_implementation"],
         "deepspeed_stage": result["deepspeed_stage"], "deepspeed_choice": cfg.deepspeed.reason,
         "gradient_checkpointing": result["gradient_checkpointing"], "packing": bool(cfg.data.packing),
+        "fused_ops": result.get("fused_ops"), "checkpointed_layers": result.get("checkpointed_layers"),
+        "decoder_layers": result.get("decoder_layers"), "checkpoint_layers_why": result.get("checkpoint_layers_why"),
         "seq_len": seq, "batch_size": batch, "tokens_per_step": tokens_per_step,
         "timed_steps": steps, "warmup_steps": warm, "timed_seconds": round(seconds, 3),
         "tokens_per_second": round(tps, 1), "flops_per_token": fl["flops_per_token"],
@@ -176,7 +178,10 @@ COLUMNS = (("setup", "{}"), ("tokens/s", "{:,.0f}"), ("MFU", "{:.1%}"), ("peak G
 def setup_name(row: dict[str, Any]) -> str:
     quant = "QLoRA" if row["quant"] != "none" and row["lora"] else ("LoRA" if row["lora"] else "full")
     zero = f" zero{row['deepspeed_stage']}" if row["deepspeed_stage"] else ""
-    return f"{row['model']} {quant} {row['attn_implementation']} loss={row['loss_kernel']}{zero}"
+    fused = " fused" if row.get("fused_ops") == "liger" else ""
+    ckpt = f" ckpt {row['checkpointed_layers']}/{row['decoder_layers']}" \
+        if row.get("gradient_checkpointing") and row.get("decoder_layers") else ""
+    return f"{row['model']} {quant} {row['attn_implementation']} loss={row['loss_kernel']}{fused}{ckpt}{zero}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:

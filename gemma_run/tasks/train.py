@@ -65,6 +65,9 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
     if ds.stage > 0 or la.kind.name == "deepspeed":
         need(importlib.util.find_spec("deepspeed") is not None, "deepspeed is not installed", "deepspeed",
              "pip install 'gemma-run[deepspeed]' (or deepspeed=none launcher=torchrun)")
+    from gemma_run.training import checkpointing
+
+    problems += checkpointing.check(cfg)
     return problems
 
 
@@ -104,7 +107,7 @@ def _resume_point(cfg: DictConfig, out: Path) -> tuple[Path | None, list[dict[st
 SAME_ON_RESUME = ("model", "quant", "train", "data", "lora", "deepspeed", "seed")
 FREE_ON_RESUME = ("train.merge", "train.logging_steps", "train.save_steps", "train.save_total_limit",
                   "train.eval_steps", "train.dataloader_workers", "train.gradient_checkpointing",
-                  "train.gpu_memory_cap", "deepspeed.reason")
+                  "train.gpu_memory_cap", "train.checkpoint_layers", "train.fused_ops", "deepspeed.reason")
 
 
 def _check_same_settings(cfg: DictConfig, run_dir: Path) -> None:

@@ -162,9 +162,12 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     import torch
 
     from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer, random_weights
-    from gemma_run.training import memory_cap
+    from gemma_run.training import checkpointing, fused_ops, memory_cap
 
     rank, local_rank, world_size = world()
+    # bad values fail now, not after loading
+    checkpointing.parse(cfg.train.checkpoint_layers)
+    fused_ops.check_early(cfg.train.fused_ops, str(cfg.model.config.get("model_type", "")))
     out = output_dir(cfg, run_dir)
     checked = checked or data.read_checked(cfg)
     dtype = choose_dtype(cfg.model, cfg.quant)
@@ -193,6 +196,7 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     # The KV cache is for generation. Off also because, with a cache, transformers does not detect packed rows
     # (data.packing) from their position ids, and packed examples would attend to each other.
     model.config.use_cache = False
+    fused = fused_ops.apply(cfg.train.fused_ops, model)  # before peft: it patches the transformers model in place
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
     model = lora_setup.apply(model, cfg.lora, quantized=quantized, sharded=stage == 3,
                              gradient_checkpointing=cfg.train.gradient_checkpointing)
@@ -200,7 +204,17 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
         prepared.add_token_type_ids()
     kernel, kernel_why = _loss_kernel(cfg, model)
     log.info("loss: %s (%s)", kernel, kernel_why)
-    result = _fit(cfg, args, model, tokenizer, prepared, out, resume_from, rank, kernel, callbacks or [], save)
+    ckpt: dict[str, Any] = {}  # the checkpointed layers, chosen when training begins (checkpointing.callback)
+    try:
+        result = _fit(cfg, args, model, tokenizer, prepared, out, resume_from, rank, kernel,
+                      [checkpointing.callback(cfg, model, kernel, ckpt), *(callbacks or [])], save)
+    finally:
+        fused.restore()
+    if "choice" in ckpt:
+        if cfg.train.gradient_checkpointing:  # read back from the layers after training: what really ran
+            ckpt["choice"].checkpointed = checkpointing.checkpointed(model)
+        result.update(ckpt["choice"].record())
+    result.update(fused.record())
     result.update(dtype=dtype, world_size=world_size, deepspeed_stage=stage, quant=cfg.quant.name,
                   quantized=bool(quantized), data=prepared.stats, base_model=str(loaded.path),
                   attn_implementation=load_cfg.model.attn_implementation, loss_kernel=kernel,
@@ -230,7 +244,8 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
         raise GemmaRunError(f"out of GPU memory while training: {str(e).splitlines()[0]}",
                             key="train.per_device_batch_size",
                             fix="halve train.per_device_batch_size (double gradient_accumulation_steps to keep the "
-                                "batch), train.gradient_checkpointing=true, quant=4bit, or deepspeed=zero3") from e
+                                "batch), train.gradient_checkpointing=true (train.checkpoint_layers=all), quant=4bit, "
+                                "or deepspeed=zero3") from e
     seconds = time.perf_counter() - start
     adapter = out / ADAPTER
     if save:

@@ -1,0 +1,146 @@
+"""``train.fused_ops``: Liger's Triton kernels for the body of a Gemma model (RoPE, RMSNorm, GeGLU).
+
+Each Gemma decoder layer runs six RMSNorms (four around attention and MLP, plus the q/k norms of Gemma 3), each
+an fp32 upcast and several elementwise kernels in torch, the rotary embedding (four elementwise ops and two
+copies), and the MLP's tanh-GELU times the up projection. Liger fuses each into one kernel, forward and backward,
+and saves less for backward. The model is patched in place through liger_kernel's own
+``apply_liger_kernel_to_gemma3_text`` / ``_gemma3`` / ``_gemma2`` with ``model=`` (its instance path), with its
+cross-entropy switches off: the loss is gemma_run/training/loss.py's (``train.loss_kernel``).
+
+- ``auto``: liger on CUDA when liger_kernel imports and the model type is one Liger patches; else none, the
+  reason logged and recorded in result.json (``fused_ops_why``).
+- ``liger``: the same, but a run where it cannot (no CUDA, liger_kernel missing) stops with the fix.
+- ``none``: the model's own torch ops.
+
+Liger's rotary patch replaces ``apply_rotary_pos_emb`` in transformers' modeling module (the attention looks it up
+there at every call), and it rebinds the module's RMSNorm/MLP class names; :meth:`Applied.restore` puts those
+module globals back once training is done, so a later model in the same process starts unpatched.
+GeGLU is Liger's tanh approximation: it is used only where the config's activation is ``gelu_pytorch_tanh``
+(every Gemma 2/3 checkpoint).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from gemma_run.errors import GemmaRunError
+
+log = logging.getLogger(__name__)
+
+KEY = "train.fused_ops"
+# model_type -> (liger_kernel's function, transformers' modeling module whose globals it changes)
+SUPPORTED = {
+    "gemma3_text": ("apply_liger_kernel_to_gemma3_text", "transformers.models.gemma3.modeling_gemma3"),
+    "gemma3": ("apply_liger_kernel_to_gemma3", "transformers.models.gemma3.modeling_gemma3"),
+    "gemma2": ("apply_liger_kernel_to_gemma2", "transformers.models.gemma2.modeling_gemma2"),
+}
+TANH_GELU = "gelu_pytorch_tanh"
+
+
+@dataclass
+class Applied:
+    """The resolved choice, what was patched (Liger module name -> count), and how to undo the module globals."""
+
+    kind: str
+    why: str
+    modules: dict[str, int] = field(default_factory=dict)
+    _saved: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        return {"fused_ops": self.kind, "fused_ops_why": self.why, "fused_ops_modules": self.modules}
+
+    def restore(self) -> None:
+        """Put back the module globals Liger replaced (apply_rotary_pos_emb, the norm and MLP classes)."""
+        for name, before in self._saved.items():
+            module = importlib.import_module(name)
+            for key, value in before.items():
+                if getattr(module, key, None) is not value:
+                    setattr(module, key, value)
+        self._saved = {}
+
+
+def asked(value: Any) -> str:
+    return value.value if hasattr(value, "value") else str(value)
+
+
+def model_type(model: Any) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return str(getattr(base.config, "model_type", "") or "")
+
+
+def unavailable() -> str | None:
+    """Why Liger's kernels cannot run here (None: they can)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device (Liger's kernels are Triton)"
+    try:
+        import liger_kernel.transformers.monkey_patch  # noqa: F401
+    except ImportError as e:
+        return f"liger_kernel does not import: {e} (pip install 'gemma-run[fast]')"
+    return None
+
+
+def choose(value: Any, model: Any) -> tuple[str, str]:
+    """(liger | none, why) for ``train.fused_ops`` and this model; raises where ``liger`` was asked and cannot run."""
+    name = asked(value)
+    if name == "none":
+        return "none", f"{KEY}=none: the model's own torch ops"
+    mtype = model_type(model)
+    if mtype not in SUPPORTED:
+        return "none", f"{KEY}={name}: Liger has no body kernels for model type {mtype!r} here " \
+                       f"(supported: {', '.join(SUPPORTED)})"
+    why = unavailable()
+    if why and name == "liger":
+        raise GemmaRunError(f"{KEY}=liger cannot run here: {why}", key=KEY,
+                            fix=f"{KEY}=auto (Liger where it can run, the model's own ops elsewhere) or {KEY}=none")
+    if why:
+        return "none", f"{KEY}=auto: {why}"
+    return "liger", f"{KEY}={name}: rope, rms_norm, geglu for {mtype}"
+
+
+def check_early(value: Any, config_model_type: str) -> None:
+    """``liger`` asked where it cannot run: raise before the model loads (the choice itself needs the model)."""
+    from types import SimpleNamespace
+
+    if asked(value) == "liger" and config_model_type in SUPPORTED:
+        choose(value, SimpleNamespace(config=SimpleNamespace(model_type=config_model_type)))
+
+
+def _count(model: Any) -> dict[str, int]:
+    """Liger's modules in the model, by the name Liger gives the ones it patched in place."""
+    out: dict[str, int] = {}
+    for m in model.modules():
+        name = m._get_name()
+        if name.startswith("Liger"):
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def apply(value: Any, model: Any) -> Applied:
+    """Resolve ``train.fused_ops`` and patch ``model`` (a transformers model, before or after peft) in place."""
+    kind, why = choose(value, model)
+    if kind == "none":
+        log.info("fused ops: none (%s)", why)
+        return Applied(kind, why)
+    from liger_kernel.transformers import monkey_patch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fn_name, module_name = SUPPORTED[model_type(model)]
+    module = importlib.import_module(module_name)
+    saved = {module_name: dict(vars(module))}
+    act = getattr(base.config.get_text_config(), "hidden_activation", None) or \
+        getattr(base.config.get_text_config(), "hidden_act", None)
+    geglu = act == TANH_GELU
+    switches = dict(rope=True, rms_norm=True, geglu=geglu, cross_entropy=False, fused_linear_cross_entropy=False)
+    if fn_name == "apply_liger_kernel_to_gemma3":
+        switches["layer_norm"] = False  # the SigLIP vision tower stays as it is
+    getattr(monkey_patch, fn_name)(model=base, **switches)
+    if not geglu:
+        why += f" (no geglu: the activation is {act}, Liger's GeGLU is the tanh approximation)"
+    applied = Applied(kind, why, _count(base), saved)
+    log.info("fused ops: liger (%s): %s", why, applied.modules)
+    return applied

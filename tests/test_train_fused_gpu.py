@@ -1,0 +1,121 @@
+"""Liger's fused body kernels (train.fused_ops) and auto selective checkpointing (train.checkpoint_layers) on a
+GPU (skipped without CUDA), on a random-weight Gemma 3 1B:
+
+- after fused_ops.apply every norm and MLP of the model is Liger's, RoPE is Liger's while training, the loss and
+  the gradients match the model's own ops, and restore() gives transformers its functions back;
+- training 8 steps with train.fused_ops=liger gives the loss curve of train.fused_ops=none (same data and seed);
+- train.checkpoint_layers=auto inside a 12 GiB cap leaves layers whole and stays inside its budget.
+
+    GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_train_fused_gpu.py -q -s
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = "the quick brown fox jumps over the lazy dog a model runs on the GPUs you have".split()
+LAYERS_1B = 26
+
+
+def _data(tmp_path: Path, words: int = 400, n: int = 64) -> Path:
+    rnd = random.Random(0)
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(rnd.choices(WORDS, k=words))}) + "\n" for _ in range(n)))
+    return data
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.float().item(), grads
+
+
+@pytest.mark.gpu
+def test_liger_patches_every_norm_and_mlp_and_matches(compose_cfg):
+    import torch
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from transformers.models.gemma3 import modeling_gemma3
+
+    from gemma_run.loading import load
+    from gemma_run.training import fused_ops
+
+    assert fused_ops.unavailable() is None, "liger-kernel must be installed on the GPU machine (.whl)"
+    cfg = compose_cfg(["task=train", "model=gemma3_1b", "model.weights=random", "model.dtype=bfloat16"])
+    model = load(cfg).model
+    model.config.use_cache = False
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(p.ndim == 1)  # the norms' weights train: their gradients go through Liger's backward
+    ids = torch.randint(3, 200000, (2, 512), generator=torch.Generator().manual_seed(0)).to(model.device)
+    rope = modeling_gemma3.apply_rotary_pos_emb
+    ref_loss, ref_grads = _loss_and_grads(model, ids)
+    applied = fused_ops.apply("liger", model)
+    try:
+        assert applied.kind == "liger" and "rope, rms_norm, geglu" in applied.why
+        assert applied.modules == {"LigerRMSNorm": 6 * LAYERS_1B + 1, "LigerGEGLUMLP": LAYERS_1B}
+        assert modeling_gemma3.apply_rotary_pos_emb is liger_rotary_pos_emb
+        layer = model.model.layers[0]
+        assert layer.mlp._get_name() == "LigerGEGLUMLP" and layer.self_attn.q_norm._get_name() == "LigerRMSNorm"
+        loss, grads = _loss_and_grads(model, ids)
+    finally:
+        applied.restore()
+    assert modeling_gemma3.apply_rotary_pos_emb is rope
+    print(f"\nloss: model's ops {ref_loss:.5f}, Liger's {loss:.5f}")
+    assert abs(loss - ref_loss) <= 2e-3 * abs(ref_loss)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 100
+    worst = max(((grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items() if g.norm() > 0)
+    print(f"worst relative gradient difference over {len(grads)} norm weights: {worst:.2e}")
+    assert worst < 5e-2  # bf16 activations: each op rounds at different points
+
+
+@pytest.mark.gpu
+def test_loss_curve_fused_vs_torch_ops_gemma3_1b(compose_cfg, tmp_path: Path):
+    from gemma_run import run
+
+    data = _data(tmp_path)
+    common = ["task=train", "model=gemma3_1b", "model.weights=random", f"data.train_file={data}",
+              "train.max_steps=8", "train.logging_steps=1", "train.save_steps=1000", "train.max_seq_length=512",
+              "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2", "lora.dropout=0",
+              "train.learning_rate=1e-3", "train.gradient_checkpointing=true", "train.checkpoint_layers=all"]
+    curves, results = [], []
+    for name in ("none", "liger"):  # none first: nothing of Liger's is left in transformers after a liger run anyway
+        results.append(run(compose_cfg([*common, f"train.fused_ops={name}"]), tmp_path / name))
+        rows = [json.loads(x) for x in (tmp_path / name / "losses.jsonl").read_text().splitlines()]
+        curves.append([r["loss"] for r in rows if "loss" in r])
+    ref, fused = results
+    assert ref["fused_ops"] == "none" and fused["fused_ops"] == "liger", fused.get("fused_ops_why")
+    assert fused["fused_ops_modules"] == {"LigerRMSNorm": 6 * LAYERS_1B + 1, "LigerGEGLUMLP": LAYERS_1B}
+    assert ref["checkpointed_layers"] == fused["checkpointed_layers"] == LAYERS_1B
+    worst = max(abs(a - b) / abs(a) for a, b in zip(*curves, strict=True))
+    print(f"\ngemma3_1b (random) torch ops {curves[0]}\n                   Liger's   {curves[1]}\n"
+          f"max relative difference {worst:.2e}; tokens/s {ref.get('tokens_per_second')} -> "
+          f"{fused.get('tokens_per_second')}; peak GiB {ref.get('peak_memory_gib')} -> {fused.get('peak_memory_gib')}")
+    assert len(curves[0]) == len(curves[1]) == 8 and curves[0][0] != curves[0][-1]
+    assert worst < 1e-2
+
+
+@pytest.mark.gpu
+def test_auto_checkpointing_stays_inside_its_budget(compose_cfg, tmp_path: Path):
+    """1B at 2048 x 4 tokens inside a 12 GiB cap: some layers keep their activations, the peak stays inside."""
+    from gemma_run import run
+
+    data = _data(tmp_path, words=1600, n=24)
+    cap = 12
+    r = run(compose_cfg(["task=train", "model=gemma3_1b", "model.weights=random", f"data.train_file={data}",
+                         "train.max_steps=3", "train.logging_steps=1", "train.save_steps=1000",
+                         "train.max_seq_length=2048", "train.per_device_batch_size=4",
+                         "train.gradient_checkpointing=true", "train.checkpoint_layers=auto",
+                         f"train.gpu_memory_cap={cap}GiB"]), tmp_path / "auto")
+    est = r["checkpoint_estimate"]
+    print(f"\nauto: {r['checkpointed_layers']}/{r['decoder_layers']} checkpointed ({r['checkpoint_layers_why']}); "
+          f"planned peak {est['planned_peak_bytes'] / 2**30:.2f} GiB, first step "
+          f"{est.get('first_step_peak_bytes', 0) / 2**30:.2f} GiB, whole run {r['peak_memory_gib']} GiB; "
+          f"layer {est['layer_bytes'] / 2**30:.3f} GiB; {r.get('tokens_per_second')} tokens/s")
+    assert r["checkpointed_layers"] < LAYERS_1B  # 1B leaves room in 12 GiB for some whole layers
+    assert r["peak_memory_gib"] * 2**30 <= est["usable_bytes"]  # the estimate kept it inside 90% of the cap
