@@ -154,6 +154,8 @@ def test_infer_and_bench_run_the_fast_engine_end_to_end(compose_cfg, tmp_path: P
         result = run(compose_cfg([f"generation.engine={engine}", "batch_size=2", "prompt=" + LONG,
                                   "generation.max_new_tokens=20"]), run_dir)
         assert result["engine"] == engine
+        if engine == "fast":  # what the step ran as: eager, no CUDA graph on a CPU
+            assert [(s["compiled"], s["cuda_graph"]) for s in result["engine_sessions"]] == [(False, False)]
         outs[engine] = [json.loads(line)["completion"] for line in (run_dir / "generations.jsonl").open()]
     assert outs["fast"] == outs["hf"]
     result = run(compose_cfg(["task=bench", "generation.engine=fast", "task.prompt_tokens=[20]",

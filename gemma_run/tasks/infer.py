@@ -122,7 +122,7 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
         "load_seconds": loaded.load_seconds, "bytes_per_device": loaded.bytes_per_device,
         "input_device": str(device), "generated": len(todo), "batch_size": cfg.batch_size,
         "engine": engine.name, "compiled": engine.compile, "cuda_graph": engine.graph,
-        "engine_reason": engine.reason,
+        "engine_reason": engine.reason, **_steps(engine, model),
         **totals.summary(), "peak_memory_bytes": peak_memory(),
     }
     log.info("generated %d prompt(s): %s new tokens, %s tok/s, time to first token %s s",
@@ -134,3 +134,12 @@ def _console_streamer(tokenizer: Any):  # -> transformers.TextStreamer
     from transformers import TextStreamer
 
     return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _steps(engine: Any, model: Any) -> dict[str, Any]:
+    """What the fast engine's steps really ran as (compile or recording can fall back, with a warning)."""
+    if engine.name != "fast":
+        return {}
+    from gemma_run.infer.fast import sessions_report
+
+    return {"engine_sessions": sessions_report(model)}
