@@ -188,7 +188,9 @@ def test_planner_sizes_the_fast_engines_cache_as_it_really_is(compose_cfg, bf16)
     # the real cache after a run of that shape holds exactly the planned bytes
     ids = torch.randint(3, 500, (1, 300))
     kwargs = {"max_new_tokens": 40, "do_sample": False, "eos_token_id": [1], "pad_token_id": 0}
-    fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False)
+    first = fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False)
+    # called again outside inference mode: the session's cache and mask (inference tensors by now) are reset
+    assert torch.equal(fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False), first)
     session = bf16.model._gemma_run_sessions[(1, 512, False, True, False)]
     real = sum(t.numel() * t.element_size() for layer in session.cache.layers for t in (layer.keys, layer.values))
     shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, True, "bfloat16")))

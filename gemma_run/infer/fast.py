@@ -225,12 +225,13 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
     eos, pad = list(kwargs.get("eos_token_id") or []), int(kwargs["pad_token_id"])
     device = input_ids.device
     s = session(model, batch, prompt + new, compile=compile, exact=exact, graph=graph and device.type == "cuda")
-    s.cache.reset()
-    if s.mask is None:
-        s.mask = torch.ones(batch, s.length, dtype=torch.long, device=device)
-    mask = s.mask
-    mask.fill_(1)
-    mask[:, :prompt] = attention_mask
+    with torch.inference_mode():  # the cache and mask are inference tensors once used: reset them as such
+        s.cache.reset()
+        if s.mask is None:
+            s.mask = torch.ones(batch, s.length, dtype=torch.long, device=device)
+        mask = s.mask
+        mask.fill_(1)
+        mask[:, :prompt] = attention_mask
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     real = attention_mask.long().sum(-1, keepdim=True)  # the position of each row's next token
     out = torch.full((batch, new), pad, dtype=input_ids.dtype, device=device)
