@@ -77,7 +77,8 @@ def launch(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str
     from gemma_run.training import deepspeed_config
 
     run_dir = Path(run_dir)
-    ds = deepspeed_config.render(cfg.deepspeed)
+    what = "inference" if cfg.task.name == "infer" else "training"
+    ds = deepspeed_config.render(cfg.deepspeed) if what == "training" else None
     if ds is not None:
         write_json(run_dir / "ds_config.json", ds)  # for reading only: every rank renders the same dict
     for name in (RESULT, ERROR):
@@ -91,17 +92,18 @@ def launch(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str
             _remove_shm_buffers(cfg.launcher.master_addr, cfg.launcher.master_port)
     if cfg.launcher.node_rank > 0 and not cfg.launcher.hostfile:
         if proc.returncode != 0:
-            raise GemmaRunError(f"this node's training processes failed (exit {proc.returncode})", key="launcher",
+            raise GemmaRunError(f"this node's {what} processes failed (exit {proc.returncode})", key="launcher",
                                 fix="read the first traceback above, and node 0's log")
         return {"node_rank": cfg.launcher.node_rank, "outputs": "written by node 0 (rank 0)"}
     if (run_dir / ERROR).is_file():
         error = json.loads((run_dir / ERROR).read_text())
         raise GemmaRunError(error["problem"], key=error.get("key"), fix=error.get("fix"))
     if proc.returncode != 0:
-        raise GemmaRunError(f"the training processes failed (the launcher exited with {proc.returncode}); "
+        raise GemmaRunError(f"the {what} processes failed (the launcher exited with {proc.returncode}); "
                             "the first rank's traceback is above", key="launcher",
-                            fix="read the first traceback; launcher=local runs the same training in one process")
+                            fix=f"read the first traceback; launcher=local runs the same {what} in one process"
+                                + (" (with device_map=auto)" if what == "inference" else ""))
     if not (run_dir / RESULT).is_file():
-        raise GemmaRunError(f"the training processes exited without a result ({run_dir / RESULT})",
+        raise GemmaRunError(f"the {what} processes exited without a result ({run_dir / RESULT})",
                             key="launcher", fix="read the log above for the failing rank")
     return json.loads((run_dir / RESULT).read_text())

@@ -45,7 +45,9 @@ def _device_map(cfg: DictConfig) -> list[GemmaRunError]:
     if d.strategy.name == "explicit" and not d.map:
         return [ConfigError("device_map=explicit needs a map of module -> device", key="device_map.map",
                             fix="'+device_map.map={model.embed_tokens:0,model.layers:0,model.norm:0,lm_head:0}'")]
-    return []
+    from gemma_run.parallel import validate as tp_problems
+
+    return tp_problems(cfg)  # device_map=tp: launcher, quant, head counts (gemma_run/parallel.py)
 
 
 def _generation(cfg: DictConfig) -> list[GemmaRunError]:

@@ -1,7 +1,8 @@
 """The entry point of each launched rank: ``python -m gemma_run.worker <run_dir> [--resume-from DIR]``.
 
 It reads the config the launching process resolved (never composes its own), exports the env group, applies the
-shims, and trains. Rank 0 alone writes the result (and the first user-fixable error) for the launcher to read.
+shims, and trains (task=infer with device_map=tp: generates). Rank 0 alone writes the result (and the first
+user-fixable error) for the launcher to read.
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ExportEnv()(ctx)
         ApplyShims()(ctx)
-        from gemma_run.training.trainer import train
+        if cfg.task.name == "infer":  # device_map=tp: every rank generates, rank 0 writes
+            from gemma_run.tasks.infer import run_here
 
-        result = train(cfg, args.run_dir, resume_from=args.resume_from)
+            result = run_here(cfg, args.run_dir, main=rank == 0)
+        else:
+            from gemma_run.training.trainer import train
+
+            result = train(cfg, args.run_dir, resume_from=args.resume_from)
     except GemmaRunError as e:
         if rank == 0:
             write_json(args.run_dir / ERROR, {"problem": e.problem, "key": e.key, "fix": e.fix})

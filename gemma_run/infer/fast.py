@@ -39,6 +39,8 @@ def unsupported(model: Any, g: Any, *, images: bool = False) -> str | None:
         return "image inputs go through generate()"
     if float(g.repetition_penalty) != 1.0:
         return f"generation.repetition_penalty={g.repetition_penalty} is not implemented by the fast engine"
+    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return "the model is sharded over processes (device_map=tp): its steps are collective, through generate()"
     devices = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
     if len(devices) > 1 or (getattr(model, "hf_device_map", None) and len(set(model.hf_device_map.values())) > 1):
         return "the model is spread over several devices (a compiled step needs it on one)"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemma_run import parallel
 from gemma_run.errors import GemmaRunError
 from gemma_run.loading import architecture, checkpoint, checks, compat, placement, quantization, random_weights
 
@@ -102,7 +103,9 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
     }
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
-    if device_map == "config":
+    if device_map == "config" and parallel.is_tp(cfg):
+        kwargs.update(_tp_kwargs(cfg, path))
+    elif device_map == "config":
         kwargs.update(checks.device_map_kwargs(cfg, path, plan))
     elif device_map is not None:
         kwargs["device_map"] = device_map
@@ -118,8 +121,9 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
         quantization.check_cpu_4bit(cfg.quant, architecture.skeleton(path, plan, cfg.model.trust_remote_code))
     tokenizer = load_tokenizer(path, cfg.model)
     processor = load_processor(path, cfg.model) if plan.multimodal else None
+    tp = "distributed_config" in kwargs or "tp_plan" in kwargs
     log.info("loading %s from %s (%s, %s, quant=%s, device_map=%s)", cfg.model.name, path, plan.kind, dtype,
-             cfg.quant.name, kwargs.get("device_map"))
+             cfg.quant.name, "tp (this rank's slice of every layer)" if tp else kwargs.get("device_map"))
     if random_weights.in_memory(path):
         from gemma_run.loading import random_memory
 
@@ -137,6 +141,26 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
     for dev, size in loaded.bytes_per_device.items():
         log.info("  %s: %.1f MiB of parameters", dev, size / 2**20)
     return loaded
+
+
+def _tp_kwargs(cfg: Any, path: Path) -> dict[str, Any]:
+    """device_map=tp: transformers' tensor-parallel load (no device map: each rank's slice goes to its own device),
+    refused when this process was not started by torchrun or the checkpoint's heads do not split."""
+    import json
+
+    from gemma_run import env
+
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if env.get("RANK") is None or world < 2:
+        raise GemmaRunError("device_map=tp loads a slice of every layer per process, but this process was not "
+                            "started as one of several ranks (no RANK / WORLD_SIZE >= 2 from torchrun)",
+                            key="launcher", fix="launcher=torchrun launcher.nproc_per_node=<GPUs>")
+    if random_weights.in_memory(path):
+        raise GemmaRunError(f"{path} is a random model built in memory at each load, which transformers' "
+                            "tensor-parallel loader cannot shard", key="model.random_storage",
+                            fix="model.random_storage=disk (the checkpoint is built once into cache_dir)")
+    parallel.check_checkpoint(json.loads((path / "config.json").read_text()), world, path)
+    return parallel.from_pretrained_kwargs()
 
 
 def _all_on_cpu(device_map: Any) -> bool:

@@ -135,7 +135,10 @@ def input_device(model: Any):  # -> torch.device
 
 def storage_bytes(tensor: Any) -> int:
     """Bytes a tensor holds; a wrapper subclass (torchao's int4 weights) holds its inner tensors, while its own
-    numel/element_size describe the unquantized weight it stands for."""
+    numel/element_size describe the unquantized weight it stands for. A DTensor (device_map=tp) counts this
+    rank's slice."""
+    if callable(getattr(tensor, "to_local", None)):
+        return storage_bytes(tensor.to_local())
     if hasattr(type(tensor), "__tensor_flatten__"):
         names, _ = tensor.__tensor_flatten__()
         return sum(storage_bytes(getattr(tensor, n)) for n in names if getattr(tensor, n) is not None)

@@ -91,7 +91,8 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
         limit = parse_size(train_cap, "train.gpu_memory_cap")
         gpu_list, capacity = tuple(min(g, limit) for g in gpu_list), tuple(min(g, limit) for g in capacity)
     dm = cfg.device_map
-    strategy = dm.strategy.name
+    # tensor parallel puts 1/N of every layer on each GPU: per GPU, the even split "balanced" plans
+    strategy = "balanced" if dm.strategy.name == "tp" else dm.strategy.name
     on_gpu = bool(gpu_list) and strategy != "cpu" and not (strategy == "single" and dm.device == "cpu")
     q = cfg.quant
     quant = quant_from(q.backend.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules),

@@ -37,6 +37,32 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from gemma_run import parallel
+
+    if parallel.is_tp(cfg):
+        return _launch(cfg, run_dir)
+    return run_here(cfg, run_dir)
+
+
+def _launch(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """device_map=tp: the same run on every rank of launcher=torchrun (gemma_run.worker -> run_here); rank 0's
+    result comes back. A random model is built here first, once, not by every rank at the same time."""
+    import torch
+
+    from gemma_run.launch import launch, write_config
+    from gemma_run.loading import checkpoint
+
+    read_prompts(cfg)  # a bad prompt file fails here, not in every rank
+    checkpoint.resolve(cfg.model, cfg.cache_dir)
+    if torch.cuda.is_initialized():  # a random model built on GPU 0 leaves its blocks cached: give them to rank 0
+        torch.cuda.empty_cache()
+    write_config(cfg, run_dir)
+    return launch(cfg, run_dir, None)
+
+
+def run_here(cfg: DictConfig, run_dir: Path, main: bool = True) -> dict[str, Any]:
+    """The run in this process. Under device_map=tp every rank runs it (each forward needs all ranks); only the
+    ``main`` one (rank 0) writes generations and prints."""
     from gemma_run.infer.store import GenerationsFile
 
     items = read_prompts(cfg)
@@ -50,17 +76,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("resume: %d of %d prompts already in %s; generating the other %d",
                  len(store.done), len(items), store.path, len(todo))
     if not todo:
-        store.finalize()
+        if main:
+            store.finalize()
         return result
-    result.update(_generate(cfg, todo, store, single=len(items) == 1))
-    store.finalize()
+    result.update(_generate(cfg, todo, store, single=len(items) == 1, main=main))
+    if main:
+        store.finalize()
     return result
 
 
-def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool) -> dict[str, Any]:
+def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool, main: bool = True) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from gemma_run import parallel
     from gemma_run.infer import generate as gen
     from gemma_run.infer.render import render, render_image_chat
     from gemma_run.infer.stats import TimingStreamer, Totals, peak_memory, reset_peak_memory
@@ -85,14 +114,14 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
     gen.check_context([todo[k] for k in texts], lengths, loaded.context_length, cfg.generation.max_new_tokens)
     # text prompts in length-grouped batches, then each image prompt alone (images differ in soft-token layout)
     batches = [[texts[i] for i in b] for b in gen.plan_batches(lengths, cfg.batch_size)] + [[k] for k in images]
-    engine = gen.choose_engine(cfg.generation, model, images=bool(images),
+    engine = gen.choose_engine(cfg.generation, model, images=bool(images),  # device_map=tp: generate()
                                tokens=len(todo) * int(cfg.generation.max_new_tokens))
     log.info("generation engine: %s", engine.describe())
     kwargs = gen.generation_kwargs(cfg.generation, model, tok, chat=any(is_chat) or bool(images), engine=engine)
-    stream = single and cfg.generation.stream
+    stream = single and cfg.generation.stream and main
     totals = Totals()
     device = loaded.input_device
-    bar = tqdm(total=len(todo), desc="prompts", unit="prompt", file=sys.stderr, disable=single)
+    bar = tqdm(total=len(todo), desc="prompts", unit="prompt", file=sys.stderr, disable=single or not main)
     for batch in batches:
         if cfg.generation.do_sample:  # a prompt's sample depends on the seed and its place, not on resume
             torch.manual_seed(cfg.seed + min(todo[i].index for i in batch))
@@ -112,9 +141,10 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
                             "seconds": round(seconds, 4)})
             totals.add(out.new_tokens, out.prompt_tokens, 0.0, None)
         totals.add(0, 0, seconds, streamer.ttft)
-        store.append(records)
+        if main:
+            store.append(records)
         bar.update(len(batch))
-        if single and not stream:
+        if single and not stream and main:
             print(outputs[0].completion, flush=True)
     bar.close()
     summary = {
@@ -125,6 +155,9 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool)
         "engine_reason": engine.reason, **_steps(engine, model),
         **totals.summary(), "peak_memory_bytes": peak_memory(),
     }
+    if parallel.is_tp(cfg):  # collective: every rank reports its slice
+        summary.update(tensor_parallel=parallel.world_size(cfg),
+                       bytes_per_rank=parallel.bytes_per_rank(loaded.bytes_per_device))
     log.info("generated %d prompt(s): %s new tokens, %s tok/s, time to first token %s s",
              len(todo), summary["new_tokens"], summary["tokens_per_second"], summary["time_to_first_token_s"])
     return summary
