@@ -206,6 +206,8 @@ def test_fused_ops_choice_where_liger_cannot_run(compose_cfg):
         fused_ops.check_early("liger", "gemma3")  # from the config, before the model loads
     fused_ops.check_early("liger", "llama")  # a type Liger does not patch: none, decided once it loads
     fused_ops.check_early("auto", "gemma3")
+    kind, why = fused_ops.choose("auto", model, zero3=True)  # ZeRO-3: auto keeps the model's ops, before any GPU check
+    assert kind == "none" and "ZeRO-3" in why and "train.fused_ops=liger" in why
     other = SimpleNamespace(config=SimpleNamespace(model_type="llama"))
     for asked in ("auto", "liger"):
         kind, why = fused_ops.choose(asked, other)

@@ -73,22 +73,21 @@ def model_type(model: Any) -> str:
 
 def unavailable() -> str | None:
     """Why Liger's kernels cannot run here (None: they can)."""
-    import torch
+    from gemma_run.training.loss import liger_unavailable
 
-    if not torch.cuda.is_available():
-        return "no CUDA device (Liger's kernels are Triton)"
-    try:
-        import liger_kernel.transformers.monkey_patch  # noqa: F401
-    except ImportError as e:
-        return f"liger_kernel does not import: {e} (pip install 'gemma-run[fast]')"
-    return None
+    return liger_unavailable("liger_kernel.transformers.monkey_patch")
 
 
-def choose(value: Any, model: Any) -> tuple[str, str]:
-    """(liger | none, why) for ``train.fused_ops`` and this model; raises where ``liger`` was asked and cannot run."""
+def choose(value: Any, model: Any, zero3: bool = False) -> tuple[str, str]:
+    """(liger | none, why) for ``train.fused_ops`` and this model; raises where ``liger`` was asked and cannot run.
+    ``zero3``: DeepSpeed ZeRO-3 partitions the parameters Liger's kernels read; auto keeps the model's ops there
+    until that pairing is measured (an explicit ``liger`` is tried)."""
     name = asked(value)
     if name == "none":
         return "none", f"{KEY}=none: the model's own torch ops"
+    if zero3 and name == "auto":
+        return "none", f"{KEY}=auto: not used under DeepSpeed ZeRO-3 (not yet verified with partitioned " \
+                       f"parameters; {KEY}=liger tries it)"
     mtype = model_type(model)
     if mtype not in SUPPORTED:
         return "none", f"{KEY}={name}: Liger has no body kernels for model type {mtype!r} here " \
@@ -120,9 +119,9 @@ def _count(model: Any) -> dict[str, int]:
     return out
 
 
-def apply(value: Any, model: Any) -> Applied:
+def apply(value: Any, model: Any, zero3: bool = False) -> Applied:
     """Resolve ``train.fused_ops`` and patch ``model`` (a transformers model, before or after peft) in place."""
-    kind, why = choose(value, model)
+    kind, why = choose(value, model, zero3)
     if kind == "none":
         log.info("fused ops: none (%s)", why)
         return Applied(kind, why)

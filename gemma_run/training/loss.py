@@ -150,14 +150,17 @@ def liger(hidden: Any, weight: Any, targets: Any, *, softcap: float | None = Non
 KERNELS = {"chunked": chunked, "liger": liger}
 
 
-def liger_unavailable() -> str | None:
-    """Why Liger's kernel cannot run here (None: it can): it needs CUDA, Triton and liger_kernel importing."""
+def liger_unavailable(module: str = "liger_kernel.transformers.functional") -> str | None:
+    """Why Liger's kernels cannot run here (None: they can): they need CUDA, Triton and liger_kernel's ``module``
+    importing (the functional API for the loss; gemma_run.training.fused_ops asks for its monkey_patch)."""
+    import importlib
+
     import torch
 
     if not torch.cuda.is_available():
         return "no CUDA device (Liger's kernels are Triton)"
     try:
-        import liger_kernel.transformers.functional  # noqa: F401
+        importlib.import_module(module)
     except ImportError as e:
         return f"liger_kernel does not import: {e} (pip install 'gemma-run[fast]')"
     return None

@@ -196,7 +196,8 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     # The KV cache is for generation. Off also because, with a cache, transformers does not detect packed rows
     # (data.packing) from their position ids, and packed examples would attend to each other.
     model.config.use_cache = False
-    fused = fused_ops.apply(cfg.train.fused_ops, model)  # before peft: it patches the transformers model in place
+    # before peft: it patches the transformers model in place
+    fused = fused_ops.apply(cfg.train.fused_ops, model, zero3=stage == 3)
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
     model = lora_setup.apply(model, cfg.lora, quantized=quantized, sharded=stage == 3,
                              gradient_checkpointing=cfg.train.gradient_checkpointing)
