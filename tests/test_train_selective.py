@@ -236,3 +236,21 @@ def test_bench_setup_name_shows_both_levers():
     assert setup_name(row) == "gemma3_4b LoRA sdpa loss=liger fused ckpt 30/34"
     assert setup_name({**row, "fused_ops": "none", "gradient_checkpointing": False}) == \
         "gemma3_4b LoRA sdpa loss=liger"
+
+
+def test_all_leaves_a_model_without_per_layer_switches_to_the_trainer(compose_cfg):
+    """A model whose layers are not transformers' GradientCheckpointingLayer trains as before under the default
+    (all); asking for some of its layers names the key and the fix."""
+    import torch
+
+    from gemma_run.errors import GemmaRunError
+    from gemma_run.training import checkpointing as ck
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    choice = ck.choose(compose_cfg(["task=train", "train.gradient_checkpointing=true"]), model, "chunked")
+    assert choice.layers == 0 and "the Trainer's setting stands" in choice.why
+    assert ck.checkpointed(model) is None
+    with pytest.raises(GemmaRunError) as e:
+        ck.choose(compose_cfg(["task=train", "train.gradient_checkpointing=true", "train.checkpoint_layers=1"]),
+                  model, "chunked")
+    assert e.value.key == "train.checkpoint_layers" and "train.checkpoint_layers=all" in e.value.fix

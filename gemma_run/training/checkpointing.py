@@ -146,9 +146,13 @@ def select(model: Any, n: int) -> list[int]:
     return list(range(min(n, len(layers))))
 
 
-def checkpointed(model: Any) -> list[int]:
-    """Indices of the decoder layers that checkpoint now (read back from the layers)."""
-    return [i for i, layer in enumerate(decoder_layers(model)) if layer.gradient_checkpointing]
+def checkpointed(model: Any) -> list[int] | None:
+    """Indices of the decoder layers that checkpoint now (read back from the layers); None for a model without
+    transformers' per-layer switches."""
+    try:
+        return [i for i, layer in enumerate(decoder_layers(model)) if layer.gradient_checkpointing]
+    except GemmaRunError:
+        return None
 
 
 # ---- auto: the arithmetic ----
@@ -249,9 +253,16 @@ def auto(cfg: DictConfig, model: Any, loss_kernel: str) -> Choice:
 def choose(cfg: DictConfig, model: Any, loss_kernel: str) -> Choice:
     """What ``train.gradient_checkpointing`` and ``train.checkpoint_layers`` mean for this model."""
     value = parse(cfg.train.checkpoint_layers)
+    if not cfg.train.gradient_checkpointing or value == "all":
+        try:
+            n_layers = len(decoder_layers(model))
+        except GemmaRunError:  # no per-layer switches to read: the Trainer's own setting stands, as it is
+            why = f"{type(model).__name__} has no per-layer checkpointing switches; the Trainer's setting stands"
+            return Choice([], 0, why)
+        if not cfg.train.gradient_checkpointing:
+            return Choice([], n_layers, "train.gradient_checkpointing=false")
+        return Choice(list(range(n_layers)), n_layers, f"{KEY}=all")
     n_layers = len(decoder_layers(model))
-    if not cfg.train.gradient_checkpointing:
-        return Choice([], n_layers, "train.gradient_checkpointing=false")
     if value == "auto":
         return auto(cfg, model, loss_kernel)
     n = count(value, n_layers)
@@ -267,9 +278,9 @@ def callback(cfg: DictConfig, model: Any, loss_kernel: str, holder: dict[str, An
     class SelectCheckpointedLayers(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             choice = choose(cfg, model, loss_kernel)
-            if cfg.train.gradient_checkpointing:
+            if cfg.train.gradient_checkpointing and choice.layers:
                 select(model, len(choice.checkpointed))
-                choice.checkpointed = checkpointed(model)
+                choice.checkpointed = checkpointed(model) or []
             log.info("activation checkpointing: %d of %d decoder layers (%s)", len(choice.checkpointed),
                      choice.layers, choice.why)
             holder["choice"] = choice

@@ -212,8 +212,9 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     finally:
         fused.restore()
     if "choice" in ckpt:
-        if cfg.train.gradient_checkpointing:  # read back from the layers after training: what really ran
-            ckpt["choice"].checkpointed = checkpointing.checkpointed(model)
+        read = checkpointing.checkpointed(model) if cfg.train.gradient_checkpointing else None
+        if read is not None:  # read back from the layers after training: what really ran
+            ckpt["choice"].checkpointed = read
         result.update(ckpt["choice"].record())
     result.update(fused.record())
     result.update(dtype=dtype, world_size=world_size, deepspeed_stage=stage, quant=cfg.quant.name,
