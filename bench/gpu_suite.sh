@@ -44,6 +44,7 @@ for part in "$@"; do
             timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random quant=int4 \
               task.batch_sizes=[1]) ;;
     kernels) timeout 200 python3 bench/kernels_4bit.py ;;
+    engineprofile) timeout 400 python3 bench/engine_profile.py gemma3_4b ;;
     graphtests) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k tiny ;;
     graphs27b) (cd /tmp && timeout 280 python3 -m gemma_run.cli -m task=bench model=gemma3_27b \
               model.weights=random generation.compile=false quant=int4,4bit task.batch_sizes=[1]) ;;

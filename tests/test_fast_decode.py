@@ -224,3 +224,39 @@ def test_a_rewound_decode_step_runs_again_to_the_same_cache_and_logits(bf16) -> 
                    for layer, (k, v) in zip(s.cache.layers, cache, strict=True))
         s.step(*args)  # no rewind: the step lands in the next slot
         assert not all(torch.equal(layer.keys, k) for layer, (k, _) in zip(s.cache.layers, cache, strict=True))
+
+
+def test_streamed_tokens_are_the_returned_ones_and_a_finished_batch_stops(bf16) -> None:
+    """The loop streams and looks at finished rows every CHECK_EVERY steps: what the streamer got is exactly row
+    0's new tokens up to its EOS (padding after it, if anything), and a batch whose rows have all ended stops at
+    the next look instead of running to max_new_tokens."""
+    import torch
+
+    from gemma_run.infer import fast
+
+    class Collect:
+        def __init__(self) -> None:
+            self.parts: list[list[int]] = []
+
+        def put(self, value) -> None:
+            self.parts.append(value.reshape(-1).tolist())
+
+    tok, model = bf16.tokenizer, bf16.model
+    ids = tok(LONG, return_tensors="pt")["input_ids"]
+    kwargs = {"max_new_tokens": 60, "do_sample": False, "eos_token_id": [], "pad_token_id": tok.pad_token_id}
+    with torch.inference_mode():
+        plain = fast.generate(model, ids, torch.ones_like(ids), kwargs, compile=False)[0, ids.shape[1]:].tolist()
+        eos = plain[20]  # a token of the greedy run taken as EOS: row 0 ends at its first appearance
+        end = plain.index(eos) + 1
+        seen = Collect()
+        got = fast.generate(model, ids, torch.ones_like(ids), {**kwargs, "eos_token_id": [eos]}, compile=False,
+                            streamer=seen)[0, ids.shape[1]:].tolist()
+    assert seen.parts[0] == ids[0].tolist()  # the prompt first, as generate() streams it
+    streamed = [t for part in seen.parts[1:] for t in part]
+    assert streamed[:end] == got[:end] == plain[:end]
+    assert all(t == tok.pad_token_id for t in streamed[end:])  # after EOS only padding, if anything
+    steps = model._gemma_run_sessions[(1, 256, False, True, False)].steps_run
+    with torch.inference_mode():
+        fast.generate(model, ids, torch.ones_like(ids), {**kwargs, "eos_token_id": [plain[0]]}, compile=False)
+    ran = model._gemma_run_sessions[(1, 256, False, True, False)].steps_run - steps
+    assert ran < fast.CHECK_EVERY  # every row ended at the first token: stopped at the first look
