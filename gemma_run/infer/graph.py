@@ -39,7 +39,7 @@ class Replay:
     """
 
     def __init__(self, step: Any, args: tuple[Any, ...], shared: tuple[int, ...] = (),
-                 rewind: Callable[[], None] = lambda: None, pool: Any = None) -> None:
+                 rewind: Callable[[], None] = lambda: None) -> None:
         """``rewind``: puts the state the step advances back to where it was before this step's first run (which
         the caller made); called before each warm-up run and before recording, so the first replay is this step."""
         import torch
@@ -56,7 +56,7 @@ class Replay:
             rewind()
         current.wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph):
             self.output = step(*self.inputs)
 
     def __call__(self, *args: Any) -> Any:
