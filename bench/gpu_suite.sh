@@ -59,6 +59,16 @@ for part in "$@"; do
               model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
               train.gradient_checkpointing=true task.steps=8 task.warmup_steps=2 deepspeed=none \
               train.attn_implementation=eager,sdpa train.loss_kernel=liger) ;;
+    attn4b) (cd /tmp && timeout 430 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
+              generation.step_attention=decode,model task.batch_sizes=[1]) ;;
+    eagerattn4b) (cd /tmp && timeout 150 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
+              generation.compile=false generation.step_attention=decode,model task.batch_sizes=[1]) ;;
+    streamtests) timeout 300 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
+              -k "tiny or streaming" ;;
+    trainprofile) (cd /tmp && timeout 150 python3 -m gemma_run.cli task=bench_train model=gemma3_4b \
+              model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
+              train.gradient_checkpointing=true task.steps=2 task.warmup_steps=2 task.profile=true \
+              hydra.run.dir=/tmp/trainprofile && head -60 /tmp/trainprofile/profile.txt) ;;
     *) echo "unknown part $part"; false ;;
   esac > >(tee "$logs/$part.log") 2>&1 || status=1
 done

@@ -43,12 +43,20 @@ def _run(loaded, prompts: list[str], engine: gen.Engine, new: int = 32, **extra)
     return outs
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager-step", "compiled-step"])
-def test_fast_engine_gives_generates_greedy_tokens_in_bf16(bf16, compiled: bool) -> None:
+@pytest.mark.parametrize(("compiled", "attention"), [(False, None), (True, None), (False, "decode"), (True, "decode")],
+                         ids=["eager-step", "compiled-step", "eager-step-decode-attention",
+                              "compiled-step-decode-attention"])
+def test_fast_engine_gives_generates_greedy_tokens_in_bf16(bf16, compiled: bool, attention: str | None) -> None:
+    """Left-padded batch of two, greedy, bf16: the fast engine's tokens are generate()'s, whatever its step runs as
+    (the decode attention included: the prompt's pass keeps the model's sdpa, and so does generate())."""
+    from gemma_run.infer import decode_attention
+
     prompts = [LONG, "hello there"]
     assert len(bf16.tokenizer(LONG)["input_ids"]) > 16
     ref = _run(bf16, prompts, gen.HF, min_new_tokens=32)
-    fast = _run(bf16, prompts, gen.Engine("fast", compiled, True, "test"), min_new_tokens=32)
+    name = decode_attention.register() if attention else None
+    fast = _run(bf16, prompts, gen.Engine("fast", compiled, True, "test", attention=name), min_new_tokens=32)
+    assert bf16.model.config._attn_implementation == "sdpa"  # the model's own is back after the steps
     assert [o.new_tokens for o in fast] == [32, 32]
     assert [o.completion for o in fast] == [o.completion for o in ref]
 
@@ -99,8 +107,12 @@ def test_engine_choice_and_its_reasons(compose_cfg, bf16) -> None:
         return gen.choose_engine(compose_cfg(list(overrides)).generation, model, images=images)
 
     assert choose().name == "hf" and "CUDA" in choose().reason  # auto on a CPU
-    assert choose("generation.compile=true") == gen.Engine("fast", True, True, "generation.compile=true")
+    decode = "gemma_run_decode"  # the compiled step's attention by default (gemma_run.infer.decode_attention)
+    assert choose("generation.compile=true") == gen.Engine("fast", True, True, "generation.compile=true",
+                                                           attention=decode)
+    assert choose("generation.compile=true", "generation.step_attention=model").attention is None
     assert choose("generation.engine=fast") == gen.Engine("fast", False, True, "generation.engine=fast")
+    assert choose("generation.engine=fast", "generation.step_attention=decode").attention == decode
     assert choose("generation.engine=fast", "generation.compile=true").compile
     assert "repetition_penalty" in choose("generation.repetition_penalty=1.2").reason
     assert choose("generation.cache_implementation=static").name == "hf"
@@ -131,13 +143,14 @@ def test_auto_compiles_on_a_gpu_only_when_the_run_is_long_enough_to_pay_for_it(c
     def choose(*overrides: str, tokens: int | None) -> gen.Engine:
         return gen.choose_engine(compose_cfg(list(overrides)).generation, OnGpu(), tokens=tokens)
 
-    assert choose(tokens=None) == gen.Engine("fast", True, True, "one CUDA GPU", graph=True)
+    decode = "gemma_run_decode"
+    assert choose(tokens=None) == gen.Engine("fast", True, True, "one CUDA GPU", graph=True, attention=decode)
     assert choose(tokens=gen.COMPILE_MIN_TOKENS).compile
     short = choose(tokens=64)
     assert (short.name, short.compile, short.graph) == ("fast", False, True)
     assert "generation.compile=true" in short.reason
     assert choose("generation.compile=true", tokens=64) == gen.Engine("fast", True, True, "generation.compile=true",
-                                                                      graph=True)
+                                                                      graph=True, attention=decode)
     assert (choose("generation.compile=false", tokens=10_000).compile, choose("generation.compile=false",
                                                                               tokens=10_000).graph) == (False, True)
     assert not choose("generation.cuda_graph=false", "generation.compile=true", tokens=64).graph
@@ -191,7 +204,7 @@ def test_planner_sizes_the_fast_engines_cache_as_it_really_is(compose_cfg, bf16)
     first = fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False)
     # called again outside inference mode: the session's cache and mask (inference tensors by now) are reset
     assert torch.equal(fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False), first)
-    session = bf16.model._gemma_run_sessions[(1, 512, False, True, False)]
+    session = bf16.model._gemma_run_sessions[(1, 512, False, True, False, None)]
     real = sum(t.numel() * t.element_size() for layer in session.cache.layers for t in (layer.keys, layer.values))
     shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, True, "bfloat16")))
     assert real == kv.kv_bytes(shape, 340, 1, 2, static_len=p.static_cache_len)
@@ -230,6 +243,11 @@ def test_streamed_tokens_are_the_returned_ones_and_a_finished_batch_stops(bf16) 
     """The loop streams and looks at finished rows every CHECK_EVERY steps: what the streamer got is exactly row
     0's new tokens up to its EOS (padding after it, if anything), and a batch whose rows have all ended stops at
     the next look instead of running to max_new_tokens."""
+    check_streaming(bf16, graph=False)
+
+
+def check_streaming(loaded, graph: bool) -> None:
+    """The streaming and early-stop checks on ``loaded``'s device (a GPU looks one look later: fast.Lookout)."""
     import torch
 
     from gemma_run.infer import fast
@@ -239,24 +257,30 @@ def test_streamed_tokens_are_the_returned_ones_and_a_finished_batch_stops(bf16) 
             self.parts: list[list[int]] = []
 
         def put(self, value) -> None:
+            assert value.device.type == "cpu"
             self.parts.append(value.reshape(-1).tolist())
 
-    tok, model = bf16.tokenizer, bf16.model
-    ids = tok(LONG, return_tensors="pt")["input_ids"]
+    tok, model, device = loaded.tokenizer, loaded.model, loaded.input_device
+    ids = tok(LONG, return_tensors="pt")["input_ids"].to(device)
+    mask = torch.ones_like(ids)
     kwargs = {"max_new_tokens": 60, "do_sample": False, "eos_token_id": [], "pad_token_id": tok.pad_token_id}
     with torch.inference_mode():
-        plain = fast.generate(model, ids, torch.ones_like(ids), kwargs, compile=False)[0, ids.shape[1]:].tolist()
+        plain = fast.generate(model, ids, mask, kwargs, compile=False, graph=graph)[0, ids.shape[1]:].tolist()
         eos = plain[20]  # a token of the greedy run taken as EOS: row 0 ends at its first appearance
         end = plain.index(eos) + 1
         seen = Collect()
-        got = fast.generate(model, ids, torch.ones_like(ids), {**kwargs, "eos_token_id": [eos]}, compile=False,
+        got = fast.generate(model, ids, mask, {**kwargs, "eos_token_id": [eos]}, compile=False, graph=graph,
                             streamer=seen)[0, ids.shape[1]:].tolist()
     assert seen.parts[0] == ids[0].tolist()  # the prompt first, as generate() streams it
     streamed = [t for part in seen.parts[1:] for t in part]
     assert streamed[:end] == got[:end] == plain[:end]
     assert all(t == tok.pad_token_id for t in streamed[end:])  # after EOS only padding, if anything
-    steps = model._gemma_run_sessions[(1, 256, False, True, False)].steps_run
+    assert all(t == tok.pad_token_id for t in got[end:])
+    key = (1, 256, False, True, graph and device.type == "cuda", None)
+    steps = model._gemma_run_sessions[key].steps_run
     with torch.inference_mode():
-        fast.generate(model, ids, torch.ones_like(ids), {**kwargs, "eos_token_id": [plain[0]]}, compile=False)
-    ran = model._gemma_run_sessions[(1, 256, False, True, False)].steps_run - steps
-    assert ran < fast.CHECK_EVERY  # every row ended at the first token: stopped at the first look
+        fast.generate(model, ids, mask, {**kwargs, "eos_token_id": [plain[0]]}, compile=False, graph=graph)
+    ran = model._gemma_run_sessions[key].steps_run - steps
+    # every row ended at the first token: stopped at the first look (on a GPU, the look after: it sees the
+    # previous look's copy)
+    assert ran < fast.CHECK_EVERY * (2 if device.type == "cuda" else 1)

@@ -28,7 +28,8 @@ def _generate(loaded, ids: list[list[int]], engine: gen.Engine, new: int):
             from gemma_run.infer import fast
 
             return fast.generate(loaded.model, inputs["input_ids"], inputs["attention_mask"], kwargs,
-                                 compile=engine.compile, exact=engine.exact, graph=engine.graph)
+                                 compile=engine.compile, exact=engine.exact, graph=engine.graph,
+                                 attention=engine.attention)
         return loaded.model.generate(**inputs, **kwargs, streamer=TimingStreamer())
 
 
@@ -38,17 +39,21 @@ def _recorded(model, compile: bool) -> bool:
     return bool(sessions) and all(s.replay is not None and s.compiled == compile for s in sessions)
 
 
-@pytest.mark.parametrize("compile", [True, False], ids=["compiled", "eager"])
-def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: bool) -> None:
+@pytest.mark.parametrize(("compile", "attention"), [(True, None), (False, None), (True, "decode"), (False, "decode")],
+                         ids=["compiled", "eager", "compiled-decode-attention", "eager-decode-attention"])
+def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: bool, attention: str | None) -> None:
     import torch
 
+    from gemma_run.infer import decode_attention
     from gemma_run.loading import load
+
+    name = decode_attention.register() if attention else None
 
     loaded = load(compose_cfg(["model.dtype=bfloat16", "device_map=single"]))
     tok = loaded.tokenizer
     ids = [tok("the cat sat on the mat and looked at the dog " * 3)["input_ids"], tok("hello there")["input_ids"]]
     ref = _generate(loaded, ids, gen.HF, 48)
-    engine = gen.Engine("fast", compile, True, "test", graph=True)
+    engine = gen.Engine("fast", compile, True, "test", graph=True, attention=name)
     fast = _generate(loaded, ids, engine, 48)
     assert next(loaded.model.parameters()).device.type == "cuda"
     assert _recorded(loaded.model, compile)
@@ -57,8 +62,20 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     # the same step called without a graph (generate() itself can part from the static cache's kernels on bf16
     # near-ties of a random model, as it did here after 45 tokens)
     other = [tok("a b c d e f g " * 4)["input_ids"], tok("the dog")["input_ids"]]
-    plain = gen.Engine("fast", compile, True, "test", graph=False)
+    plain = gen.Engine("fast", compile, True, "test", graph=False, attention=name)
     assert torch.equal(_generate(loaded, other, plain, 48), _generate(loaded, other, engine, 48))
+
+
+def test_streaming_and_early_stop_through_the_lookout_on_a_gpu(compose_cfg) -> None:
+    """On a GPU the loop looks at finished rows and streams without waiting for the GPU (fast.Lookout: one look
+    later): the streamed tokens are still exactly the returned ones, and a finished batch stops within two looks."""
+    from test_fast_decode import check_streaming
+
+    from gemma_run.loading import load
+
+    loaded = load(compose_cfg(["model.dtype=bfloat16", "device_map=single"]))
+    assert loaded.input_device.type == "cuda"
+    check_streaming(loaded, graph=True)
 
 
 def _dequantize_in_place(model) -> int:

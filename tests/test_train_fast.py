@@ -230,3 +230,23 @@ def test_fused_loss_hook_matches_the_models_loss(multimodal: bool):
     got, _ = loss_hook.fused_loss(model, inputs, "chunked")
     assert torch.allclose(got, expected, atol=1e-5), (got, expected)
     assert loss_hook.softcap(loss_hook.causal_lm(model)) == 30.0 and loss_hook.usable(model) is None
+
+
+def test_bench_train_profile_records_only_the_timed_steps(tmp_path: Path):
+    import torch
+
+    from gemma_run.tasks.bench_train import _timer
+
+    path = tmp_path / "profile.txt"
+    timer = _timer(warmup=1, steps=2, profile=path)
+    a = torch.randn(64, 64)
+    timer.on_train_begin(None, None, None)
+    torch.cumsum(a, 0)  # the warm-up step: not recorded
+    timer.on_step_end(None, None, None)
+    assert timer.recorder.recording
+    for _ in range(2):
+        a @ a
+        timer.on_step_end(None, None, None)
+    assert not timer.recorder.recording and len(timer.ends) == 3
+    text = path.read_text()
+    assert text.startswith("cpu time") and "aten::mm" in text and "aten::cumsum" not in text

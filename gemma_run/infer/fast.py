@@ -63,6 +63,7 @@ class Session:
     step: Any  # (input_ids [B, 1], position_ids [B, 1], cache_position [1], attention_mask [B, L]) -> logits [B, V]
     compiled: bool
     graph: bool  # replay the step as a CUDA graph (recorded at the first decode step)
+    attention: str | None = None  # the step's attention implementation (None: the model's own)
     mask: Any = None  # the attention mask [B, length]: one buffer, so a recorded graph reads it in place
     replay: Any = None  # the recorded step (gemma_run.infer.graph.Replay), once recorded
     compile_seconds: float | None = None  # first step's time, compile and recording included (None until it ran)
@@ -79,7 +80,7 @@ class Session:
                 raise
             log.warning("could not compile the decode step (%s: %s); it runs eagerly. generation.compile=false "
                         "skips the attempt", type(e).__name__, _first_line(e))
-            self.step, self.compiled = _make_step(model, self.cache, False, exact), False
+            self.step, self.compiled = _make_step(model, self.cache, False, exact, self.attention), False
             rewind()
             logits = self.step(*args)
         if not self.graph:
@@ -103,6 +104,7 @@ def sessions_report(model: Any) -> list[dict[str, Any]]:
     """What each session of the model ran as: its shape, and whether its step ended up compiled and replayed as a
     CUDA graph (either can have fallen back, with a warning), with the first step's seconds."""
     return [{"batch": s.batch, "length": s.length, "compiled": s.compiled, "cuda_graph": s.replay is not None,
+             "step_attention": s.attention or "model",
              "first_step_seconds": None if s.compile_seconds is None else round(s.compile_seconds, 2)}
             for s in model.__dict__.get("_gemma_run_sessions", {}).values()]
 
@@ -115,17 +117,18 @@ def static_length(needed: int, context: int | None) -> int:
 
 
 def session(model: Any, batch: int, needed: int, *, compile: bool, exact: bool = True,
-            graph: bool = False) -> Session:
+            graph: bool = False, attention: str | None = None) -> Session:
     """The session for ``batch`` rows of up to ``needed`` positions, made on first use and kept on the model."""
     config = model.config
     text = getattr(config, "get_text_config", lambda: config)()
     context = getattr(text, "max_position_embeddings", None)
     length = static_length(needed, context)
     sessions = model.__dict__.setdefault("_gemma_run_sessions", {})
-    key = (batch, length, compile, exact, graph)
+    key = (batch, length, compile, exact, graph, attention)
     if key not in sessions:
         cache = static_cache(text.num_hidden_layers, length)
-        sessions[key] = Session(batch, length, cache, _make_step(model, cache, compile, exact), compile, graph)
+        sessions[key] = Session(batch, length, cache, _make_step(model, cache, compile, exact, attention), compile,
+                                graph, attention)
     return sessions[key]
 
 
@@ -161,17 +164,27 @@ def static_cache(layers: int, length: int) -> Any:
     return Cache(layers=[StaticLayer(max_cache_len=length) for _ in range(layers)])
 
 
-def _make_step(model: Any, cache: Any, compile: bool, exact: bool) -> Any:
+def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: str | None = None) -> Any:
+    """The decode step; with ``attention``, the model runs it with that attention implementation (switched around
+    each call, so the prompt's pass keeps the model's own; a recorded graph holds the step's kernels)."""
     import torch
+
+    from gemma_run.infer.decode_attention import implementation
 
     def step(input_ids: Any, position_ids: Any, cache_position: Any, attention_mask: Any) -> Any:
         out = model(input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
                     attention_mask=attention_mask, past_key_values=cache, use_cache=True, return_dict=True)
         return out.logits[:, -1, :].float()
 
-    if not compile:
-        return step
-    return torch.compile(step, fullgraph=True, dynamic=False, options=compile_options(exact))
+    run = torch.compile(step, fullgraph=True, dynamic=False, options=compile_options(exact)) if compile else step
+    if attention is None:
+        return run
+
+    def with_attention(*args: Any) -> Any:
+        with implementation(model, attention):
+            return run(*args)
+
+    return with_attention
 
 
 def compile_options(exact: bool) -> dict[str, Any]:
@@ -210,8 +223,8 @@ def choose(logits: Any, kwargs: dict[str, Any], generator: Any = None) -> Any:
 
 
 def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, Any], *, streamer: Any = None,
-             compile: bool, exact: bool = True, graph: bool = False, stop: list[str] | None = None,
-             tokenizer: Any = None) -> Any:
+             compile: bool, exact: bool = True, graph: bool = False, attention: str | None = None,
+             stop: list[str] | None = None, tokenizer: Any = None) -> Any:
     """Tokens [B, prompt + new] as generate() returns them (rows that finished early padded), from generate()'s
     own ``kwargs`` (max_new_tokens, min_new_tokens, eos_token_id, pad_token_id and the sampling keys).
 
@@ -226,7 +239,8 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
     min_new = int(kwargs.get("min_new_tokens") or 0)
     eos, pad = list(kwargs.get("eos_token_id") or []), int(kwargs["pad_token_id"])
     device = input_ids.device
-    s = session(model, batch, prompt + new, compile=compile, exact=exact, graph=graph and device.type == "cuda")
+    s = session(model, batch, prompt + new, compile=compile, exact=exact, graph=graph and device.type == "cuda",
+                attention=attention)
     with torch.inference_mode():  # the cache and mask are inference tensors once used: reset them as such
         s.cache.reset()
         if s.mask is None:
@@ -253,12 +267,20 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
         if streamer is not None:
             streamer.put(token.cpu())
         streamed = 1
+        look = Lookout(out, done)
         for i in range(1, new):
-            if i % CHECK_EVERY == 0:
+            if i % CHECK_EVERY == 0 and (seen := look.take(out, done, i)) is not None:
+                tokens, finished, known = seen
                 if stop:
-                    done |= _stopped(out[:, :i], stop, tokenizer)
-                if bool(done.all()):
+                    hit = _stopped(tokens[:, :known], stop, tokenizer)
+                    if bool(hit.any()):
+                        finished |= hit
+                        done |= look.to_device(hit)
+                if bool(finished.all()):
                     break
+                if streamer is not None and known > streamed:
+                    streamer.put(tokens[0, streamed:known])
+                    streamed = known
             first = s.steps_run == 0
             start = time.perf_counter() if first else 0.0
             args = (token.view(batch, 1), real + (i - 1), cache_positions[i - 1:i], mask)
@@ -276,13 +298,52 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
             token = _pick(logits, kwargs, done, pad, suppress if i < min_new else None)
             out[:, i] = token
             done |= torch.isin(token, eos_t)
-            if streamer is not None and i % CHECK_EVERY == 0:
-                streamer.put(out[0, streamed:i + 1].cpu())
-                streamed = i + 1
         if streamer is not None and streamed < new:
             tail = out[0, streamed:]
             streamer.put(tail[: _length(tail, eos)].cpu())
     return torch.cat([input_ids, out], dim=1)
+
+
+class Lookout:
+    """What the loop knows of the tokens so far without waiting for the GPU.
+
+    The loop runs ahead of the GPU (a replayed step costs the CPU ~0.8 ms, the GPU ~4 ms on a 4B), so any look
+    that waits for the GPU, such as ``bool(done.all())`` or a streamer's ``.cpu()``, lets its queue of steps run
+    dry and the next steps start late. On a GPU each :meth:`take` starts a copy of the tokens and the finished
+    rows into pinned memory behind an event and returns the previous look's copy, which the GPU finished long
+    ago: rows are seen finished, and tokens streamed, one look (``CHECK_EVERY`` steps) later, and the result is
+    the same. Elsewhere (a CPU) it returns the current state, as a plain read would.
+    """
+
+    def __init__(self, out: Any, done: Any) -> None:
+        import torch
+
+        self.cuda = out.device.type == "cuda"
+        self.device = out.device
+        self.pending: int | None = None  # tokens known in the copy in flight
+        if self.cuda:
+            self.out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            self.done = torch.empty(done.shape, dtype=done.dtype, pin_memory=True)
+            self.event = torch.cuda.Event()
+
+    def take(self, out: Any, done: Any, known: int) -> tuple[Any, Any, int] | None:
+        """(tokens [B, new] on the CPU, finished rows [B] on the CPU, how many tokens of each row are known),
+        from the previous look on a GPU (None at the first), from now elsewhere."""
+        if not self.cuda:
+            return out.cpu(), done.cpu(), known
+        seen = None
+        if self.pending is not None:
+            self.event.synchronize()
+            seen = (self.out.clone(), self.done.clone(), self.pending)
+        self.out.copy_(out, non_blocking=True)
+        self.done.copy_(done, non_blocking=True)
+        self.event.record()
+        self.pending = known
+        return seen
+
+    def to_device(self, rows: Any) -> Any:
+        """A CPU tensor on the loop's device, copied without waiting for the GPU's queue."""
+        return rows.pin_memory().to(self.device, non_blocking=True) if self.cuda else rows.to(self.device)
 
 
 def _first_line(e: BaseException) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gemma_run.errors import GemmaRunError
@@ -20,9 +20,13 @@ class Engine:
     exact: bool = True
     reason: str = ""
     graph: bool = False  # fast engine: the step replayed as a CUDA graph (gemma_run.infer.graph)
+    # fast engine: the decode step's attention implementation (None: the model's own; "gemma_run_decode":
+    # gemma_run.infer.decode_attention)
+    attention: str | None = None
 
     def describe(self) -> str:
-        step = " + ".join(w for w, on in (("compiled step", self.compile), ("CUDA graph", self.graph)) if on)
+        step = " + ".join(w for w, on in (("compiled step", self.compile), ("CUDA graph", self.graph),
+                                          ("decode attention", self.attention is not None)) if on)
         return f"{self.name}{' + ' + step if step else ''} ({self.reason})"
 
 
@@ -34,6 +38,20 @@ COMPILE_MIN_TOKENS = 2048
 
 
 def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> Engine:
+    """``generation.engine`` for this model (:func:`_choose_loop`), with the fast engine's step attention
+    (``generation.step_attention``; auto: the decode attention where the step is compiled, which fuses it)."""
+    engine = _choose_loop(g, model, images=images, tokens=tokens)
+    if engine.name != "fast":
+        return engine
+    wanted = getattr(g.step_attention, "value", g.step_attention)
+    if wanted == "model" or (wanted is None and not engine.compile):
+        return engine
+    from gemma_run.infer import decode_attention
+
+    return replace(engine, attention=decode_attention.register())
+
+
+def _choose_loop(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> Engine:
     """``generation.engine`` for this model.
 
     auto takes the fast engine on a single CUDA GPU unless the run needs something only generate() does (then it
@@ -213,8 +231,8 @@ def _generate(model: Any, tokenizer: Any, inputs: dict[str, Any], kwargs: dict[s
             from gemma_run.infer import fast
 
             out = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, streamer=streamer,
-                                compile=engine.compile, exact=engine.exact, graph=engine.graph, stop=stop,
-                                tokenizer=tokenizer)
+                                compile=engine.compile, exact=engine.exact, graph=engine.graph,
+                                attention=engine.attention, stop=stop, tokenizer=tokenizer)
         else:
             out = model.generate(**inputs, streamer=streamer, **kwargs)
     seconds = time.perf_counter() - start

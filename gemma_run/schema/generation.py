@@ -12,6 +12,11 @@ class Engine(Enum):
     hf = "hf"  # transformers' generate()
 
 
+class StepAttention(Enum):
+    decode = "decode"  # gemma_run.infer.decode_attention: one query token against the cache, fused when compiled
+    model = "model"  # the model's own attention implementation (sdpa)
+
+
 class CacheImplementation(Enum):
     static = "static"  # transformers' StaticCache: the KV cache allocated once at prompt + max_new_tokens
 
@@ -46,3 +51,8 @@ class GenerationConfig:
     # Compiled steps round bf16 where eager rounds it (inductor's emulate_precision_casts), so greedy tokens
     # equal the eager path's; false lets inductor keep fp32 between fused ops (not bit-equal to eager).
     exact: bool = True
+    # fast engine: the decode step's attention. decode: one query token against the cache as plain products on
+    # the key/value heads (gemma_run/infer/decode_attention.py), fused by inductor into the compiled step; model:
+    # the model's own (sdpa). null: decode where the step is compiled, model otherwise. The prompt's pass always
+    # uses the model's own.
+    step_attention: StepAttention | None = None

@@ -156,6 +156,9 @@ class BenchTrainTaskConfig(TaskConfig):
     _target_: str = "gemma_run.tasks.bench_train.run"
     steps: int = 6  # optimizer steps timed
     warmup_steps: int = 2  # steps run first and not timed (allocator growth, autotune, first-call overheads)
+    # Record the timed steps with torch.profiler and write profile.txt beside bench_train.json: the kernels that
+    # took the device's time, most first (the timed steps run slower while recorded: tokens/s is then not quoted).
+    profile: bool = False
 
 
 @dataclass

@@ -83,9 +83,13 @@ def synthetic_data(path: Path, tokenizer: Any, records: int, seq_len: int, seed:
     return path, sum(lengths) / len(lengths)
 
 
-def _timer():  # -> transformers.TrainerCallback
+def _timer(warmup: int = 0, steps: int = 0, profile: Path | None = None):  # -> transformers.TrainerCallback
+    """The step timer; with ``profile``, it also records steps ``warmup + 1 .. warmup + steps`` with torch.profiler
+    and writes the table to that path."""
     import torch
     from transformers import TrainerCallback
+
+    from gemma_run.bench.profile import Recorder
 
     class StepTimer(TrainerCallback):
         """Wall time at the start and at the end of every optimizer step (GPU work finished)."""
@@ -93,6 +97,7 @@ def _timer():  # -> transformers.TrainerCallback
         def __init__(self) -> None:
             self.ends: list[float] = []
             self.start = 0.0
+            self.recorder = Recorder() if profile else None
 
         def _now(self) -> float:
             if torch.cuda.is_available():
@@ -101,9 +106,23 @@ def _timer():  # -> transformers.TrainerCallback
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start = self._now()
+            self._profile()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(self._now())
+            self._profile()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.recorder is not None and self.recorder.recording:  # fewer steps ran than asked
+                self.recorder.stop(profile)
+
+        def _profile(self) -> None:
+            if self.recorder is None:
+                return
+            if len(self.ends) == warmup and not self.recorder.recording:
+                self.recorder.start()
+            elif len(self.ends) == warmup + steps and self.recorder.recording:
+                self.recorder.stop(profile)
 
     return StepTimer()
 
@@ -130,7 +149,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(checkpoint.resolve(cfg.model, cfg.cache_dir), cfg.model)
     data_file, mean_len = synthetic_data(run_dir / "bench_data.jsonl", tokenizer, records, seq, int(cfg.seed))
     run_cfg = bench_cfg(cfg, data_file)
-    timer = _timer()
+    profile = run_dir / "profile.txt" if bool(t.profile) else None
+    timer = _timer(int(t.warmup_steps), int(t.steps), profile)
     result = trainer.train(run_cfg, run_dir, callbacks=[timer], save=False)
     warm, steps = int(t.warmup_steps), int(t.steps)
     if len(timer.ends) < warm + steps:
@@ -165,10 +185,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "train_loss": result["train_loss"], "trainable_parameters": result["trainable_parameters"],
         "device": device or "cpu", "dtype": result["dtype"],
+        "profiled": profile is not None,
     }
     write_json(run_dir / BENCH_JSON, row)
     print(table([row]))
-    return {**row, "bench_train": str(run_dir / BENCH_JSON)}
+    if profile is not None:
+        log.info("the timed steps' profile (they ran slower while recorded): %s", profile)
+    return {**row, "bench_train": str(run_dir / BENCH_JSON), **({"profile": str(profile)} if profile else {})}
 
 
 COLUMNS = (("setup", "{}"), ("tokens/s", "{:,.0f}"), ("MFU", "{:.1%}"), ("peak GiB", "{:.2f}"),
