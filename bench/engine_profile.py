@@ -1,6 +1,7 @@
 """Probe (GPU): where the fast engine loses time against its own recorded step (issue 7's bf16 gap).
 
-    . bench/gpu_env.sh && python3 bench/engine_profile.py [model]      (default gemma3_4b, random, bf16)
+    . bench/gpu_env.sh && python3 bench/engine_profile.py [model] [decode|model]
+      (default gemma3_4b, random, bf16; the step's attention: generation.step_attention, default decode)
 
 In one process, on the model the engine runs: (1) ``fast.generate`` for 128 + 128 tokens, batch 1, compiled and
 recorded (warm: the first run compiles), timed per token; (2) the recorded step alone, replayed 128 times
@@ -16,7 +17,7 @@ import time
 import torch
 
 from gemma_run import compose
-from gemma_run.infer import fast
+from gemma_run.infer import decode_attention, fast
 from gemma_run.loading import load
 
 NEW = 128
@@ -24,6 +25,8 @@ NEW = 128
 
 def main() -> int:
     name = sys.argv[1] if len(sys.argv) > 1 else "gemma3_4b"
+    attention = decode_attention.register() if (sys.argv[2] if len(sys.argv) > 2 else "decode") == "decode" \
+        else None
     loaded = load(compose([f"model={name}", "model.weights=random"]))
     model = loaded.model
     ids = torch.randint(10, 1000, (1, 128), device=loaded.input_device)
@@ -35,7 +38,7 @@ def main() -> int:
         torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.inference_mode():
-            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True)
+            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True, attention=attention)
         torch.cuda.synchronize()
         return time.perf_counter() - start
 
@@ -58,7 +61,8 @@ def main() -> int:
     from torch.autograd import DeviceType
 
     gpu_us = sum(e.device_time for e in prof.events() if e.device_type == DeviceType.CUDA)  # kernels, in us
-    print(f"\nfast engine on random {name}, bf16, batch 1, 128 + {NEW} tokens (first run {first:.1f} s)")
+    print(f"\nfast engine on random {name}, bf16, batch 1, 128 + {NEW} tokens, step attention "
+          f"{attention or 'model'} (first run {first:.1f} s)")
     print("| measure | ms / token |")
     print("|---|---|")
     print(f"| fast.generate, whole loop (prefill included) | {loop / NEW * 1e3:.3f} |")
@@ -68,7 +72,7 @@ def main() -> int:
     print("\nhost ops by self CPU time (profiled run):")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
     print("GPU ops by device time:")
-    print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=16, max_name_column_width=60))
     return 0
 
 

@@ -63,6 +63,8 @@ for part in "$@"; do
               generation.step_attention=decode,model task.batch_sizes=[1]) ;;
     eagerattn4b) (cd /tmp && timeout 150 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
               generation.compile=false generation.step_attention=decode,model task.batch_sizes=[1]) ;;
+    exact4b) (cd /tmp && timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              generation.exact=false task.batch_sizes=[1,8]) ;;
     streamtests) timeout 300 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
               -k "tiny or streaming" ;;
     trainprofile) (cd /tmp && timeout 150 python3 -m gemma_run.cli task=bench_train model=gemma3_4b \
