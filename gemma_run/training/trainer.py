@@ -199,8 +199,10 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     # before peft: it patches the transformers model in place
     fused = fused_ops.apply(cfg.train.fused_ops, model, zero3=stage == 3)
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    # the Trainer's bf16/fp16 mixed precision is torch autocast when DeepSpeed is not in the run
+    autocast = ds is None and dtype in ("bfloat16", "float16")
     model = lora_setup.apply(model, cfg.lora, quantized=quantized, sharded=stage == 3,
-                             gradient_checkpointing=cfg.train.gradient_checkpointing)
+                             gradient_checkpointing=cfg.train.gradient_checkpointing, autocast=autocast)
     if _wants_token_type_ids(model) and not cfg.data.packing:
         prepared.add_token_type_ids()
     kernel, kernel_why = _loss_kernel(cfg, model)
