@@ -39,6 +39,8 @@ RUNS = [
     ("4B QLoRA fast (20 GiB)", [*MODEL_4B, "quant=4bit", CAP], "4B LoRA reference (seeds)", 120),
     ("4B LoRA fast, ckpt auto (20 GiB)", [*MODEL_4B, CAP, AUTO], FAST, 120),
     ("4B LoRA fast, dropout 0 (20 GiB)", [*MODEL_4B, CAP, "lora.dropout=0"], FAST, 120),
+    ("4B LoRA fast again (20 GiB)", [*MODEL_4B, CAP], FAST, 120),  # run order: the same run again, later
+    ("4B LoRA fast, dropout 0 again (20 GiB)", [*MODEL_4B, CAP, "lora.dropout=0"], FAST, 120),
     ("4B LoRA fast, fused ops off (20 GiB)", [*MODEL_4B, CAP, "train.fused_ops=none"], FAST, 120),
     ("4B LoRA fast, whole GPU, ckpt auto", [*MODEL_4B, AUTO], FAST, 120),
     # under DeepSpeed auto checkpoints every layer: compared with the plain run that does the same

@@ -338,3 +338,30 @@ def test_resume_skips_a_corrupted_checkpoint(compose_cfg, alpaca: Path, tmp_path
     with pytest.raises(GemmaRunError, match=r"train.max_steps: 4 -> 6"):
         train_api(compose_cfg, run_dir, *args[:1], "train.max_steps=6", "train.save_steps=2",
                   "train.save_total_limit=3", f"resume={run_dir}")
+
+
+def test_unpacked_batches_are_padded_to_a_multiple_of_16(compose_cfg, chat: Path):
+    """Batches of any lengths come out padded (labels ignored, attention masked) to a multiple of PAD_MULTIPLE,
+    so kernels compiled for one padded size serve the next (and the loss is that of the unpadded rows)."""
+    import torch
+
+    from gemma_run.loading import load
+    from gemma_run.training import data
+
+    cfg = compose_cfg(["task=train", f"data.train_file={chat}"])
+    loaded = load(cfg, device_map=None)
+    prepared = data.prepare(cfg, loaded.tokenizer, data.read_checked(cfg))
+    feats = [prepared.train[i] for i in range(2)]
+    longest = max(len(f["input_ids"]) for f in feats)
+    batch = prepared.collator(feats)
+    width = batch["input_ids"].shape[1]
+    assert width % data.PAD_MULTIPLE == 0 and longest <= width < longest + data.PAD_MULTIPLE
+    for row, f in enumerate(feats):
+        n = len(f["input_ids"])
+        assert int(batch["attention_mask"][row].sum()) == n
+        assert (batch["labels"][row][batch["attention_mask"][row] == 0] == -100).all()
+    with torch.no_grad():
+        padded = loaded.model(**batch).loss
+        cut = {k: v[:, :longest] if loaded.tokenizer.padding_side == "right" else v[:, -longest:]
+               for k, v in batch.items()}
+        assert torch.allclose(padded, loaded.model(**cut).loss, atol=1e-5)
