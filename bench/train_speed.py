@@ -102,6 +102,8 @@ def main() -> int:
         rows[name] = run_one(name, overrides, int(min(limit, left)), work)
         print(f"{name}: {rows[name].get('tokens_per_second', rows[name].get('error'))} "
               f"({rows[name].get('wall_s', '-')} s)", flush=True)
+        if rows[name].get("step_seconds"):
+            print(f"  step seconds: {rows[name]['step_seconds']}", flush=True)
     (out / "train_speed.json").write_text(json.dumps(list(rows.values()), indent=1))
     lines = ["| setup | tokens/s | vs | MFU | peak GiB | loss, attention, ZeRO, fused ops, checkpointed |",
              "|---|---|---|---|---|---|"]

@@ -176,6 +176,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "decoder_layers": result.get("decoder_layers"), "checkpoint_layers_why": result.get("checkpoint_layers_why"),
         "seq_len": seq, "batch_size": batch, "tokens_per_step": tokens_per_step,
         "timed_steps": steps, "warmup_steps": warm, "timed_seconds": round(seconds, 3),
+        # every step's seconds, warm-up included: a slow step among the timed ones shows here
+        "step_seconds": [round(b - a, 3) for a, b in zip([timer.start, *timer.ends], timer.ends, strict=False)],
         "tokens_per_second": round(tps, 1), "flops_per_token": fl["flops_per_token"],
         "model_tflops": round(tps * fl["flops_per_token"] / 1e12, 2), "peak_tflops": peak,
         "mfu": round(tps * fl["flops_per_token"] / (peak * 1e12), 4) if peak else None,
