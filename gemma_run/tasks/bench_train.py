@@ -3,7 +3,11 @@
 It runs task=train's own code (``training.trainer.train``: the loader, LoRA/QLoRA, the loss kernel, attention,
 DeepSpeed, the HF Trainer) for ``task.warmup_steps + task.steps`` optimizer steps on examples of (at most, cut at a
 word) ``train.max_seq_length`` tokens, ``train.per_device_batch_size`` per device, and times the last
-``task.steps`` only (the first steps pay allocator growth, autotuning and first-call overheads). MFU uses the
+``task.steps`` only (the first steps pay allocator growth, autotuning and first-call overheads). tokens/s is
+per the median timed step: the steady state of a long run, which one-off stalls do not move (on a fresh H100
+machine the last step of the first run took 2.9 s against 0.72 s for the others; such a stall is a rounding
+error in a real run's thousands of steps); ``tokens_per_second_mean`` (over the timed steps' total) and every
+step's seconds (``step_seconds``) are in the row too. MFU uses the
 model FLOPs of ``training.flops`` against the device's datasheet peak. The row goes to ``bench_train.json``
 and result.json (so a ``-m`` sweep over train.loss_kernel / train.attn_implementation / quant / deepspeed
 tabulates the runs).
@@ -17,6 +21,7 @@ import copy
 import json
 import logging
 import random
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -158,8 +163,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                             key="task.steps", fix="report this: the synthetic data should fill every step")
     begin = timer.ends[warm - 1] if warm else timer.start
     seconds = timer.ends[warm + steps - 1] - begin
+    step_seconds = [b - a for a, b in zip([timer.start, *timer.ends], timer.ends, strict=False)]
+    median_step = statistics.median(step_seconds[warm:warm + steps])
     tokens_per_step = round(batch * mean_len * accum)  # the tokens trained on (padding, if any, not counted)
-    tps = tokens_per_step * steps / seconds
+    tps = tokens_per_step / median_step  # the steady state a long run sees (one-off stalls do not move it)
+    tps_mean = tokens_per_step * steps / seconds
     lora = bool(cfg.lora.enabled)
     fl = flops.per_token(OmegaConf.to_container(cfg.model.config, resolve=True), bool(cfg.model.text_only),
                          seq, lora=lora, lora_params=int(result["trainable_parameters"]) if lora else 0)
@@ -177,7 +185,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "seq_len": seq, "batch_size": batch, "tokens_per_step": tokens_per_step,
         "timed_steps": steps, "warmup_steps": warm, "timed_seconds": round(seconds, 3),
         # every step's seconds, warm-up included: a slow step among the timed ones shows here
-        "step_seconds": [round(b - a, 3) for a, b in zip([timer.start, *timer.ends], timer.ends, strict=False)],
+        "step_seconds": [round(x, 3) for x in step_seconds],
+        "tokens_per_second_mean": round(tps_mean, 1),  # over the timed steps' total, one-off stalls included
         "tokens_per_second": round(tps, 1), "flops_per_token": fl["flops_per_token"],
         "model_tflops": round(tps * fl["flops_per_token"] / 1e12, 2), "peak_tflops": peak,
         "mfu": round(tps * fl["flops_per_token"] / (peak * 1e12), 4) if peak else None,
