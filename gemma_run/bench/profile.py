@@ -49,15 +49,18 @@ class Recorder:
 
 
 def summary(events: Any, cuda: bool) -> str:
-    """The top ``ROWS`` entries by self device time: milliseconds, share, calls and mean microseconds each."""
-    def self_time(e: Any) -> float:  # microseconds
-        if not cuda:
-            return float(e.self_cpu_time_total)
-        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0))
+    """The top ``ROWS`` entries by self time: milliseconds, share, calls and mean microseconds each. On a GPU the
+    entries are the kernels (device-side events) alone, so their sum is the device's busy time; operators, which
+    would count their kernels a second time, are in torch's table below it."""
+    from torch.autograd import DeviceType
 
-    rows = sorted((e for e in events if self_time(e) > 0), key=self_time, reverse=True)
+    def self_time(e: Any) -> float:  # microseconds
+        return float(e.self_device_time_total if cuda else e.self_cpu_time_total)
+
+    rows = sorted((e for e in events if self_time(e) > 0 and (not cuda or e.device_type == DeviceType.CUDA)),
+                  key=self_time, reverse=True)
     total = sum(self_time(e) for e in rows) or 1.0
-    lines = [f"{'device' if cuda else 'cpu'} time {total / 1e3:,.1f} ms in all",
+    lines = [f"{'device kernel' if cuda else 'cpu'} time {total / 1e3:,.1f} ms in all",
              f"{'ms':>10} {'share':>7} {'calls':>7} {'us each':>9}  name"]
     for e in rows[:ROWS]:
         t = self_time(e)
