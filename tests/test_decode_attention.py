@@ -71,15 +71,15 @@ def test_implementation_switches_every_config_and_restores_it(bf16_tiny) -> None
     model = bf16_tiny
     name = decode_attention.register()
     assert decode_attention.register() == name  # idempotent
-    configs = decode_attention._configs(model)
+    configs = decode_attention.configs(model)
     before = [c._attn_implementation for c in configs]
-    with decode_attention.implementation(model, name):
+    with decode_attention.implementation(configs, name):
         assert {c._attn_implementation for c in configs} == {name}
     assert [c._attn_implementation for c in configs] == before
-    with pytest.raises(RuntimeError), decode_attention.implementation(model, name):
+    with pytest.raises(RuntimeError), decode_attention.implementation(configs, name):
         raise RuntimeError("a failed step")
     assert [c._attn_implementation for c in configs] == before  # restored on errors too
-    with decode_attention.implementation(model, None):
+    with decode_attention.implementation(configs, None):
         assert [c._attn_implementation for c in configs] == before
 
 

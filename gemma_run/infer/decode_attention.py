@@ -36,13 +36,12 @@ def register() -> str:
 
 
 @contextmanager
-def implementation(model: Any, name: str | None) -> Iterator[None]:
-    """Run the model with attention implementation ``name`` (every config in it that names one), then put the
-    model's own back. ``None`` changes nothing."""
+def implementation(configs: list[Any], name: str | None) -> Iterator[None]:
+    """Run with attention implementation ``name`` set on ``configs`` (:func:`configs` of the model), then put
+    the model's own back, errors included. ``None`` changes nothing."""
     if name is None:
         yield
         return
-    configs = _configs(model)
     saved = [(c, c._attn_implementation) for c in configs]
     try:
         for c, _ in saved:
@@ -53,7 +52,7 @@ def implementation(model: Any, name: str | None) -> Iterator[None]:
             object.__setattr__(c, "_attn_implementation_internal", value)
 
 
-def _configs(model: Any) -> list[Any]:
+def configs(model: Any) -> list[Any]:
     """The distinct config objects the model's modules read their attention implementation from."""
     seen: dict[int, Any] = {}
     for module in model.modules():

@@ -169,7 +169,7 @@ def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: st
     each call, so the prompt's pass keeps the model's own; a recorded graph holds the step's kernels)."""
     import torch
 
-    from gemma_run.infer.decode_attention import implementation
+    from gemma_run.infer import decode_attention
 
     def step(input_ids: Any, position_ids: Any, cache_position: Any, attention_mask: Any) -> Any:
         out = model(input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
@@ -179,9 +179,10 @@ def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: st
     run = torch.compile(step, fullgraph=True, dynamic=False, options=compile_options(exact)) if compile else step
     if attention is None:
         return run
+    configs = decode_attention.configs(model)  # found once: a step without a graph switches at every call
 
     def with_attention(*args: Any) -> Any:
-        with implementation(model, attention):
+        with decode_attention.implementation(configs, attention):
             return run(*args)
 
     return with_attention
