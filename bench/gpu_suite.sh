@@ -71,6 +71,14 @@ for part in "$@"; do
               model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
               train.gradient_checkpointing=true task.steps=2 task.warmup_steps=2 task.profile=true \
               hydra.run.dir=/tmp/trainprofile && head -60 /tmp/trainprofile/profile.txt) ;;
+    trainprobe) for v in base flash reentrant both base; do
+              (cd /tmp && timeout 110 python3 "$OLDPWD/bench/train_probe.py" $v task=bench_train model=gemma3_4b \
+                model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
+                train.gradient_checkpointing=true task.steps=10 task.warmup_steps=2 train.gpu_memory_cap=20GiB \
+                hydra.run.dir=/tmp/probe-$v-$RANDOM 2>&1 | grep -E "^probe:|^\| gemma" | sed "s/^/$v: /"
+               python3 -c "import json,glob,os; f=max(glob.glob('/tmp/probe-$v-*/bench_train.json'), key=os.path.getmtime); \
+r=json.load(open(f)); print('$v', r['tokens_per_second'], r['tokens_per_second_mean'], r['peak_memory_gib'], r['step_seconds'])")
+            done ;;
     *) echo "unknown part $part"; false ;;
   esac > >(tee "$logs/$part.log") 2>&1 || status=1
 done
