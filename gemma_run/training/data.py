@@ -191,9 +191,7 @@ def prepare(cfg: Any, tokenizer: Any, checked: Checked) -> Prepared:
         collator = DataCollatorWithFlattening(separator_id=IGNORE)
     else:
         # Batches padded to a multiple of PAD_MULTIPLE: fewer distinct shapes, each of which costs a kernel
-        # compile (Triton's, for the fused ops and loss) or a cuDNN attention plan the first time it appears. With
-        # lengths of 2047 and 2048 mixed, those landed in timed steps: a fresh H100 machine's first LoRA run
-        # measured 7,206 tok/s against 10,584-11,132 once compiled (bench_train, docs/train.md).
+        # compile (Triton's, for the fused ops and loss) or a cuDNN attention plan the first time it appears.
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE,
                                           pad_to_multiple_of=PAD_MULTIPLE)
     log.info("data: %d train / %d eval examples (%s, %d tokens, %d truncated)", stats["train_examples"],

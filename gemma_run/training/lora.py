@@ -77,8 +77,9 @@ def apply(model: Any, lora_cfg: Any, *, quantized: bool, sharded: bool, gradient
 def skip_input_casts(model: Any) -> int:
     """Turn off peft's cast of each adapter layer's input to the adapter's dtype; returns how many layers.
 
-    peft keeps the adapters in fp32 and casts every LoRA layer's input to that dtype before the dropout. Under
-    the Trainer's bf16 autocast this doubles work for nothing:
+    peft keeps the adapters in fp32 and casts every LoRA layer's input to that dtype before the dropout (its
+    bitsandbytes layers, QLoRA's, already skip the cast under autocast). Under the Trainer's bf16 autocast this
+    doubles work for nothing:
     - the bf16 activation is copied to fp32;
     - the dropout runs on fp32;
     - autocast casts the result back to bf16 for the adapter's matrix product.
