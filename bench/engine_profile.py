@@ -1,7 +1,8 @@
 """Probe (GPU): where the fast engine loses time against its own recorded step (issue 7's bf16 gap).
 
-    . bench/gpu_env.sh && python3 bench/engine_profile.py [model] [decode|model]
-      (default gemma3_4b, random, bf16; the step's attention: generation.step_attention, default decode)
+    . bench/gpu_env.sh && python3 bench/engine_profile.py [model] [decode|model] [fused|unfused]
+      (default gemma3_4b, random, bf16; the step's attention: generation.step_attention, default decode;
+      projections: generation.fuse_projections, default fused)
 
 In one process, on the model the engine runs: (1) ``fast.generate`` for 128 + 128 tokens, batch 1, compiled and
 recorded (warm: the first run compiles), timed per token; (2) the recorded step alone, replayed 128 times
@@ -27,6 +28,7 @@ def main() -> int:
     name = sys.argv[1] if len(sys.argv) > 1 else "gemma3_4b"
     attention = decode_attention.register() if (sys.argv[2] if len(sys.argv) > 2 else "decode") == "decode" \
         else None
+    fuse = (sys.argv[3] if len(sys.argv) > 3 else "fused") == "fused"
     loaded = load(compose([f"model={name}", "model.weights=random"]))
     model = loaded.model
     ids = torch.randint(10, 1000, (1, 128), device=loaded.input_device)
@@ -38,7 +40,8 @@ def main() -> int:
         torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.inference_mode():
-            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True, attention=attention)
+            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True, attention=attention,
+                          fuse=fuse)
         torch.cuda.synchronize()
         return time.perf_counter() - start
 
@@ -62,7 +65,7 @@ def main() -> int:
 
     gpu_us = sum(e.device_time for e in prof.events() if e.device_type == DeviceType.CUDA)  # kernels, in us
     print(f"\nfast engine on random {name}, bf16, batch 1, 128 + {NEW} tokens, step attention "
-          f"{attention or 'model'} (first run {first:.1f} s)")
+          f"{attention or 'model'}, {'fused' if fuse else 'unfused'} projections (first run {first:.1f} s)")
     print("| measure | ms / token |")
     print("|---|---|")
     print(f"| fast.generate, whole loop (prefill included) | {loop / NEW * 1e3:.3f} |")

@@ -45,6 +45,8 @@ for part in "$@"; do
               task.batch_sizes=[1]) ;;
     kernels) timeout 200 python3 bench/kernels_4bit.py ;;
     engineprofile) timeout 400 python3 bench/engine_profile.py gemma3_4b ;;
+    stepoptions) timeout 560 python3 bench/step_options.py gemma3_4b ;;
+    fusedprofile) timeout 300 python3 bench/engine_profile.py gemma3_4b decode fused ;;
     graphtests) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k tiny ;;
     graphs27b) (cd /tmp && timeout 280 python3 -m gemma_run.cli -m task=bench model=gemma3_27b \
               model.weights=random generation.compile=false quant=int4,4bit task.batch_sizes=[1]) ;;
@@ -65,6 +67,8 @@ for part in "$@"; do
               generation.compile=false generation.step_attention=decode,model task.batch_sizes=[1]) ;;
     exact4b) (cd /tmp && timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
               generation.exact=false task.batch_sizes=[1,8]) ;;
+    fused4b) (cd /tmp && timeout 420 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
+              generation.fuse_projections=true,false task.batch_sizes=[1]) ;;
     streamtests) timeout 300 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
               -k "tiny or streaming" ;;
     trainprofile) (cd /tmp && timeout 150 python3 -m gemma_run.cli task=bench_train model=gemma3_4b \

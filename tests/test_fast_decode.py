@@ -109,9 +109,11 @@ def test_engine_choice_and_its_reasons(compose_cfg, bf16) -> None:
     assert choose().name == "hf" and "CUDA" in choose().reason  # auto on a CPU
     decode = "gemma_run_decode"  # the compiled step's attention by default (gemma_run.infer.decode_attention)
     assert choose("generation.compile=true") == gen.Engine("fast", True, True, "generation.compile=true",
-                                                           attention=decode)
+                                                           attention=decode, fuse=True)
     assert choose("generation.compile=true", "generation.step_attention=model").attention is None
-    assert choose("generation.engine=fast") == gen.Engine("fast", False, True, "generation.engine=fast")
+    assert choose("generation.engine=fast") == gen.Engine("fast", False, True, "generation.engine=fast", fuse=True)
+    assert not choose("generation.engine=fast", "generation.fuse_projections=false").fuse
+    assert not choose("generation.engine=hf").fuse
     assert choose("generation.engine=fast", "generation.step_attention=decode").attention == decode
     assert choose("generation.engine=fast", "generation.compile=true").compile
     assert "repetition_penalty" in choose("generation.repetition_penalty=1.2").reason
@@ -144,19 +146,20 @@ def test_auto_compiles_on_a_gpu_only_when_the_run_is_long_enough_to_pay_for_it(c
         return gen.choose_engine(compose_cfg(list(overrides)).generation, OnGpu(), tokens=tokens)
 
     decode = "gemma_run_decode"
-    assert choose(tokens=None) == gen.Engine("fast", True, True, "one CUDA GPU", graph=True, attention=decode)
+    assert choose(tokens=None) == gen.Engine("fast", True, True, "one CUDA GPU", graph=True, attention=decode,
+                                             fuse=True)
     assert choose(tokens=gen.COMPILE_MIN_TOKENS).compile
     short = choose(tokens=64)
     assert (short.name, short.compile, short.graph) == ("fast", False, True)
     assert "generation.compile=true" in short.reason
     assert choose("generation.compile=true", tokens=64) == gen.Engine("fast", True, True, "generation.compile=true",
-                                                                      graph=True, attention=decode)
+                                                                      graph=True, attention=decode, fuse=True)
     assert (choose("generation.compile=false", tokens=10_000).compile, choose("generation.compile=false",
                                                                               tokens=10_000).graph) == (False, True)
     assert not choose("generation.cuda_graph=false", "generation.compile=true", tokens=64).graph
     assert choose("generation.cuda_graph=false", tokens=64).name == "hf"  # eager and launch-bound: nothing gained
     assert choose("generation.engine=fast", tokens=64) == gen.Engine("fast", False, True, "generation.engine=fast",
-                                                                     graph=True)
+                                                                     graph=True, fuse=True)
     assert choose("generation.engine=fast", tokens=None).compile
 
 
@@ -167,8 +170,9 @@ def test_infer_and_bench_run_the_fast_engine_end_to_end(compose_cfg, tmp_path: P
         result = run(compose_cfg([f"generation.engine={engine}", "batch_size=2", "prompt=" + LONG,
                                   "generation.max_new_tokens=20"]), run_dir)
         assert result["engine"] == engine
-        if engine == "fast":  # what the step ran as: eager, no CUDA graph on a CPU
+        if engine == "fast":  # what the step ran as: eager, no CUDA graph on a CPU, projections fused
             assert [(s["compiled"], s["cuda_graph"]) for s in result["engine_sessions"]] == [(False, False)]
+            assert result["fused_projections"] == 4
         outs[engine] = [json.loads(line)["completion"] for line in (run_dir / "generations.jsonl").open()]
     assert outs["fast"] == outs["hf"]
     result = run(compose_cfg(["task=bench", "generation.engine=fast", "task.prompt_tokens=[20]",

@@ -29,7 +29,7 @@ def _generate(loaded, ids: list[list[int]], engine: gen.Engine, new: int):
 
             return fast.generate(loaded.model, inputs["input_ids"], inputs["attention_mask"], kwargs,
                                  compile=engine.compile, exact=engine.exact, graph=engine.graph,
-                                 attention=engine.attention)
+                                 attention=engine.attention, fuse=engine.fuse)
         return loaded.model.generate(**inputs, **kwargs, streamer=TimingStreamer())
 
 
@@ -39,9 +39,14 @@ def _recorded(model, compile: bool) -> bool:
     return bool(sessions) and all(s.replay is not None and s.compiled == compile for s in sessions)
 
 
-@pytest.mark.parametrize(("compile", "attention"), [(True, None), (False, None), (True, "decode"), (False, "decode")],
-                         ids=["compiled", "eager", "compiled-decode-attention", "eager-decode-attention"])
-def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: bool, attention: str | None) -> None:
+@pytest.mark.parametrize(("compile", "attention", "fuse"),
+                         [(True, None, False), (False, None, False), (True, "decode", False), (False, "decode", False),
+                          (True, "decode", True), (False, None, True)],
+                         ids=["compiled", "eager", "compiled-decode-attention", "eager-decode-attention",
+                              "compiled-decode-attention-fused", "eager-fused"])
+def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: bool, attention: str | None,
+                                                          fuse: bool) -> None:
+    """The reference is generate() on the model as loaded (unfused): fused projections must give its tokens."""
     import torch
 
     from gemma_run.infer import decode_attention
@@ -53,8 +58,9 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     tok = loaded.tokenizer
     ids = [tok("the cat sat on the mat and looked at the dog " * 3)["input_ids"], tok("hello there")["input_ids"]]
     ref = _generate(loaded, ids, gen.HF, 48)
-    engine = gen.Engine("fast", compile, True, "test", graph=True, attention=name)
+    engine = gen.Engine("fast", compile, True, "test", graph=True, attention=name, fuse=fuse)
     fast = _generate(loaded, ids, engine, 48)
+    assert (loaded.model.__dict__.get("_gemma_run_fused_projections", 0) > 0) == fuse
     assert next(loaded.model.parameters()).device.type == "cuda"
     assert _recorded(loaded.model, compile)
     assert torch.equal(ref, fast)
@@ -62,7 +68,7 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     # the same step called without a graph (generate() itself can part from the static cache's kernels on bf16
     # near-ties of a random model, as it did here after 45 tokens)
     other = [tok("a b c d e f g " * 4)["input_ids"], tok("the dog")["input_ids"]]
-    plain = gen.Engine("fast", compile, True, "test", graph=False, attention=name)
+    plain = gen.Engine("fast", compile, True, "test", graph=False, attention=name, fuse=fuse)
     assert torch.equal(_generate(loaded, other, plain, 48), _generate(loaded, other, engine, 48))
 
 

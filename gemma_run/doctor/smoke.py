@@ -289,7 +289,8 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
         return Finding("skip", f"the fast engine cannot run here: {why}", fix="generation.engine=hf is used instead")
     on_gpu = loaded.input_device.type == "cuda"
     engine = choose_engine(ctx.cfg.generation, loaded.model) if on_gpu else None
-    compiled, graph, attention = (engine.compile, engine.graph, engine.attention) if engine else (False, False, None)
+    compiled, graph, attention, fuse = ((engine.compile, engine.graph, engine.attention, engine.fuse) if engine
+                                        else (False, False, None, False))
     n_new = int(ctx.cfg.task.new_tokens)
     tok, model = loaded.tokenizer, loaded.model
     inputs = _encode(tok, PROMPT, loaded.input_device)
@@ -299,11 +300,12 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
         ref = model.generate(**inputs, **kwargs)
         start = time.perf_counter()
         got = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, compile=compiled,
-                            exact=bool(ctx.cfg.generation.exact), graph=graph, attention=attention)
+                            exact=bool(ctx.cfg.generation.exact), graph=graph, attention=attention, fuse=fuse)
         seconds = time.perf_counter() - start
     same = [int(a) == int(b) for a, b in zip(ref[0].tolist(), got[0].tolist(), strict=False)]
     agree = same.index(False) - inputs["input_ids"].shape[1] if False in same else n_new
     details = {"compiled": compiled, "cuda_graph": graph, "step_attention": attention or "model",
+               "fused_projections": fast.fused_count(model),
                "new_tokens": n_new, "tokens_equal_to_generate": agree,
                "seconds": round(seconds, 2)}
     step = f"{'compiled' if compiled else 'eager'} step{' as a CUDA graph' if graph else ''}"

@@ -100,6 +100,26 @@ class Session:
             return logits
 
 
+def fuse_projections(model: Any) -> int:
+    """Fuse the model's q/k/v and gate/up projections (:mod:`gemma_run.infer.fused_projections`), once; returns
+    the number of fused groups. Sessions made before are dropped: their recorded steps read the old weights."""
+    from gemma_run.infer import fused_projections
+
+    if fused_projections.MARK in model.__dict__:
+        return fused_projections.fuse(model)
+    model.__dict__.pop("_gemma_run_sessions", None)
+    count = fused_projections.fuse(model)
+    log.info("fused %d groups of projections (q/k/v, gate/up) for the decode step", count)
+    return count
+
+
+def fused_count(model: Any) -> int:
+    """How many groups of projections the model has fused (0: none)."""
+    from gemma_run.infer import fused_projections
+
+    return int(model.__dict__.get(fused_projections.MARK, 0))
+
+
 def sessions_report(model: Any) -> list[dict[str, Any]]:
     """What each session of the model ran as: its shape, and whether its step ended up compiled and replayed as a
     CUDA graph (either can have fallen back, with a warning), with the first step's seconds."""
@@ -198,8 +218,11 @@ def compile_options(exact: bool) -> dict[str, Any]:
       longer first compile (84 -> 160 s), which the compile cache then saves.
     - ``emulate_precision_casts``: bf16 rounded wherever eager rounds it, so the compiled step picks eager's
       greedy tokens (``generation.exact``).
+    - ``combo_kernels``: independent kernels (the query's and key's norms and rotations, the key's and value's
+      cache writes, ...) launched as one; the recorded step, with fused projections, went 3.808 -> 3.607 ms
+      (bench/step_options.py). Programmatic dependent launch (``triton.enable_pdl``) measured no gain (3.803).
     """
-    return {"coordinate_descent_tuning": True, "emulate_precision_casts": exact}
+    return {"coordinate_descent_tuning": True, "emulate_precision_casts": exact, "combo_kernels": True}
 
 
 def choose(logits: Any, kwargs: dict[str, Any], generator: Any = None) -> Any:
@@ -225,16 +248,19 @@ def choose(logits: Any, kwargs: dict[str, Any], generator: Any = None) -> Any:
 
 def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, Any], *, streamer: Any = None,
              compile: bool, exact: bool = True, graph: bool = False, attention: str | None = None,
-             stop: list[str] | None = None, tokenizer: Any = None) -> Any:
+             fuse: bool = False, stop: list[str] | None = None, tokenizer: Any = None) -> Any:
     """Tokens [B, prompt + new] as generate() returns them (rows that finished early padded), from generate()'s
     own ``kwargs`` (max_new_tokens, min_new_tokens, eos_token_id, pad_token_id and the sampling keys).
 
     ``input_ids``/``attention_mask`` are left-padded [B, P] on the model's device. ``streamer`` gets the prompt,
     then the new tokens as they are known (the first one at once: time to first token; then every few steps).
     A row ends at an EOS or, when ``stop`` strings are given, once its text holds one (checked every few steps).
+    ``fuse``: first fuse the model's sibling projections (:func:`fuse_projections`).
     """
     import torch
 
+    if fuse:
+        fuse_projections(model)
     batch, prompt = input_ids.shape
     new = int(kwargs["max_new_tokens"])
     min_new = int(kwargs.get("min_new_tokens") or 0)

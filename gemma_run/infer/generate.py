@@ -23,10 +23,12 @@ class Engine:
     # fast engine: the decode step's attention implementation (None: the model's own; "gemma_run_decode":
     # gemma_run.infer.decode_attention)
     attention: str | None = None
+    fuse: bool = False  # fast engine: q/k/v and gate/up fused (gemma_run.infer.fused_projections)
 
     def describe(self) -> str:
         step = " + ".join(w for w, on in (("compiled step", self.compile), ("CUDA graph", self.graph),
-                                          ("decode attention", self.attention is not None)) if on)
+                                          ("decode attention", self.attention is not None),
+                                          ("fused projections", self.fuse)) if on)
         return f"{self.name}{' + ' + step if step else ''} ({self.reason})"
 
 
@@ -39,10 +41,12 @@ COMPILE_MIN_TOKENS = 2048
 
 def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> Engine:
     """``generation.engine`` for this model (:func:`_choose_loop`), with the fast engine's step attention
-    (``generation.step_attention``; auto: the decode attention where the step is compiled, which fuses it)."""
+    (``generation.step_attention``; auto: the decode attention where the step is compiled, which fuses it) and
+    fused projections (``generation.fuse_projections``; auto: on)."""
     engine = _choose_loop(g, model, images=images, tokens=tokens)
     if engine.name != "fast":
         return engine
+    engine = replace(engine, fuse=g.fuse_projections is not False)
     wanted = getattr(g.step_attention, "value", g.step_attention)
     if wanted == "model" or (wanted is None and not engine.compile):
         return engine
@@ -232,7 +236,7 @@ def _generate(model: Any, tokenizer: Any, inputs: dict[str, Any], kwargs: dict[s
 
             out = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, streamer=streamer,
                                 compile=engine.compile, exact=engine.exact, graph=engine.graph,
-                                attention=engine.attention, stop=stop, tokenizer=tokenizer)
+                                attention=engine.attention, fuse=engine.fuse, stop=stop, tokenizer=tokenizer)
         else:
             out = model.generate(**inputs, streamer=streamer, **kwargs)
     seconds = time.perf_counter() - start

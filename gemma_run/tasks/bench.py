@@ -88,12 +88,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "generation": {"engine": engine.name, "engine_reason": engine.reason, "cache_implementation": cache,
                            "compile": engine.compile, "cuda_graph": engine.graph, "exact": engine.exact,
                            "step_attention": engine.attention or "model",
+                           "fused_projections": fast.fused_count(loaded.model),
                            "do_sample": bool(g.do_sample), "sessions": fast.sessions_report(loaded.model)},
             "bandwidth": bw, "rows": rows, "environment": _environment()}
     path = write_json(Path(run_dir) / "bench.json", data)
     title = (f"bench: {cfg.model.name} quant={cfg.quant.name} dtype={loaded.dtype} engine={engine.name} "
              f"cache={cache or 'dynamic'} compile={engine.compile} cuda_graph={engine.graph} "
-             f"step_attention={engine.attention or 'model'}; copy bandwidth "
+             f"step_attention={engine.attention or 'model'} fused={fast.fused_count(loaded.model)}; copy bandwidth "
              f"{bw['bytes_per_second'] / 1e9:.1f} GB/s on {bw['device']}")
     print(report.table(rows, title), flush=True)
     first = rows[0]

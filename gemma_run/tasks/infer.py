@@ -173,6 +173,6 @@ def _steps(engine: Any, model: Any) -> dict[str, Any]:
     """What the fast engine's steps really ran as (compile or recording can fall back, with a warning)."""
     if engine.name != "fast":
         return {}
-    from gemma_run.infer.fast import sessions_report
+    from gemma_run.infer.fast import fused_count, sessions_report
 
-    return {"engine_sessions": sessions_report(model)}
+    return {"engine_sessions": sessions_report(model), "fused_projections": fused_count(model)}

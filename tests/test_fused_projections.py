@@ -1,0 +1,130 @@
+"""Fused q/k/v and gate/up projections (gemma_run.infer.fused_projections) on CPU: the tiny Gemma 3 gives the
+same logits fused as unfused, the fusion is idempotent and skips layers it must not touch, a compiled forward
+runs one matrix product per group, and the fast engine with fused projections gives the unfused model's greedy
+tokens through generate()."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from gemma_run.infer import fused_projections as fp
+
+
+@pytest.fixture(scope="module")
+def tiny(cache_dir: Path):
+    from gemma_run import compose
+    from gemma_run.loading import load
+
+    loaded = load(compose([f"cache_dir={cache_dir}", "model.dtype=float32"]))
+    loaded.tokenizer.padding_side = "left"
+    return loaded
+
+
+def test_fused_model_gives_the_same_logits_and_is_fused_once(tiny) -> None:
+    import torch
+
+    model = copy.deepcopy(tiny.model)
+    ids = torch.randint(2, 500, (2, 24))
+    with torch.no_grad():
+        ref = model(ids).logits
+        layers = model.config.num_hidden_layers
+        assert fp.fuse(model) == 2 * layers  # q/k/v and gate/up in every layer
+        assert fp.fuse(model) == 2 * layers  # nothing more the second time
+        got = model(ids).logits
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    attn = model.model.layers[0].self_attn
+    assert type(attn.q_k_v_fused).__name__ == "FusedLinear"
+    assert tuple(attn.q_k_v_fused.weight.shape) == (64 + 32 + 32, 64)
+    names = list(model.state_dict())
+    assert not any(n.endswith(("q_proj.weight", "gate_proj.weight")) for n in names)
+    assert attn.q_k_v_fused._parts is None  # the kept product is dropped once every part took its slice
+    # code that reads a projection's weight still sees its own rows
+    assert torch.equal(attn.k_proj.weight, tiny.model.model.layers[0].self_attn.k_proj.weight)
+
+
+def test_parts_called_on_other_inputs_compute_afresh(tiny) -> None:
+    """A model that calls the parts on different inputs (or in another order) still gets each projection right."""
+    import torch
+
+    mlp = copy.deepcopy(tiny.model.model.layers[0].mlp)
+    ref = copy.deepcopy(mlp)
+    assert fp.fuse(mlp) == 1
+    a, b = torch.randn(3, 64), torch.randn(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp.up_proj(a), ref.up_proj(a))
+        torch.testing.assert_close(mlp.gate_proj(b), ref.gate_proj(b))
+        torch.testing.assert_close(mlp.up_proj(b), ref.up_proj(b))
+
+
+def test_only_plain_linears_of_one_shape_are_fused() -> None:
+    import torch
+
+    class Attn(torch.nn.Module):
+        def __init__(self, k_in: int = 8, k_type: type = torch.nn.Linear) -> None:
+            super().__init__()
+            self.q_proj, self.v_proj = torch.nn.Linear(8, 4, bias=False), torch.nn.Linear(8, 4, bias=False)
+            self.k_proj = k_type(k_in, 4, bias=False)
+
+    class Adapted(torch.nn.Linear):  # stands for peft's or bitsandbytes' Linear subclasses
+        pass
+
+    hooked = Attn()
+    hooked.k_proj._hf_hook = object()  # accelerate moves its weights around: not fused
+    for model in (Attn(k_in=6), Attn(k_type=Adapted), hooked):
+        assert fp.fuse(model) == 0
+        assert type(model.q_proj) is torch.nn.Linear
+    assert fp.fuse(Attn()) == 1
+
+
+def test_compiled_forward_runs_one_product_per_group(tiny) -> None:
+    import torch
+
+    model = copy.deepcopy(tiny.model)
+    fp.fuse(model)
+    products: list[int] = []
+
+    def count(gm: torch.fx.GraphModule, inputs: list) -> torch.fx.GraphModule:
+        products.append(sum(1 for n in gm.graph.nodes if n.target is torch._C._nn.linear))
+        return gm
+
+    ids = torch.randint(2, 500, (1, 8))
+    with torch.no_grad():
+        torch.compile(model, backend=count, fullgraph=True)(ids)
+    layers = model.config.num_hidden_layers
+    # a layer: q/k/v (1), o (1), gate/up (1), down (1); and the lm_head
+    assert products == [4 * layers + 1]
+
+
+def test_fast_engine_with_fused_projections_gives_generates_tokens(cache_dir: Path) -> None:
+    """bf16, a left-padded batch whose long prompt passes the sliding window: the fast engine on the fused model
+    (eager and compiled step) gives generate()'s greedy tokens on the model as loaded."""
+    from test_fast_decode import LONG, _run
+
+    from gemma_run import compose
+    from gemma_run.infer import generate as gen
+    from gemma_run.loading import load
+
+    loaded = load(compose([f"cache_dir={cache_dir}", "model.dtype=bfloat16"]))
+    loaded.tokenizer.padding_side = "left"
+    prompts = [LONG, "hello there"]
+    ref = _run(loaded, prompts, gen.HF, min_new_tokens=32)
+    for compiled in (False, True):
+        fast = _run(loaded, prompts, gen.Engine("fast", compiled, True, "test", fuse=True), min_new_tokens=32)
+        assert loaded.model.__dict__[fp.MARK] == 2 * loaded.model.config.num_hidden_layers
+        assert [o.completion for o in fast] == [o.completion for o in ref], compiled
+
+
+def test_fuse_projections_drops_sessions_recorded_before(cache_dir: Path) -> None:
+    from gemma_run import compose
+    from gemma_run.infer import fast
+    from gemma_run.loading import load
+
+    model = load(compose([f"cache_dir={cache_dir}"])).model
+    fast.session(model, 1, 32, compile=False)
+    assert model._gemma_run_sessions
+    assert fast.fuse_projections(model) > 0
+    assert not model.__dict__.get("_gemma_run_sessions")
+    assert fast.fused_count(model) == fast.fuse_projections(model)
