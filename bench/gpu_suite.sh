@@ -75,6 +75,10 @@ for part in "$@"; do
               model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
               train.gradient_checkpointing=true task.steps=2 task.warmup_steps=2 task.profile=true \
               hydra.run.dir=/tmp/trainprofile && head -60 /tmp/trainprofile/profile.txt) ;;
+    traincompile) (cd /tmp && timeout 560 python3 -m gemma_run.cli -m task=bench_train model=gemma3_4b \
+              model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
+              train.gradient_checkpointing=true task.steps=10 task.warmup_steps=2 \
+              train.compile_layers=true,false quant=none,4bit) ;;
     trainprobe) for v in base flash reentrant both base; do
               (cd /tmp && timeout 110 python3 "$OLDPWD/bench/train_probe.py" $v task=bench_train model=gemma3_4b \
                 model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \

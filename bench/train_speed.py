@@ -4,9 +4,10 @@
 
 Random-weight gemma3_4b, sequence 2048 x batch 4, LoRA r=16 on every linear layer, gradient checkpointing:
 the reference (the seeds' setup: eager attention, the model's full-logits loss, every layer checkpointed, no
-DeepSpeed) and the fast path (the defaults: sdpa, Liger's fused loss, Liger's fused RoPE/RMSNorm/GeGLU, every
-layer checkpointed, deepspeed=auto) inside a 20 GiB cap (issue 8's memory target), for LoRA and QLoRA; each
-lever on its own (train.checkpoint_layers=auto inside the cap and on the whole GPU; fused ops off); LoRA + ZeRO-3
+DeepSpeed) and the fast path (the defaults: sdpa, Liger's fused loss, compiled decoder layers, every layer
+checkpointed, deepspeed=auto) inside a 20 GiB cap (issue 8's memory target), for LoRA and QLoRA; each lever on
+its own (train.checkpoint_layers=auto inside the cap and on the whole GPU; layers not compiled, which gives
+Liger's fused RoPE/RMSNorm/GeGLU instead); LoRA + ZeRO-3
 on one GPU; then gemma3_27b QLoRA at 2048 x 1 inside a 24 GiB cap. Each row is
 one `task=bench_train` run (its own process): 2 warm-up steps, then 10 timed (tokens/s per the median step).
 Runs are skipped once the whole would pass BUDGET_S (device calls are limited to 10 minutes); NAME arguments
@@ -28,7 +29,7 @@ MODEL_4B = ["model=gemma3_4b", "model.weights=random", "train.max_seq_length=204
             "train.gradient_checkpointing=true", "lora.r=16", "task.steps=10", "task.warmup_steps=2"]
 # the seeds' setup; checkpoint_layers/fused_ops are pinned so the reference stays what it was
 REFERENCE = ["train.attn_implementation=eager", "train.loss_kernel=none", "lora.fp32_embeddings=true", "deepspeed=none",
-             "train.checkpoint_layers=all", "train.fused_ops=none"]
+             "train.checkpoint_layers=all", "train.fused_ops=none", "train.compile_layers=false"]
 CAP = "train.gpu_memory_cap=20GiB"  # issue 8: peak <= 20 GiB (and the bound train.checkpoint_layers=auto plans in)
 AUTO = "train.checkpoint_layers=auto"
 FAST = "4B LoRA fast (20 GiB)"
@@ -41,7 +42,9 @@ RUNS = [
     ("4B LoRA fast, dropout 0 (20 GiB)", [*MODEL_4B, CAP, "lora.dropout=0"], FAST, 120),
     ("4B LoRA fast again (20 GiB)", [*MODEL_4B, CAP], FAST, 120),  # run order: the same run again, later
     ("4B LoRA fast, dropout 0 again (20 GiB)", [*MODEL_4B, CAP, "lora.dropout=0"], FAST, 120),
-    ("4B LoRA fast, fused ops off (20 GiB)", [*MODEL_4B, CAP, "train.fused_ops=none"], FAST, 120),
+    ("4B LoRA fast, layers not compiled (20 GiB)", [*MODEL_4B, CAP, "train.compile_layers=false"], FAST, 120),
+    ("4B QLoRA fast, layers not compiled (20 GiB)", [*MODEL_4B, CAP, "quant=4bit", "train.compile_layers=false"],
+     "4B LoRA reference (seeds)", 120),
     ("4B LoRA fast, whole GPU, ckpt auto", [*MODEL_4B, AUTO], FAST, 120),
     # under DeepSpeed auto checkpoints every layer: compared with the plain run that does the same
     ("4B LoRA ZeRO-3 fast", [*MODEL_4B, "deepspeed=zero3"], FAST, 150),
@@ -82,7 +85,7 @@ def fmt(row: dict, rows: dict[str, dict], versus: str | None) -> str:
         else "off"
     return (f"| {row['name']} | {row['tokens_per_second']:,.0f} | {ratio} | {mfu} | {row['peak_memory_gib']} | "
             f"{row['loss_kernel']}, {row['attn_implementation']}, zero{row['deepspeed_stage']}, "
-            f"{row.get('fused_ops')}, {ckpt} |")
+            f"{row.get('fused_ops')}, {row.get('compile_layers', 0)}, {ckpt} |")
 
 
 def main() -> int:
@@ -105,7 +108,7 @@ def main() -> int:
         if rows[name].get("step_seconds"):
             print(f"  step seconds: {rows[name]['step_seconds']}", flush=True)
     (out / "train_speed.json").write_text(json.dumps(list(rows.values()), indent=1))
-    lines = ["| setup | tokens/s | vs | MFU | peak GiB | loss, attention, ZeRO, fused ops, checkpointed |",
+    lines = ["| setup | tokens/s | vs | MFU | peak GiB | loss, attention, ZeRO, fused ops, compiled, checkpointed |",
              "|---|---|---|---|---|---|"]
     lines += [fmt(rows[name], rows, versus) for name, _o, versus, _l in runs]
     print("\n".join(lines))

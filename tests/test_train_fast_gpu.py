@@ -58,11 +58,16 @@ def test_loss_curve_fast_vs_reference_gemma3_1b(compose_cfg, tmp_path: Path):
               "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2", "lora.dropout=0",
               "train.learning_rate=1e-3"]
     curves, results = [], []
-    for name, extra in (("ref", ["train.attn_implementation=eager", "train.loss_kernel=none"]), ("fast", [])):
+    reference = ["train.attn_implementation=eager", "train.loss_kernel=none", "train.fused_ops=none",
+                 "train.compile_layers=false"]  # the seeds' setup
+    for name, extra in (("ref", reference), ("fast", [])):
         results.append(run(compose_cfg([*common, *extra]), tmp_path / name))
         rows = [json.loads(x) for x in (tmp_path / name / "losses.jsonl").read_text().splitlines()]
         curves.append([r["loss"] for r in rows if "loss" in r])
     assert results[1]["loss_kernel"] == "liger" and results[1]["attn_implementation"] == "sdpa"
+    # the defaults compile the decoder layers, without graph breaks (which would leave them partly eager)
+    assert results[1]["compile_layers"] == 26  # gemma3_1b's decoder layers
+    assert results[1]["compile_layers_graph_breaks"] == 0 and results[0]["compile_layers"] == 0
     worst = max(abs(a - b) / abs(a) for a, b in zip(*curves, strict=True))
     print(f"\ngemma3_1b (random) reference {curves[0]}\n                   fast      {curves[1]}\n"
           f"max relative difference {worst:.2e}; peak GiB {results[0].get('peak_memory_gib')} -> "

@@ -236,6 +236,8 @@ def test_bench_setup_name_shows_both_levers():
     assert setup_name(row) == "gemma3_4b LoRA sdpa loss=liger fused ckpt 30/34"
     assert setup_name({**row, "fused_ops": "none", "gradient_checkpointing": False}) == \
         "gemma3_4b LoRA sdpa loss=liger"
+    assert setup_name({**row, "fused_ops": "none", "compile_layers": 34}) == \
+        "gemma3_4b LoRA sdpa loss=liger compiled ckpt 30/34"
 
 
 def test_all_leaves_a_model_without_per_layer_switches_to_the_trainer(compose_cfg):

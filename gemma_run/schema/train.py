@@ -62,6 +62,11 @@ class TrainConfig:
     # Fused kernels for the model body (gemma_run/training/fused_ops.py): liger = Liger's RoPE, RMSNorm and GeGLU
     # (Triton, CUDA; Gemma 2/3), none = the model's torch ops, auto = liger where it runs, else none.
     fused_ops: FusedOps = FusedOps.auto
+    # torch.compile each decoder layer (gemma_run/training/compile_layers.py): inductor fuses a layer's small ops
+    # (norms, rotary embedding, GeGLU, LoRA's adapters) and the first steps compile it once for all layers.
+    # null: on a CUDA GPU without DeepSpeed (then fused_ops auto gives none: Liger's RoPE cannot be compiled);
+    # true: anywhere (a CPU too); false: never.
+    compile_layers: bool | None = None
     # Use at most this much of each GPU (e.g. 24GiB: a 3090's worth on an 80 GB card), through
     # torch.cuda.set_per_process_memory_fraction before the model loads; the preflight plans with it. null: all.
     gpu_memory_cap: str | None = None

@@ -180,7 +180,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "loss_kernel": result["loss_kernel"], "attn_implementation": result["attn_implementation"],
         "deepspeed_stage": result["deepspeed_stage"], "deepspeed_choice": cfg.deepspeed.reason,
         "gradient_checkpointing": result["gradient_checkpointing"], "packing": bool(cfg.data.packing),
-        "fused_ops": result.get("fused_ops"), "checkpointed_layers": result.get("checkpointed_layers"),
+        "fused_ops": result.get("fused_ops"), "compile_layers": result.get("compile_layers", 0),
+        "compile_layers_graphs": result.get("compile_layers_graphs"),
+        "compile_layers_graph_breaks": result.get("compile_layers_graph_breaks"),
+        "checkpointed_layers": result.get("checkpointed_layers"),
         "decoder_layers": result.get("decoder_layers"), "checkpoint_layers_why": result.get("checkpoint_layers_why"),
         "seq_len": seq, "batch_size": batch, "tokens_per_step": tokens_per_step,
         "timed_steps": steps, "warmup_steps": warm, "timed_seconds": round(seconds, 3),
@@ -213,6 +216,7 @@ def setup_name(row: dict[str, Any]) -> str:
     quant = "QLoRA" if row["quant"] != "none" and row["lora"] else ("LoRA" if row["lora"] else "full")
     zero = f" zero{row['deepspeed_stage']}" if row["deepspeed_stage"] else ""
     fused = " fused" if row.get("fused_ops") == "liger" else ""
+    fused += " compiled" if row.get("compile_layers") else ""
     ckpt = f" ckpt {row['checkpointed_layers']}/{row['decoder_layers']}" \
         if row.get("gradient_checkpointing") and row.get("decoder_layers") else ""
     return f"{row['model']} {quant} {row['attn_implementation']} loss={row['loss_kernel']}{fused}{ckpt}{zero}"

@@ -78,13 +78,17 @@ def unavailable() -> str | None:
     return liger_unavailable("liger_kernel.transformers.monkey_patch")
 
 
-def choose(value: Any, model: Any, zero3: bool = False) -> tuple[str, str]:
+def choose(value: Any, model: Any, zero3: bool = False, compiled: bool = False) -> tuple[str, str]:
     """(liger | none, why) for ``train.fused_ops`` and this model; raises where ``liger`` was asked and cannot run.
     ``zero3``: DeepSpeed ZeRO-3 partitions the parameters Liger's kernels read; auto keeps the model's ops there
-    until that pairing is measured (an explicit ``liger`` is tried)."""
+    until that pairing is measured (an explicit ``liger`` is tried). ``compiled``: the decoder layers will be
+    compiled (``train.compile_layers``), which fuses the same ops, and Liger's RoPE cannot be compiled."""
     name = asked(value)
     if name == "none":
         return "none", f"{KEY}=none: the model's own torch ops"
+    if compiled and name == "auto":
+        return "none", f"{KEY}=auto: none, the layers are compiled (train.compile_layers) and inductor fuses " \
+                       "the norms, GeGLU and rotary embedding"
     if zero3 and name == "auto":
         return "none", f"{KEY}=auto: not used under DeepSpeed ZeRO-3 (not yet verified with partitioned " \
                        f"parameters; {KEY}=liger tries it)"
@@ -119,9 +123,9 @@ def _count(model: Any) -> dict[str, int]:
     return out
 
 
-def apply(value: Any, model: Any, zero3: bool = False) -> Applied:
+def apply(value: Any, model: Any, zero3: bool = False, compiled: bool = False) -> Applied:
     """Resolve ``train.fused_ops`` and patch ``model`` (a transformers model, before or after peft) in place."""
-    kind, why = choose(value, model, zero3)
+    kind, why = choose(value, model, zero3, compiled)
     if kind == "none":
         log.info("fused ops: none (%s)", why)
         return Applied(kind, why)

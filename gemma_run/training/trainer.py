@@ -162,12 +162,14 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     import torch
 
     from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer, random_weights
-    from gemma_run.training import checkpointing, fused_ops, memory_cap
+    from gemma_run.training import checkpointing, compile_layers, fused_ops, memory_cap
 
     rank, local_rank, world_size = world()
     # bad values fail now, not after loading
     checkpointing.parse(cfg.train.checkpoint_layers)
     fused_ops.check_early(cfg.train.fused_ops, str(cfg.model.config.get("model_type", "")))
+    compiled = compile_layers.choose(cfg.train.compile_layers, fused_ops.asked(cfg.train.fused_ops),
+                                     cuda=torch.cuda.is_available(), deepspeed=int(cfg.deepspeed.stage) > 0)
     out = output_dir(cfg, run_dir)
     checked = checked or data.read_checked(cfg)
     dtype = choose_dtype(cfg.model, cfg.quant)
@@ -197,12 +199,13 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     # (data.packing) from their position ids, and packed examples would attend to each other.
     model.config.use_cache = False
     # before peft: it patches the transformers model in place
-    fused = fused_ops.apply(cfg.train.fused_ops, model, zero3=stage == 3)
+    fused = fused_ops.apply(cfg.train.fused_ops, model, zero3=stage == 3, compiled=compiled.on)
     quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
     # the Trainer's bf16/fp16 mixed precision is torch autocast when DeepSpeed is not in the run
     autocast = ds is None and dtype in ("bfloat16", "float16")
     model = lora_setup.apply(model, cfg.lora, quantized=quantized, sharded=stage == 3,
                              gradient_checkpointing=cfg.train.gradient_checkpointing, autocast=autocast)
+    compile_layers.apply(compiled, model)  # after peft: the adapters are compiled into the layers
     if _wants_token_type_ids(model) and not cfg.data.packing:
         prepared.add_token_type_ids()
     kernel, kernel_why = _loss_kernel(cfg, model)
@@ -213,12 +216,14 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
                       [checkpointing.callback(cfg, model, kernel, ckpt), *(callbacks or [])], save)
     finally:
         fused.restore()
+        compiled.finish()
     if "choice" in ckpt:
         read = checkpointing.checkpointed(model) if cfg.train.gradient_checkpointing else None
         if read is not None:  # read back from the layers after training: what really ran
             ckpt["choice"].checkpointed = read
         result.update(ckpt["choice"].record())
     result.update(fused.record())
+    result.update(compiled.record())
     result.update(dtype=dtype, world_size=world_size, deepspeed_stage=stage, quant=cfg.quant.name,
                   quantized=bool(quantized), data=prepared.stats, base_model=str(loaded.path),
                   attn_implementation=load_cfg.model.attn_implementation, loss_kernel=kernel,
