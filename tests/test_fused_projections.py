@@ -128,3 +128,33 @@ def test_fuse_projections_drops_sessions_recorded_before(cache_dir: Path) -> Non
     assert fast.fuse_projections(model) > 0
     assert not model.__dict__.get("_gemma_run_sessions")
     assert fast.fused_count(model) == fast.fuse_projections(model)
+
+
+def test_fused_in_inference_mode_then_unfused_trains_with_peft(tiny) -> None:
+    """The engine fuses inside inference_mode (a generate call): the fused weights are still plain tensors, and
+    unfusing gives back the model as loaded (same logits, same state dict names), which peft wraps and trains
+    (what task=test's smoke.lora does after smoke.fast_engine)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from gemma_run.infer import fast
+
+    model = copy.deepcopy(tiny.model)
+    names = list(model.state_dict())
+    ids = torch.randint(2, 500, (1, 16))
+    with torch.no_grad():
+        ref = model(ids).logits
+    with torch.inference_mode():
+        assert fast.fuse_projections(model) == 4
+    fused = model.model.layers[0].mlp.gate_up_fused.weight
+    assert not fused.is_inference()
+    fast.session(model, 1, 32, compile=False)
+    assert fast.unfuse_projections(model) == 4 and fast.fused_count(model) == 0
+    assert not model.__dict__.get("_gemma_run_sessions")  # recorded against the fused weights: dropped
+    assert list(model.state_dict()) == names and type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref, rtol=0, atol=0)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft(input_ids=ids, labels=ids).loss.backward()
+    assert any("q_proj.lora_A" in n for n, p in peft.named_parameters() if p.grad is not None)
+    assert fast.unfuse_projections(model) == 0  # nothing fused: nothing to undo

@@ -296,16 +296,20 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
     inputs = _encode(tok, PROMPT, loaded.input_device)
     kwargs = {"max_new_tokens": n_new, "min_new_tokens": n_new, "do_sample": False,
               "eos_token_id": [tok.eos_token_id], "pad_token_id": tok.pad_token_id or 0}
-    with torch.inference_mode():
-        ref = model.generate(**inputs, **kwargs)
-        start = time.perf_counter()
-        got = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, compile=compiled,
-                            exact=bool(ctx.cfg.generation.exact), graph=graph, attention=attention, fuse=fuse)
-        seconds = time.perf_counter() - start
+    try:
+        with torch.inference_mode():
+            ref = model.generate(**inputs, **kwargs)
+            start = time.perf_counter()
+            got = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, compile=compiled,
+                                exact=bool(ctx.cfg.generation.exact), graph=graph, attention=attention, fuse=fuse)
+            seconds = time.perf_counter() - start
+        fused = fast.fused_count(model)
+    finally:
+        fast.unfuse_projections(model)  # the model as loaded again for the next checks (smoke.lora trains it)
     same = [int(a) == int(b) for a, b in zip(ref[0].tolist(), got[0].tolist(), strict=False)]
     agree = same.index(False) - inputs["input_ids"].shape[1] if False in same else n_new
     details = {"compiled": compiled, "cuda_graph": graph, "step_attention": attention or "model",
-               "fused_projections": fast.fused_count(model),
+               "fused_projections": fused,
                "new_tokens": n_new, "tokens_equal_to_generate": agree,
                "seconds": round(seconds, 2)}
     step = f"{'compiled' if compiled else 'eager'} step{' as a CUDA graph' if graph else ''}"

@@ -113,6 +113,16 @@ def fuse_projections(model: Any) -> int:
     return count
 
 
+def unfuse_projections(model: Any) -> int:
+    """Undo :func:`fuse_projections` (the model's own linears back, e.g. to train it next); its sessions go too."""
+    from gemma_run.infer import fused_projections
+
+    if fused_projections.MARK not in model.__dict__:
+        return 0
+    model.__dict__.pop("_gemma_run_sessions", None)
+    return fused_projections.unfuse(model)
+
+
 def fused_count(model: Any) -> int:
     """How many groups of projections the model has fused (0: none)."""
     from gemma_run.infer import fused_projections

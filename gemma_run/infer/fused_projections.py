@@ -38,7 +38,8 @@ def fuse(model: Any) -> int:
         return int(model.__dict__[MARK])
     fused_linear, part_cls = _classes()
     count = 0
-    with torch.no_grad():
+    # plain tensors even when called inside inference_mode (a generate call): the model may train afterwards
+    with torch.inference_mode(False), torch.no_grad():
         for module in list(model.modules()):
             for names in GROUPS:
                 linears = [module._modules.get(n) for n in names]
@@ -49,6 +50,40 @@ def fuse(model: Any) -> int:
                         module._modules[name] = part_cls(fused, index)
                     count += 1
     model.__dict__[MARK] = count
+    return count
+
+
+def unfuse(model: Any) -> int:
+    """Put plain ``torch.nn.Linear`` modules back where :func:`fuse` put parts (weights copied out of the fused
+    matrix), so the model is as loaded again (peft can wrap its projections, its state dict has their names);
+    returns how many groups were undone."""
+    import torch
+
+    _, part_cls = _classes()
+    count = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for module in list(model.modules()):
+            for names in GROUPS:
+                parts = [module._modules.get(n) for n in names]
+                if not all(type(p) is part_cls for p in parts):
+                    continue
+                fused = parts[0]._fused[0]
+                start = 0
+                for name, size in zip(names, fused.sizes, strict=True):
+                    linear = torch.nn.Linear(fused.in_features, size, bias=fused.bias is not None,
+                                             device=fused.weight.device, dtype=fused.weight.dtype)
+                    linear.weight.copy_(fused.weight[start:start + size])
+                    linear.weight.requires_grad_(fused.weight.requires_grad)
+                    if fused.bias is not None:
+                        linear.bias.copy_(fused.bias[start:start + size])
+                        linear.bias.requires_grad_(fused.bias.requires_grad)
+                    module._modules[name] = linear
+                    start += size
+                for child, value in list(module._modules.items()):
+                    if value is fused:
+                        del module._modules[child]
+                count += 1
+    model.__dict__.pop(MARK, None)
     return count
 
 
