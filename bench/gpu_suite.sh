@@ -54,6 +54,8 @@ for part in "$@"; do
               quant=4bit generation.engine=hf task.batch_sizes=[1]) ;;
     compiled4b) (cd /tmp && timeout 330 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
               task.batch_sizes=[1,8]) ;;
+    compiled4b1) (cd /tmp && timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
+              task.batch_sizes=[1]) ;;
     int4top1) timeout 240 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k int4 ;;
     compiled27b) (cd /tmp && timeout 400 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
               quant=int4 task.batch_sizes=[1]) ;;

@@ -287,6 +287,7 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
         mask[:, :prompt] = attention_mask
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     real = attention_mask.long().sum(-1, keepdim=True)  # the position of each row's next token
+    step_positions = real + torch.arange(new, device=device)  # [B, new]: each step's position ids, made once
     out = torch.full((batch, new), pad, dtype=input_ids.dtype, device=device)
     eos_t = torch.tensor(eos or [-1], device=device)
     suppress = eos_t[eos_t >= 0] if min_new and eos else None
@@ -320,7 +321,7 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
                     streamed = known
             first = s.steps_run == 0
             start = time.perf_counter() if first else 0.0
-            args = (token.view(batch, 1), real + (i - 1), cache_positions[i - 1:i], mask)
+            args = (token.view(batch, 1), step_positions[:, i - 1:i], cache_positions[i - 1:i], mask)
             if first:
                 logits = s.first_step(model, args, exact)
                 _sync(device)
@@ -405,13 +406,11 @@ def _stopped(tokens: Any, stop: list[str], tokenizer: Any) -> Any:
 
 def _pick(logits: Any, kwargs: dict[str, Any], done: Any, pad: int, suppress: Any) -> Any:
     """The next tokens; ``suppress`` (the EOS ids while min_new_tokens is not reached, as in generate()) cannot
-    win, and finished rows get ``pad``."""
-    import torch
-
+    win, and finished rows get ``pad``. ``logits`` is the step's own output, which the next step overwrites (a
+    recorded graph's buffer): it is changed in place, as is the fresh token tensor (fewer kernels a token)."""
     if suppress is not None:
-        logits = logits.index_fill(-1, suppress, float("-inf"))
-    token = choose(logits, kwargs)
-    return torch.where(done, torch.full_like(token, pad), token)
+        logits.index_fill_(-1, suppress, float("-inf"))
+    return choose(logits, kwargs).masked_fill_(done, pad)
 
 
 def _length(tokens: Any, eos: list[int]) -> int:
