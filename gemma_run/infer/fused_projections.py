@@ -22,6 +22,7 @@ tensor subclasses), peft's adapters and anything else are left as they are. Used
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 # sibling modules that a decoder layer calls on one input, in the order the fused weight stacks them
@@ -40,15 +41,13 @@ def fuse(model: Any) -> int:
     count = 0
     # plain tensors even when called inside inference_mode (a generate call): the model may train afterwards
     with torch.inference_mode(False), torch.no_grad():
-        for module in list(model.modules()):
-            for names in GROUPS:
-                linears = [module._modules.get(n) for n in names]
-                if _fusable(linears):
-                    fused = fused_linear(linears)
-                    module.add_module("_".join(n.split("_")[0] for n in names) + "_fused", fused)
-                    for index, name in enumerate(names):
-                        module._modules[name] = part_cls(fused, index)
-                    count += 1
+        for module, names, linears in _sites(model):
+            if _fusable(linears):
+                fused = fused_linear(linears)
+                module.add_module("_".join(n.split("_")[0] for n in names) + "_fused", fused)
+                for index, name in enumerate(names):
+                    module._modules[name] = part_cls(fused, index)
+                count += 1
     model.__dict__[MARK] = count
     return count
 
@@ -62,29 +61,34 @@ def unfuse(model: Any) -> int:
     _, part_cls = _classes()
     count = 0
     with torch.inference_mode(False), torch.no_grad():
-        for module in list(model.modules()):
-            for names in GROUPS:
-                parts = [module._modules.get(n) for n in names]
-                if not all(type(p) is part_cls for p in parts):
-                    continue
-                fused = parts[0]._fused[0]
-                start = 0
-                for name, size in zip(names, fused.sizes, strict=True):
-                    linear = torch.nn.Linear(fused.in_features, size, bias=fused.bias is not None,
-                                             device=fused.weight.device, dtype=fused.weight.dtype)
-                    linear.weight.copy_(fused.weight[start:start + size])
-                    linear.weight.requires_grad_(fused.weight.requires_grad)
-                    if fused.bias is not None:
-                        linear.bias.copy_(fused.bias[start:start + size])
-                        linear.bias.requires_grad_(fused.bias.requires_grad)
-                    module._modules[name] = linear
-                    start += size
-                for child, value in list(module._modules.items()):
-                    if value is fused:
-                        del module._modules[child]
-                count += 1
+        for module, names, parts in _sites(model):
+            if not all(type(p) is part_cls for p in parts):
+                continue
+            fused = parts[0]._fused[0]
+            start = 0
+            for name, size in zip(names, fused.sizes, strict=True):
+                linear = torch.nn.Linear(fused.in_features, size, bias=fused.bias is not None,
+                                         device=fused.weight.device, dtype=fused.weight.dtype)
+                linear.weight.copy_(fused.weight[start:start + size])
+                linear.weight.requires_grad_(fused.weight.requires_grad)
+                if fused.bias is not None:
+                    linear.bias.copy_(fused.bias[start:start + size])
+                    linear.bias.requires_grad_(fused.bias.requires_grad)
+                module._modules[name] = linear
+                start += size
+            for child, value in list(module._modules.items()):
+                if value is fused:
+                    del module._modules[child]
+            count += 1
     model.__dict__.pop(MARK, None)
     return count
+
+
+def _sites(model: Any) -> Iterator[tuple[Any, tuple[str, ...], list[Any]]]:
+    """(module, names, its children of those names: None where missing) for every module and group of GROUPS."""
+    for module in list(model.modules()):
+        for names in GROUPS:
+            yield module, names, [module._modules.get(n) for n in names]
 
 
 def _fusable(linears: list[Any]) -> bool:
