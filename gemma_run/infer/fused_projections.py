@@ -2,9 +2,9 @@
 
 Why: a batch-1 decode step is a series of matrix-vector products, each bound by the time to read its weights.
 Small ones read below the bandwidth a large one reaches (each kernel has a ramp-up and a tail, and a recorded
-graph still pays a gap between kernels). On a random gemma3_4b in bf16 (H100, bench/engine_profile.py) a layer's
-key, value and output projections, 26 MB together, took about as long as its 52 MB down projection. Reading
-q, k and v as one [q+k+v, hidden] matrix, and gate and up as one, makes each layer three fewer products.
+graph still pays a gap between kernels). Reading q, k and v as one [q+k+v, hidden] matrix, and gate and up as
+one, makes each layer three fewer products: on a random gemma3_4b in bf16 (H100, batch 1, task=bench) 258.1
+against 254.9 tok/s (docs/benchmarks.md).
 
 How, without touching the model's code: the modules stay where the model calls them (``self.q_proj(x)``,
 ``self.k_proj(x)``, ...), each replaced by a part (``PartLinear``) of one ``FusedLinear`` that holds the
