@@ -127,7 +127,10 @@ def test_fuse_projections_drops_sessions_recorded_before(cache_dir: Path) -> Non
     assert model._gemma_run_sessions
     assert fast.fuse_projections(model) > 0
     assert not model.__dict__.get("_gemma_run_sessions")
-    assert fast.fused_count(model) == fast.fuse_projections(model)
+    groups = 2 * model.config.num_hidden_layers
+    assert fast.fused_count(model) == groups
+    fast.session(model, 1, 32, compile=False)
+    assert fast.fuse_projections(model) == groups and model._gemma_run_sessions  # a second call changes nothing
 
 
 def test_fused_in_inference_mode_then_unfused_trains_with_peft(tiny) -> None:

@@ -106,7 +106,7 @@ def fuse_projections(model: Any) -> int:
     from gemma_run.infer import fused_projections
 
     if fused_projections.MARK in model.__dict__:
-        return fused_projections.fuse(model)
+        return fused_count(model)
     model.__dict__.pop("_gemma_run_sessions", None)
     count = fused_projections.fuse(model)
     log.info("fused %d groups of projections (q/k/v, gate/up) for the decode step", count)

@@ -83,7 +83,7 @@ def skip_input_casts(model: Any) -> int:
     - the bf16 activation is copied to fp32;
     - the dropout runs on fp32;
     - autocast casts the result back to bf16 for the adapter's matrix product.
-    These copies and the fp32 dropout were ~16% of the device time of a LoRA step on an H100 (random
+    These copies and the fp32 dropout were ~18% of the device time of a LoRA step on an H100 (random
     gemma3_4b, 2048 x 4, r=16 on every linear layer; ``task=bench_train task.profile=true``, docs/train.md).
     Under autocast the product runs in bf16 either way, so without dropout the numbers are the same to the bit;
     with dropout its masks are drawn on bf16 instead of fp32 (other random numbers, the same distribution; a
