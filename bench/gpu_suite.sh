@@ -44,6 +44,7 @@ for part in "$@"; do
             timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random quant=int4 \
               task.batch_sizes=[1]) ;;
     kernels) timeout 200 python3 bench/kernels_4bit.py ;;
+    int4layouts) timeout 300 python3 bench/int4_layouts.py ;;
     engineprofile) timeout 400 python3 bench/engine_profile.py gemma3_4b ;;
     stepoptions) timeout 560 python3 bench/step_options.py gemma3_4b ;;
     fusedprofile) timeout 300 python3 bench/engine_profile.py gemma3_4b decode fused ;;
