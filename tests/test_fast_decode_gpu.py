@@ -116,15 +116,20 @@ def _dequantize_in_place(model) -> int:
 
 @pytest.mark.parametrize("quant", ["int4", "4bit"])
 def test_fast_4bit_top1_agrees_with_dequantized_reference(compose_cfg, quant: str) -> None:
+    """The fast path as the defaults run it: compiled, recorded, projections fused (int4: stacked tinygemm
+    weights); the reference: the model's own 4-bit weights (put back by unfuse) dequantized, eager."""
     import torch
 
+    from gemma_run.infer import fast
     from gemma_run.loading import load
 
     loaded = load(compose_cfg(["model=gemma3_4b", "model.weights=random", f"quant={quant}"]))
     torch.manual_seed(0)
     prompt = torch.randint(100, 20000, (1, 128)).tolist()
-    out = _generate(loaded, prompt, gen.Engine("fast", True, True, "test", graph=True), 128)
+    out = _generate(loaded, prompt, gen.Engine("fast", True, True, "test", graph=True, fuse=True), 128)
     assert _recorded(loaded.model, True)
+    assert fast.fused_count(loaded.model) == (2 * 34 if quant == "int4" else 0)  # bnb's layers are not fused
+    fast.unfuse_projections(loaded.model)
     generated = out[0, 128:]
     assert _dequantize_in_place(loaded.model) > 200
     with torch.inference_mode():

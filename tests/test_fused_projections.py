@@ -161,3 +161,90 @@ def test_fused_in_inference_mode_then_unfused_trains_with_peft(tiny) -> None:
     peft(input_ids=ids, labels=ids).loss.backward()
     assert any("q_proj.lora_A" in n for n, p in peft.named_parameters() if p.grad is not None)
     assert fast.unfuse_projections(model) == 0  # nothing fused: nothing to undo
+
+
+def _int4_linear(out: int, k: int, group: int = 128, tiles: int = 8):
+    """A torchao int4 linear in the CUDA layout as loaded (in_features padded to 1024, out_features to 8), with
+    random packed data: the stacking is checked by where each value lands, not by computing with it (tinygemm
+    runs on CUDA only)."""
+    import torch
+    from torchao.quantization import Int4TilePackedTo4dTensor
+
+    padded, rows = -(-k // 1024) * 1024, -(-out // 8) * 8
+    qdata = torch.randint(-2**31, 2**31 - 1, (rows // 8, padded // (tiles * 16), 32, tiles // 2), dtype=torch.int32)
+    sz = torch.randn(padded // group, rows, 2).to(torch.bfloat16)
+    linear = torch.nn.Linear(k, out, bias=False, device="meta")
+    linear.weight = torch.nn.Parameter(Int4TilePackedTo4dTensor(qdata, sz, [1, group], torch.Size([out, k])),
+                                       requires_grad=False)
+    return linear
+
+
+def test_int4_siblings_stack_without_the_padding_and_unstack_as_loaded() -> None:
+    """27B's q/k/v shapes: torchao stores 5376 inputs padded to 6144; the stacked weight keeps 42 K tiles of 128
+    (q's row tiles, then k's, then v's; their scales side by side), and unfusing gives back torchao's tensors
+    with every stored value where it was (the padding zeros)."""
+    import torch
+
+    class Attn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj = _int4_linear(64, 5376), _int4_linear(32, 5376), \
+                _int4_linear(32, 5376)
+
+    attn = Attn()
+    before = {n: getattr(attn, n).weight for n in ("q_proj", "k_proj", "v_proj")}
+    assert fp.fuse(attn) == 1
+    fused = attn.q_k_v_fused
+    assert type(fused).__name__ == "FusedInt4Linear" and fused.k_stored == 5376
+    assert tuple(fused.qdata.shape) == (128 // 8, 42, 32, 4) and tuple(fused.scale_and_zero.shape) == (42, 128, 2)
+    assert torch.equal(fused.qdata[64 // 8: 96 // 8], before["k_proj"].qdata[:, :42])
+    assert torch.equal(fused.scale_and_zero[:, 96:], before["v_proj"].scale_and_zero[:42])
+    assert torch.equal(attn.k_proj.weight, before["k_proj"].qdata[:, :42])  # a part's weight: its packed rows
+    stored = sum(t.numel() * t.element_size() for t in (fused.qdata, fused.scale_and_zero))
+    loaded = sum(w.qdata.numel() * 4 + w.scale_and_zero.numel() * 2 for w in before.values())
+    assert stored / loaded == 5376 / 6144  # the padding is gone
+    assert fp.unfuse(attn) == 1
+    for name, old in before.items():
+        new = getattr(attn, name).weight
+        assert type(new).__name__ == "Int4TilePackedTo4dTensor" and new.shape == old.shape
+        assert new.qdata.shape == old.qdata.shape and new.scale_and_zero.shape == old.scale_and_zero.shape
+        assert torch.equal(new.qdata[:, :42], old.qdata[:, :42]) and not new.qdata[:, 42:].any()
+        assert torch.equal(new.scale_and_zero[:42], old.scale_and_zero[:42])
+
+
+def test_int4_linears_that_cannot_stack_are_left_alone() -> None:
+    """Row counts off tinygemm's 8-row tiles, different group sizes or inner tiles, or a mix with a plain linear."""
+    import torch
+
+    class Mlp(torch.nn.Module):
+        def __init__(self, gate, up) -> None:
+            super().__init__()
+            self.gate_proj, self.up_proj = gate, up
+
+    for gate, up in ((_int4_linear(64, 256), _int4_linear(64, 256, group=64)),
+                     (_int4_linear(64, 256), _int4_linear(64, 256, tiles=4)),
+                     (_int4_linear(64, 256), torch.nn.Linear(256, 64, bias=False))):
+        assert fp.fuse(Mlp(gate, up)) == 0
+    assert fp.fuse(Mlp(_int4_linear(64, 256), _int4_linear(60, 256))) == 0  # stored as 64 rows
+    assert fp.fuse(Mlp(_int4_linear(64, 256), _int4_linear(128, 256))) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_int4_stacked_gives_torchaos_logits_bit_for_bit(compose_cfg) -> None:
+    """On CUDA (tinygemm): the tiny model in int4 gives the same logits, bit for bit, with its projections
+    stacked (64 inputs stored as 128, not torchao's 1024), and again once unfused."""
+    import torch
+
+    from gemma_run.loading import load
+
+    model = load(compose_cfg(["quant=int4", "quant.group_size=64", "model.dtype=bfloat16"])).model
+    ids = torch.randint(2, 500, (2, 24), device="cuda")
+    with torch.inference_mode():
+        ref = model(ids).logits
+        assert fp.fuse(model) == 2 * model.config.num_hidden_layers
+        fused = model.model.layers[0].mlp.gate_up_fused
+        assert type(fused).__name__ == "FusedInt4Linear" and fused.k_stored == 128
+        got = model(ids).logits
+        assert fp.unfuse(model) == 2 * model.config.num_hidden_layers
+        again = model(ids).logits
+    assert torch.equal(got, ref) and torch.equal(again, ref)

@@ -147,6 +147,16 @@ def test_cuda_layout_pads_in_features_to_1024() -> None:
     assert memory.int4_weight_bytes((4096, 5376), cpu, "bfloat16") == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
 
 
+def test_projections_the_fast_engine_stacks_are_counted_without_torchaos_padding() -> None:
+    """Stacked (q/k/v, gate/up): in_features padded to 128 only; the others keep torchao's 1024 (1B's down_proj:
+    6912 -> 7168)."""
+    stacked = memory.Quant("int4", group_size=128, stacked=True)
+    q_proj = memory.int4_weight_bytes((4096, 5376), stacked, "bfloat16", "model.layers.0.self_attn.q_proj")
+    assert q_proj == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
+    down = memory.int4_weight_bytes((1152, 6912), stacked, "bfloat16", "model.layers.0.mlp.down_proj")
+    assert down == 1152 * 7168 // 2 + 56 * 1152 * 2 * 2
+
+
 def test_plan_of_27b_int4_sits_between_nf4_and_int8(compose_cfg) -> None:
     from gemma_run.planning import inputs
     from gemma_run.planning.plan import make_plan

@@ -15,16 +15,17 @@ from omegaconf import DictConfig
 
 
 def decode_step_bytes(cfg: DictConfig, dtype: str, prompt: int, new: int, batch: int,
-                      static_len: int = 0) -> dict[str, int]:
+                      static_len: int = 0, stacked: bool = False) -> dict[str, int]:
     """{"weights_bytes", "kv_read_bytes", "bytes_per_step"} for this run's model and quant in ``dtype`` (the
     dtype the model was loaded in). ``static_len`` > 0: the fast engine's static cache, whose every layer's
-    ``static_len`` positions a step's attention reads (masked or not)."""
+    ``static_len`` positions a step's attention reads (masked or not). ``stacked``: the fast engine fused the
+    sibling projections, which int4 then holds with less padding (``planning.memory.Quant.stacked``)."""
     from gemma_run.planning import inputs, kv, skeleton
     from gemma_run.planning.memory import DTYPE_BYTES
     from gemma_run.planning.plan import make_plan
 
     p, _ = inputs.from_cfg(cfg, "infer")
-    p = replace(p, dtype=dtype, prompt=prompt, new_tokens=new, batch=batch)
+    p = replace(p, dtype=dtype, prompt=prompt, new_tokens=new, batch=batch, quant=replace(p.quant, stacked=stacked))
     plan = make_plan(p)
     shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, p.text_only, dtype)))
     steps = range(prompt + 1, prompt + new)  # the context of each step after the first token

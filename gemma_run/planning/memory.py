@@ -9,6 +9,8 @@ quantized model: ``Int8Params.SCB``, ``Params4bit.quant_state``):
 - int4 (torchao, tinygemm): 4 bits per weight + one (scale, zero) pair per group of ``group_size`` weights of
   one row, in the model's dtype. On CUDA (tile_packed_to_4d) the weight is first padded: in_features to a
   multiple of 1024, out_features to 8 (``Int4TilePackedTo4dTensor.from_hp``); the CPU layout (opaque) is not.
+  The fast engine stacks q/k/v and gate/up (``gemma_run.infer.fused_projections``) and keeps their in_features
+  padded only to what tinygemm needs (128, or the group size if larger): ``Quant.stacked``.
   Quantized: every ``nn.Linear`` but quant.skip_modules (default lm_head, vision tower, projector).
 Which modules bitsandbytes quantizes is transformers' decision, reproduced by calling its own functions: every
 ``nn.Linear`` (and GPT-2's ``Conv1D``) except ``get_keys_to_not_convert`` (the lm_head, tied weights, the last
@@ -38,6 +40,7 @@ class Quant:
     skip_modules: tuple[str, ...] = ()  # as quant.skip_modules: replaces transformers' default skip list
     group_size: int = 128  # int4 only
     padded: bool = True  # int4 only: the CUDA layout (in_features padded to 1024); False: the CPU layout
+    stacked: bool = False  # int4 CUDA layout only: sibling projections as the fast engine stacks them
 
     @property
     def bits(self) -> int:
@@ -89,11 +92,18 @@ def quantized_weight_bytes(numel: int, rows: int, quant: Quant) -> int:
     return packed + _r(blocks) + _r(nested * 4) + _r(256 * 4) + _r(4) + code
 
 
-def int4_weight_bytes(shape: tuple[int, ...], quant: Quant, dtype: str) -> int:
-    """Bytes torchao holds for one int4 weight of ``shape`` (out, in): packed data + scale_and_zero."""
+def int4_weight_bytes(shape: tuple[int, ...], quant: Quant, dtype: str, module: str = "") -> int:
+    """Bytes torchao holds for one int4 weight of ``shape`` (out, in) of ``module``: packed data +
+    scale_and_zero."""
+    import math
+
+    from gemma_run.infer.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
+
     rows, cols = shape
     if quant.padded:  # Int4TilePackedTo4dTensor pads before packing, and keeps the padding
-        rows, cols = -(-rows // 8) * 8, -(-cols // 1024) * 1024
+        stacked = quant.stacked and rows % TILE_N == 0 and module.rsplit(".", 1)[-1] in {n for g in GROUPS for n in g}
+        multiple = math.lcm(128, quant.group_size) if stacked else TORCHAO_K_PAD
+        rows, cols = -(-rows // TILE_N) * TILE_N, -(-cols // multiple) * multiple
     groups = -(-cols // quant.group_size)
     return _r(rows * cols // 2) + _r(groups * rows * 2 * DTYPE_BYTES[dtype])
 
@@ -101,7 +111,7 @@ def int4_weight_bytes(shape: tuple[int, ...], quant: Quant, dtype: str) -> int:
 def tensor_bytes(t: Tensor, quant: Quant, quantized: set[str], dtype: str) -> int:
     """Bytes of one tensor on a GPU (allocator rounding included)."""
     if quant.mode == "int4" and not t.is_buffer and t.name.endswith(".weight") and t.module in quantized:
-        return int4_weight_bytes(t.shape, quant, dtype)
+        return int4_weight_bytes(t.shape, quant, dtype, t.module)
     if not t.is_buffer and t.name.endswith(".weight") and t.module in quantized:
         rows = t.shape[0] if t.shape else 1
         return quantized_weight_bytes(t.numel, rows, quant)

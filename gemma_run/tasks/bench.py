@@ -146,10 +146,12 @@ def _measure(cfg: DictConfig, loaded: Any, engine: Any, prompt: int, new: int, b
                             key="task.new_tokens", fix="report this: min_new_tokens should prevent an early stop")
     decode_s = seconds - ttft if ttft is not None else None
     decode_tps = (new - 1) / decode_s if decode_s and new > 1 else None
+    from gemma_run.infer import fast
     from gemma_run.infer.fast import static_length
 
     static_len = static_length(prompt + new, loaded.context_length) if engine.name == "fast" else 0
-    step = limit.decode_step_bytes(cfg, loaded.dtype, prompt, new, batch, static_len)
+    step = limit.decode_step_bytes(cfg, loaded.dtype, prompt, new, batch, static_len,
+                                   stacked=fast.fused_count(model) > 0)
     row: dict[str, Any] = {
         "prompt_tokens": prompt, "new_tokens": new, "batch": batch, "repeats": len(runs),
         "warmup_seconds": round(warmup, 3) if warmup is not None else None,
