@@ -37,6 +37,10 @@ def _quant(cfg: DictConfig) -> list[GemmaRunError]:
                             key="quant.bits", fix=f"quant.bits={allowed[0]} (or pick quant=none|8bit|4bit|fp4|int4)")]
     from gemma_run.loading.quantization import torchao_problems
 
+    if q.backend.name != "torchao" and q.lm_head != "keep":
+        return [ConfigError(f"quant.lm_head={q.lm_head} is quant=int4's option (torchao); quant={q.name} keeps the "
+                            "output layer in the model's dtype", key="quant.lm_head",
+                            fix="quant=int4 quant.lm_head=int4, or quant.lm_head=keep")]
     return torchao_problems(q) if q.backend.name == "torchao" else []
 
 

@@ -248,3 +248,19 @@ def test_gpu_int4_stacked_gives_torchaos_logits_bit_for_bit(compose_cfg) -> None
         assert fp.unfuse(model) == 2 * model.config.num_hidden_layers
         again = model(ids).logits
     assert torch.equal(got, ref) and torch.equal(again, ref)
+
+
+@pytest.mark.gpu
+def test_gpu_single_int4_linear_without_padding_gives_torchaos_product() -> None:
+    """quant.lm_head=int4's output layer: one torchao int4 linear held unpadded (320 inputs stored as 384, not
+    1024) computes what torchao computes, bit for bit."""
+    import torch
+    from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+    linear = torch.nn.Linear(320, 256, bias=False, dtype=torch.bfloat16, device="cuda")
+    quantize_(linear, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"))
+    single = fp.single_int4(linear)
+    assert single.k_stored == 384 and tuple(single.qdata.shape)[:2] == (32, 3)
+    x = torch.randn(3, 5, 320, dtype=torch.bfloat16, device="cuda")
+    with torch.no_grad():
+        assert torch.equal(single(x), linear(x))

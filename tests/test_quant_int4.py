@@ -210,3 +210,37 @@ def test_training_refuses_int4_naming_the_qlora_format(compose_cfg) -> None:
 
     problems = validate(compose_cfg(["task=train", "quant=int4", "data.train_file=x.jsonl"]))
     assert any(e.key == "quant" and "quant=4bit" in e.fix for e in problems)
+
+
+def test_lm_head_int4_quantizes_the_output_layer_keeps_the_table_and_matches_the_plan(compose_cfg) -> None:
+    """quant.lm_head=int4: the (tied) output layer is int4 after loading, the input embedding's table is still
+    the model's, the logits stay close to the bf16 output's (10% here), and the plan counts the int4 copy on top
+    of the table, which a decode step then does not read."""
+    import torch
+
+    from gemma_run.loading import load
+    from gemma_run.planning import inputs
+    from gemma_run.planning.plan import make_plan
+
+    base = [*INT4, "device_map=cpu", "model.dtype=float32"]
+    keep = load(compose_cfg(base)).model
+    cfg = compose_cfg([*base, "quant.lm_head=int4"])
+    loaded = load(cfg)
+    model = loaded.model
+    assert type(model.lm_head.weight).__name__ == "Int4OpaqueTensor"
+    table = model.get_input_embeddings().weight
+    assert type(table) is torch.nn.Parameter and torch.equal(table, keep.get_input_embeddings().weight)
+    ids = loaded.tokenizer("The quick brown fox jumps over the lazy dog", return_tensors="pt")
+    with torch.no_grad():
+        a, b = keep(**ids).logits, model(**ids).logits
+    assert 0 < float((a - b).norm() / a.norm()) < 0.2
+    plan = make_plan(inputs.from_cfg(cfg, "infer")[0])
+    assert plan["weights_bytes"] == _real_bytes(model) and plan["quantized_modules"] == 15
+    assert plan["decode_unread_bytes"] == memory._r(table.numel() * 4)
+
+
+def test_lm_head_int4_is_quant_int4s_option(compose_cfg) -> None:
+    from gemma_run.validation import validate
+
+    for overrides in (["quant=4bit", "quant.lm_head=int4"], ["quant=int4", "quant.lm_head=int8"]):
+        assert [e.key for e in validate(compose_cfg(overrides))] == ["quant.lm_head"], overrides

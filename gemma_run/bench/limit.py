@@ -30,7 +30,7 @@ def decode_step_bytes(cfg: DictConfig, dtype: str, prompt: int, new: int, batch:
     shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, p.text_only, dtype)))
     steps = range(prompt + 1, prompt + new)  # the context of each step after the first token
     kv_read = sum(kv.kv_bytes(shape, ctx, batch, DTYPE_BYTES[dtype], static_len) for ctx in steps) // max(len(steps), 1)
-    weights = int(plan["weights_bytes"])
+    weights = int(plan["weights_bytes"]) - int(plan.get("decode_unread_bytes", 0))
     return {"weights_bytes": weights, "kv_read_bytes": int(kv_read), "bytes_per_step": weights + int(kv_read)}
 
 

@@ -131,6 +131,18 @@ def _kind(linears: list[Any]) -> str | None:
     return None
 
 
+def stackable_int4(linear: Any) -> bool:
+    """Whether ``linear`` is a torchao int4 linear that :func:`single_int4` can hold (CUDA layout, whole row
+    tiles)."""
+    return _kind([linear]) == "int4"
+
+
+def single_int4(linear: Any) -> Any:
+    """A torchao int4 linear (CUDA layout) as one module holding it without torchao's in_features padding; it
+    is called as the linear was (quant.lm_head=int4's output layer)."""
+    return _classes()[2]([linear])
+
+
 def _tile_packed(weight: Any) -> bool:
     """torchao's CUDA int4 layout (tinygemm), without an activation pre-scale (AWQ-style), which the stacked
     product does not apply."""
@@ -164,6 +176,9 @@ def _classes() -> tuple[type, type, type]:
 
         def product(self, x: Any) -> Any:
             raise NotImplementedError
+
+        def forward(self, x: Any) -> Any:  # the whole product, when the module stands alone (one part)
+            return self.product(x)
 
         def part(self, x: Any, index: int) -> Any:
             if self._input is not x:

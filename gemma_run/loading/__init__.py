@@ -132,6 +132,10 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
         cls = architecture.model_class(plan)
         model = _from_pretrained(lambda: cls.from_pretrained(path, **kwargs), quiet=plan.kind == "text_only")
     model.eval()
+    if cfg.quant.backend.name == "torchao" and cfg.quant.lm_head == "int4":
+        from gemma_run.loading import torchao_int4
+
+        torchao_int4.quantize_output_layer(model, cfg.quant, on_cuda=not on_cpu)
     loaded = Loaded(model=model, tokenizer=tokenizer, path=path, dtype=dtype,
                     load_seconds=round(time.perf_counter() - start, 3),
                     bytes_per_device=placement.bytes_per_device(model), kind=plan.kind, processor=processor)

@@ -99,6 +99,9 @@ def torchao_problems(quant_cfg: Any) -> list[GemmaRunError]:
     if quant_cfg.packing_format not in TORCHAO_PACKING:
         problems.append(ConfigError(f"quant.packing_format={quant_cfg.packing_format!r} is not supported",
                                     key="quant.packing_format", fix="quant.packing_format=auto"))
+    if quant_cfg.lm_head not in ("keep", "int4"):
+        problems.append(ConfigError(f"quant.lm_head={quant_cfg.lm_head!r} is neither keep nor int4",
+                                    key="quant.lm_head", fix="quant.lm_head=keep (or int4)"))
     if quant_cfg.qparams_algorithm not in TORCHAO_QPARAMS:
         problems.append(ConfigError(f"quant.qparams_algorithm={quant_cfg.qparams_algorithm!r} is not supported",
                                     key="quant.qparams_algorithm", fix="quant.qparams_algorithm=tinygemm (or hqq)"))

@@ -15,9 +15,12 @@ torchao quietly leaves a Linear unquantized when its in_features is not a multip
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gemma_run.errors import GemmaRunError
+
+log = logging.getLogger(__name__)
 
 # Modules kept in the model's dtype when quant.skip_modules is empty: the output layer (its 262k-vocab read is
 # better served bf16; tied to the embedding in Gemma) and the multimodal parts (not decode-bound).
@@ -93,6 +96,44 @@ def build(quant_cfg: Any, on_cuda: bool | None, dtype: str):  # -> transformers.
     from transformers import TorchAoConfig
 
     return TorchAoConfig(quant_type=config, modules_to_not_convert=skip_modules(quant_cfg))
+
+
+def quantize_output_layer(model: Any, quant_cfg: Any, on_cuda: bool) -> None:
+    """quant.lm_head=int4: the output layer becomes an int4 linear (the run's group size and layout), in place.
+
+    transformers' torchao path leaves it in the model's dtype; a tied one is the input embedding's table, which
+    stays as it is for the input lookup (one row a token) while the output reads the int4 copy. On CUDA the
+    copy is held as the fast engine holds its stacked projections (``fused_projections``: tinygemm without
+    torchao's in_features padding): gemma3_27b's 262,208 x 5376 output reads 0.75 GB a token instead of 2.8.
+    """
+    import torch
+    from torchao.quantization import quantize_
+
+    from gemma_run.infer import fused_projections
+
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        raise GemmaRunError(f"quant.lm_head=int4: the output layer of {type(model).__name__} is a "
+                            f"{type(head).__name__}, not a plain Linear", key="quant.lm_head",
+                            fix="quant.lm_head=keep")
+    if head.in_features % quant_cfg.group_size:
+        raise GemmaRunError(f"quant.lm_head=int4: quant.group_size={quant_cfg.group_size} does not divide the "
+                            f"output layer's {head.in_features} inputs", key="quant.group_size",
+                            fix="a group size dividing it, or quant.lm_head=keep")
+    with torch.no_grad():
+        copy = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, device="meta")
+        copy.weight = torch.nn.Parameter(head.weight.detach(), requires_grad=False)  # the table itself: not copied
+        copy.bias = head.bias
+        quantize_(copy, ao_config(quant_cfg, on_cuda))
+        if fused_projections.stackable_int4(copy):
+            copy = fused_projections.single_int4(copy)
+    hook = getattr(head, "_hf_hook", None)
+    if hook is not None:  # accelerate's device hooks (a model spread over devices) go with the module
+        from accelerate.hooks import add_hook_to_module
+
+        add_hook_to_module(copy, hook)
+    model.set_output_embeddings(copy)
+    log.info("quant.lm_head=int4: the output layer (%d x %d) quantized to int4", head.out_features, head.in_features)
 
 
 def quantized_linears(model: Any, skip: list[str]) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
     on_gpu = bool(gpu_list) and strategy != "cpu" and not (strategy == "single" and dm.device == "cpu")
     q = cfg.quant
     quant = quant_from(q.backend.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules),
-                       int(q.group_size), on_gpu)
+                       int(q.group_size), on_gpu, str(q.get("lm_head", "keep")))
     cpu_cap = dm.max_memory.get("cpu") if dm.max_memory else None
     cpu_cap = cpu_cap or _sel(cfg, "plan.cpu_memory", None)
     ctx = _sel(cfg, "plan.context", None)

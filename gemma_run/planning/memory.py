@@ -41,6 +41,7 @@ class Quant:
     group_size: int = 128  # int4 only
     padded: bool = True  # int4 only: the CUDA layout (in_features padded to 1024); False: the CPU layout
     stacked: bool = False  # int4 CUDA layout only: sibling projections as the fast engine stacks them
+    lm_head: bool = False  # int4 only: the output layer quantized too (quant.lm_head=int4), held unpadded on CUDA
 
     @property
     def bits(self) -> int:
@@ -48,12 +49,13 @@ class Quant:
 
 
 def quant_from(backend: str, bits: int, quant_type: str, double_quant: bool, skip: list[str] | tuple,
-               group_size: int = 128, on_gpu: bool = True) -> Quant:
+               group_size: int = 128, on_gpu: bool = True, lm_head: str = "keep") -> Quant:
     """The quant group's values -> a :class:`Quant` (``on_gpu``: which int4 layout the weights get)."""
     if backend == "none":
         return Quant()
     if backend == "torchao":
-        return Quant("int4", skip_modules=tuple(skip), group_size=group_size, padded=on_gpu)
+        return Quant("int4", skip_modules=tuple(skip), group_size=group_size, padded=on_gpu,
+                     lm_head=lm_head == "int4")
     mode = "int8" if bits == 8 else quant_type
     return Quant(mode, double_quant, tuple(skip))
 
@@ -92,16 +94,18 @@ def quantized_weight_bytes(numel: int, rows: int, quant: Quant) -> int:
     return packed + _r(blocks) + _r(nested * 4) + _r(256 * 4) + _r(4) + code
 
 
-def int4_weight_bytes(shape: tuple[int, ...], quant: Quant, dtype: str, module: str = "") -> int:
+def int4_weight_bytes(shape: tuple[int, ...], quant: Quant, dtype: str, module: str = "",
+                      unpadded: bool = False) -> int:
     """Bytes torchao holds for one int4 weight of ``shape`` (out, in) of ``module``: packed data +
-    scale_and_zero."""
+    scale_and_zero. ``unpadded``: held as ``fused_projections`` holds it (the output layer of quant.lm_head=int4)."""
     import math
 
     from gemma_run.infer.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
 
     rows, cols = shape
     if quant.padded:  # Int4TilePackedTo4dTensor pads before packing, and keeps the padding
-        stacked = quant.stacked and rows % TILE_N == 0 and module.rsplit(".", 1)[-1] in {n for g in GROUPS for n in g}
+        sibling = quant.stacked and module.rsplit(".", 1)[-1] in {n for g in GROUPS for n in g}
+        stacked = rows % TILE_N == 0 and (sibling or unpadded)
         multiple = math.lcm(128, quant.group_size) if stacked else TORCHAO_K_PAD
         rows, cols = -(-rows // TILE_N) * TILE_N, -(-cols // multiple) * multiple
     groups = -(-cols // quant.group_size)

@@ -65,10 +65,13 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
     tied = model.get_output_embeddings() is not None and \
         model.get_output_embeddings().weight is model.get_input_embeddings().weight
     counts = params.by_component(units)
+    unread = _int4_output_layer(p, model, units, wbytes, tied) if p.quant.mode == "int4" and p.quant.lm_head else 0
     result: dict[str, Any] = {
         "mode": p.mode, "dtype": p.dtype, "quant": p.quant.mode, "params": counts,
         "weights_bytes": sum(wbytes.values()), "tied_embeddings": tied,
-        "quantized_modules": len(quantized),
+        # weights a decode step does not read: the tied table when the output reads its int4 copy
+        "decode_unread_bytes": unread,
+        "quantized_modules": len(quantized) + (1 if p.quant.mode == "int4" and p.quant.lm_head else 0),
         "weights_bytes_by_dtype": memory.dtype_table(units, model),
         "layer_types": {t: shape.layer_types.count(t) for t in sorted(set(shape.layer_types))},
         "sliding_window": shape.sliding_window,
@@ -79,6 +82,25 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
         _infer(p, units, shape, wbytes, db, quantized, model, result)
     result["fits"] = not result["problems"]
     return result
+
+
+def _int4_output_layer(p: PlanInputs, model: Any, units: list[params.Unit], wbytes: dict[str, int],
+                       tied: bool) -> int:
+    """quant.lm_head=int4 (gemma_run.loading.torchao_int4.quantize_output_layer): the output layer's int4 bytes
+    join its unit (tied: the embedding's, whose table stays; else they replace the lm_head's weight). Returns
+    the bytes a decode step no longer reads (the tied table)."""
+    head = model.get_output_embeddings()
+    name = next(n for n, m in model.named_modules() if m is head)
+    int4 = memory.int4_weight_bytes(tuple(head.weight.shape), p.quant, p.dtype, name, unpadded=True)
+    if tied:
+        unit = next(u for u in units if u.component == "embeddings")
+        table = next(t for t in unit.tensors if t.name.endswith(".weight"))
+        wbytes[unit.name] += int4
+        return memory.tensor_bytes(table, p.quant, set(), p.dtype)
+    unit = next(u for u in units if any(t.module == name for t in u.tensors))
+    weight = next(t for t in unit.tensors if t.module == name and t.name.endswith(".weight"))
+    wbytes[unit.name] += int4 - memory.tensor_bytes(weight, p.quant, set(), p.dtype)
+    return 0
 
 
 def _largest_quantized(model: Any, quantized: set[str]) -> int:
