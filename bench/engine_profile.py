@@ -1,8 +1,8 @@
 """Probe (GPU): where the fast engine loses time against its own recorded step (issue 7's bf16 gap).
 
-    . bench/gpu_env.sh && python3 bench/engine_profile.py [model] [decode|model] [fused|unfused]
+    . bench/gpu_env.sh && python3 bench/engine_profile.py [model] [decode|model] [fused|unfused] [quant]
       (default gemma3_4b, random, bf16; the step's attention: generation.step_attention, default decode;
-      projections: generation.fuse_projections, default fused)
+      projections: generation.fuse_projections, default fused; quant: the quant group, default none)
 
 In one process, on the model the engine runs: (1) ``fast.generate`` for 128 + 128 tokens, batch 1, compiled and
 recorded (warm: the first run compiles), timed per token; (2) the recorded step alone, replayed 128 times
@@ -29,7 +29,8 @@ def main() -> int:
     attention = decode_attention.register() if (sys.argv[2] if len(sys.argv) > 2 else "decode") == "decode" \
         else None
     fuse = (sys.argv[3] if len(sys.argv) > 3 else "fused") == "fused"
-    loaded = load(compose([f"model={name}", "model.weights=random"]))
+    quant = sys.argv[4] if len(sys.argv) > 4 else "none"
+    loaded = load(compose([f"model={name}", "model.weights=random", f"quant={quant}"]))
     model = loaded.model
     ids = torch.randint(10, 1000, (1, 128), device=loaded.input_device)
     mask = torch.ones_like(ids)
@@ -64,7 +65,7 @@ def main() -> int:
     from torch.autograd import DeviceType
 
     gpu_us = sum(e.device_time for e in prof.events() if e.device_type == DeviceType.CUDA)  # kernels, in us
-    print(f"\nfast engine on random {name}, bf16, batch 1, 128 + {NEW} tokens, step attention "
+    print(f"\nfast engine on random {name}, quant={quant}, batch 1, 128 + {NEW} tokens, step attention "
           f"{attention or 'model'}, {'fused' if fuse else 'unfused'} projections (first run {first:.1f} s)")
     print("| measure | ms / token |")
     print("|---|---|")
@@ -75,7 +76,7 @@ def main() -> int:
     print("\nhost ops by self CPU time (profiled run):")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
     print("GPU ops by device time:")
-    print(prof.key_averages().table(sort_by="device_time_total", row_limit=16, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=25, max_name_column_width=70))
     return 0
 
 

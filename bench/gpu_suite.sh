@@ -47,6 +47,8 @@ for part in "$@"; do
     int4layouts) timeout 300 python3 bench/int4_layouts.py ;;
     lmhead27b) (cd /tmp && timeout 330 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
               quant=int4 quant.lm_head=int4 task.batch_sizes=[1]) ;;
+    int4profile) timeout 280 python3 bench/engine_profile.py gemma3_4b decode fused int4
+                 timeout 250 python3 bench/engine_profile.py gemma3_4b decode unfused int4 ;;
     headint4) timeout 200 python3 bench/head_int4.py ;;
     int4_4b) (cd /tmp && timeout 300 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
               quant=int4 generation.fuse_projections=true,false task.batch_sizes=[1]) ;;
