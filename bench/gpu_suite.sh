@@ -49,6 +49,7 @@ for part in "$@"; do
               quant=int4 quant.lm_head=int4 task.batch_sizes=[1]) ;;
     int4profile) timeout 280 python3 bench/engine_profile.py gemma3_4b decode fused int4
                  timeout 250 python3 bench/engine_profile.py gemma3_4b decode unfused int4 ;;
+    headab) timeout 560 python3 bench/head_ab.py gemma3_27b ;;
     headint4) timeout 200 python3 bench/head_int4.py ;;
     int4_4b) (cd /tmp && timeout 300 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
               quant=int4 generation.fuse_projections=true,false task.batch_sizes=[1]) ;;
