@@ -28,10 +28,10 @@ def main() -> int:
     q.weight.data.copy_(dense.weight)
     quantize_(q, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d",
                                       set_inductor_config=False))
-    single = fused_projections.single_int4(q)
+    single = fused_projections.stack_int4([q])
     opts = fast.compile_options(True)
     rows = []
-    for name, mod in (("bf16 Linear", dense), ("torchao int4 Linear (padded)", q), ("single_int4 (unpadded)", single)):
+    for name, mod in (("bf16 Linear", dense), ("torchao int4 Linear (padded)", q), ("stack_int4 (unpadded)", single)):
         with torch.no_grad():
             rows.append((name, "eager", time_graph([lambda m=mod: m(x)])))
             step = torch.compile(lambda t, m=mod: m(t)[:, -1, :].float(), fullgraph=True, dynamic=False,

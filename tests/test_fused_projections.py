@@ -259,7 +259,7 @@ def test_gpu_single_int4_linear_without_padding_gives_torchaos_product() -> None
 
     linear = torch.nn.Linear(320, 256, bias=False, dtype=torch.bfloat16, device="cuda")
     quantize_(linear, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"))
-    single = fp.single_int4(linear)
+    single = fp.stack_int4([linear])
     assert single.k_stored == 384 and tuple(single.qdata.shape)[:2] == (32, 3)
     x = torch.randn(3, 5, 320, dtype=torch.bfloat16, device="cuda")
     with torch.no_grad():

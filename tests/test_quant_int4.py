@@ -244,3 +244,47 @@ def test_lm_head_int4_is_quant_int4s_option(compose_cfg) -> None:
 
     for overrides in (["quant=4bit", "quant.lm_head=int4"], ["quant=int4", "quant.lm_head=int8"]):
         assert [e.key for e in validate(compose_cfg(overrides))] == ["quant.lm_head"], overrides
+
+
+def test_lm_head_int4_on_cuda_is_quantized_in_row_chunks_then_stacked(compose_cfg, monkeypatch) -> None:
+    """On CUDA the output layer is quantized HEAD_CHUNK_ROWS rows at a time (torchao's transients for 27B's whole
+    output would be ~16 GB) and the chunks stacked into one module, rows in order, bias included. torchao's CUDA
+    layout cannot be built on a CPU, so quantize_ is replaced by one that packs each tile of 8 rows with the
+    index of its first row, and each row's scale with its own index: where they land is what is checked."""
+    import torch
+    import torchao.quantization as tq
+    from torchao.quantization import Int4TilePackedTo4dTensor
+
+    from gemma_run.loading import torchao_int4
+
+    def fake_quantize(linear, config) -> None:
+        w = linear.weight.detach()  # row i holds the value i
+        n, k = w.shape
+        qdata = w[::8, :1].to(torch.int32).view(n // 8, 1, 1, 1).expand(n // 8, 1024 // 128, 32, 4).contiguous()
+        sz = w[:, :1].view(1, n, 1).expand(1024 // 64, n, 2).contiguous()
+        linear.weight = torch.nn.Parameter(Int4TilePackedTo4dTensor(qdata, sz, [1, 64], torch.Size([n, k])),
+                                           requires_grad=False)
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm_head = torch.nn.Linear(128, 40, dtype=torch.bfloat16)
+            with torch.no_grad():
+                self.lm_head.weight.copy_(torch.arange(40.0).view(40, 1).expand(40, 128))
+                self.lm_head.bias.copy_(torch.arange(40.0))
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+        def set_output_embeddings(self, module) -> None:
+            self.lm_head = module
+
+    monkeypatch.setattr(tq, "quantize_", fake_quantize)
+    monkeypatch.setattr(torchao_int4, "HEAD_CHUNK_ROWS", 16)
+    model = Model()
+    torchao_int4.quantize_output_layer(model, compose_cfg([*INT4]).quant, on_cuda=True)
+    head = model.lm_head
+    assert type(head).__name__ == "FusedInt4Linear" and head.sizes == [16, 16, 8] and head.k_stored == 128
+    assert head.qdata[:, :, 0, 0].tolist() == [[t * 8] for t in range(5)]  # 128 inputs: one K tile, not 8
+    assert head.scale_and_zero[0, :, 0].tolist() == list(range(40)) and tuple(head.scale_and_zero.shape) == (2, 40, 2)
+    assert head.bias.tolist() == list(range(40))

@@ -21,7 +21,7 @@ multiple of 1024 (gemma3_27b: 5376 -> 6144, 14% more bytes to read), where tinyg
 its K tile (128). On an H100 a 27B layer's int4 products went 0.158 -> 0.122 ms (bench/int4_layouts.py, outputs
 bit-identical). bitsandbytes' layers, peft's adapters and anything else are left as they are. Used by the fast engine
 (:mod:`gemma_run.infer.fast`, ``generation.fuse_projections``); the model's state dict changes its names (one
-``..._fused.weight`` per group), so it is for inference on a loaded model, not for saving.
+``..._fused`` module per group), so it is for inference on a loaded model, not for saving.
 """
 
 from __future__ import annotations
@@ -131,16 +131,17 @@ def _kind(linears: list[Any]) -> str | None:
     return None
 
 
-def stackable_int4(linear: Any) -> bool:
-    """Whether ``linear`` is a torchao int4 linear that :func:`single_int4` can hold (CUDA layout, whole row
-    tiles)."""
-    return _kind([linear]) == "int4"
+def stackable_int4(linears: list[Any]) -> bool:
+    """Whether :func:`stack_int4` can hold these torchao int4 linears (CUDA layout, whole row tiles, one input
+    width, group size and tiling)."""
+    return _kind(linears) == "int4"
 
 
-def single_int4(linear: Any) -> Any:
-    """A torchao int4 linear (CUDA layout) as one module holding it without torchao's in_features padding; it
-    is called as the linear was (quant.lm_head=int4's output layer)."""
-    return _classes()[2]([linear])
+def stack_int4(linears: list[Any]) -> Any:
+    """torchao int4 linears (CUDA layout) of one input as one module: their rows stacked, without torchao's
+    in_features padding, called as one linear of all their rows (quant.lm_head=int4's output layer, quantized
+    in row chunks)."""
+    return _classes()[2](linears)
 
 
 def _tile_packed(weight: Any) -> bool:
@@ -148,7 +149,6 @@ def _tile_packed(weight: Any) -> bool:
     product does not apply."""
     return (type(weight).__name__ == "Int4TilePackedTo4dTensor" and getattr(weight, "act_pre_scale", None) is None
             and weight.qdata.dim() == 4)
-
 
 
 @functools.cache

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 # Modules kept in the model's dtype when quant.skip_modules is empty: the output layer (its 262k-vocab read is
 # better served bf16; tied to the embedding in Gemma) and the multimodal parts (not decode-bound).
 DEFAULT_SKIP = ("lm_head", "vision_tower", "multi_modal_projector")
+# quant.lm_head=int4 quantizes the output layer this many rows at a time on CUDA: torchao's quantization holds
+# transients of ~16 bytes a weight of the padded rows (bf16 copy, int32 codes, ...), 16 GB for gemma3_27b's
+# whole 262,208 x 5376 output at once; 16,384 rows hold ~1.6 GB.
+HEAD_CHUNK_ROWS = 16384
 INSTALL = "pip install torchao==0.18.0 (or pip install 'gemma-run[fast]')"
 
 
@@ -120,13 +124,26 @@ def quantize_output_layer(model: Any, quant_cfg: Any, on_cuda: bool) -> None:
         raise GemmaRunError(f"quant.lm_head=int4: quant.group_size={quant_cfg.group_size} does not divide the "
                             f"output layer's {head.in_features} inputs", key="quant.group_size",
                             fix="a group size dividing it, or quant.lm_head=keep")
+    config = ao_config(quant_cfg, on_cuda)
+
+    def rows(start: int, stop: int) -> Any:  # rows [start, stop) of the output as torchao's int4 linear
+        part = torch.nn.Linear(head.in_features, stop - start, bias=head.bias is not None, device="meta")
+        part.weight = torch.nn.Parameter(head.weight.detach()[start:stop], requires_grad=False)  # a view
+        part.bias = None if head.bias is None else torch.nn.Parameter(head.bias.detach()[start:stop].clone())
+        quantize_(part, config)
+        return part
+
+    out = head.out_features
+    chunk = HEAD_CHUNK_ROWS if on_cuda and out % fused_projections.TILE_N == 0 else out
     with torch.no_grad():
-        copy = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, device="meta")
-        copy.weight = torch.nn.Parameter(head.weight.detach(), requires_grad=False)  # the table itself: not copied
-        copy.bias = head.bias
-        quantize_(copy, ao_config(quant_cfg, on_cuda))
-        if fused_projections.stackable_int4(copy):
-            copy = fused_projections.single_int4(copy)
+        parts = [rows(start, min(start + chunk, out)) for start in range(0, out, chunk)]
+        if fused_projections.stackable_int4(parts):
+            copy = fused_projections.stack_int4(parts)
+        elif len(parts) == 1:  # not tinygemm's layout (the CPU's), or rows it pads: torchao's own linear
+            copy = parts[0]
+        else:
+            parts.clear()
+            copy = rows(0, out)
     hook = getattr(head, "_hf_hook", None)
     if hook is not None:  # accelerate's device hooks (a model spread over devices) go with the module
         from accelerate.hooks import add_hook_to_module
