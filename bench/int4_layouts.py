@@ -16,13 +16,22 @@ Prints a table; writes int4_layouts.json to $OUT (or bench/results/).
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernels_4bit import FFN, HEAD_DIM, HEADS, HIDDEN, SHAPES, copy_bandwidth, gemlite_layer, int4_layer, time_graph
+from kernels_4bit import (
+    FFN,
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    SHAPES,
+    copy_bandwidth,
+    gemlite_layer,
+    int4_layer,
+    save,
+    time_graph,
+)
 
 LAYERS = 8
 GROUP = 128
@@ -138,10 +147,7 @@ def main() -> int:
             diff = "" if r["max_rel_diff_vs_torchao"] is None else f"{r['max_rel_diff_vs_torchao']:.2e}"
             print(f"| {r['variant']} | {r['ms_per_layer']} | {r['mb_per_layer']} | {r['gb_per_s']} | "
                   f"{r['of_copy_bw']:.1%} | {r['ms_62_layers'] or ''} | {diff} |")
-    out = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int4_layouts.json").write_text(json.dumps({"copy_bandwidth": bw, "device": torch.cuda.get_device_name(),
-                                                       "torch": torch.__version__, "rows": rows}, indent=1))
+    save("int4_layouts.json", bw, rows)
     return 0
 
 

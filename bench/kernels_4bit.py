@@ -172,11 +172,18 @@ def main() -> int:
         else:
             print(f"| {r['backend']} | {r['ms_per_layer']} | {r['mb_per_layer']} | {r['gb_per_s']} | "
                   f"{r['of_copy_bw']:.1%} | {r['ms_62_layers']} |")
+    save("kernels_4bit.json", bw, rows)
+    return 0
+
+
+def save(name: str, bw: float, rows: list[dict]) -> None:
+    """The rows, the copy bandwidth and the stack, as JSON in $OUT (or bench/results/)."""
+    import torch
+
     out = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kernels_4bit.json").write_text(json.dumps({"copy_bandwidth": bw, "device": torch.cuda.get_device_name(),
-                                                       "torch": torch.__version__, "rows": rows}, indent=1))
-    return 0
+    (out / name).write_text(json.dumps({"copy_bandwidth": bw, "device": torch.cuda.get_device_name(),
+                                        "torch": torch.__version__, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
