@@ -33,6 +33,7 @@ def test_bench_rows_in_bench_json(compose_cfg, tmp_path: Path, capsys) -> None:
         assert 0 < r["limit_fraction"] <= 1.5
         assert r["decode_throughput"] == pytest.approx(r["decode_tokens_per_second"] * r["batch"], rel=1e-3)
         assert r["peak_memory_bytes"]["cpu"] > 0
+        assert r["gpu_state"] is None  # clocks are read on CUDA runs only
     # the tiny model in fp32: its parameters, 4 bytes each, are what a decode step reads (plus the KV cache);
     # the planner rounds each tensor up to the CUDA allocator's 512 bytes, ~1.4% on a model this small
     assert rows[0]["weights_bytes"] == pytest.approx(_param_bytes(compose_cfg), rel=0.02)
@@ -110,3 +111,22 @@ def test_bench_config_errors_are_reported_before_loading(compose_cfg) -> None:
                        "task.probe_bytes=lots"])
     keys = {e.key for e in validate(cfg)}
     assert {"task.batch_sizes", "task.prompt_tokens", "task.probe_bytes"} <= keys
+
+
+def test_gpu_state_reads_nvidia_smi_and_is_none_without_it(tmp_path: Path, monkeypatch) -> None:
+    """task=bench records each GPU's clocks, power and throttling after its timed runs (rows from two machines
+    can then be told apart); without nvidia-smi (a CPU machine), or when it fails, there is nothing to record."""
+    from gemma_run.bench import gpu_state
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 1755, 1980, 2619, 2619, 402.11, 700.00, 51, 0x0000000000000000'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    [gpu] = gpu_state.query()
+    assert gpu["clocks.sm"] == "1755" and gpu["clocks.max.sm"] == "1980" and gpu["power.limit"] == "700.00"
+    assert gpu["name"] == "NVIDIA H100 80GB HBM3" and gpu["clocks_throttle_reasons.active"] == "0x0000000000000000"
+    assert "SM 1755/1980 MHz" in gpu_state.describe([gpu])
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    assert gpu_state.query() is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert gpu_state.query() is None and gpu_state.describe(None) == "no nvidia-smi"

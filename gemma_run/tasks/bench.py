@@ -138,6 +138,9 @@ def _measure(cfg: DictConfig, loaded: Any, engine: Any, prompt: int, new: int, b
         warmup = time.perf_counter() - start
     reset_peak_memory()
     runs = [once() for _ in range(int(cfg.task.repeats))]
+    from gemma_run.bench import gpu_state
+
+    state = gpu_state.query() if device.type == "cuda" else None  # clocks just after the timed runs
     seconds = statistics.median(r[0] for r in runs)
     ttft = statistics.median(r[1] for r in runs if r[1] is not None) if any(r[1] for r in runs) else None
     made = min(r[2] for r in runs)
@@ -165,9 +168,12 @@ def _measure(cfg: DictConfig, loaded: Any, engine: Any, prompt: int, new: int, b
         "limit_fraction": round(limit.limit_fraction(decode_tps, step["bytes_per_step"], bandwidth), 6)
         if decode_tps else None,
         "peak_memory_bytes": peak_memory(),
+        "gpu_state": state,
     }
     log.info("bench prompt=%d new=%d batch=%d: ttft %.3f s, decode %.1f tok/s (%.1f%% of the limit)", prompt, new,
              batch, ttft or float("nan"), decode_tps or float("nan"), 100 * (row["limit_fraction"] or float("nan")))
+    if state is not None:
+        log.info("GPU after the timed runs: %s", gpu_state.describe(state))
     return row
 
 
