@@ -119,7 +119,8 @@ def test_gpu_state_reads_nvidia_smi_and_is_none_without_it(tmp_path: Path, monke
     from gemma_run.bench import gpu_state
 
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 1755, 1980, 2619, 2619, 402.11, 700.00, 51, 0x0000000000000000'\n")
+    smi.write_text("#!/bin/sh\n"
+                   "echo '0, NVIDIA H100 80GB HBM3, 1755, 1980, 2619, 2619, 402.11, 700.00, 51, 0x0000000000000000'\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     [gpu] = gpu_state.query()
