@@ -83,6 +83,45 @@ def test_fast_engine_stops_at_eos_and_stop_strings_as_generate_does(bf16) -> Non
     assert (got[0].completion, got[0].stopped_by) == (ref[0].completion, "stop_string")
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-step", "compiled-step"])
+def test_greedy_step_picks_on_the_device_as_the_host_loop_does(bf16, compiled: bool) -> None:
+    """A greedy session's step picks its own token (fast.Picker: EOS held back under min_new_tokens, finished rows
+    padded, positions advanced on the device); with more EOS ids than the step has slots the loop picks on the
+    host instead. Same ids (the extra ones repeats), same tokens: a left-padded batch of two where one row hits an
+    EOS mid-run and the other is held past it by min_new_tokens, then a stop string."""
+    import torch
+
+    from gemma_run.infer import fast
+
+    tok, model = bf16.tokenizer, bf16.model
+    batch = tok([LONG, "hello there"], return_tensors="pt", padding=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    kwargs = {"max_new_tokens": 24, "do_sample": False, "pad_token_id": tok.pad_token_id, "eos_token_id": []}
+    with torch.inference_mode():
+        plain = fast.generate(model, ids, mask, kwargs, compile=compiled)[:, ids.shape[1]:]
+    row = plain[0].tolist()
+    k = next(i for i in range(8, len(row)) if row[i] not in row[:i])  # a token row 0 first makes at step k
+    eos = row[k]
+    for min_new in (0, k + 3):
+        device_pick = {**kwargs, "min_new_tokens": min_new, "eos_token_id": [eos, 1]}
+        host_pick = {**device_pick, "eos_token_id": [eos, 1] * fast.EOS_SLOTS}  # more ids than the step's slots
+        with torch.inference_mode():
+            a = fast.generate(model, ids, mask, device_pick, compile=compiled)
+            b = fast.generate(model, ids, mask, host_pick, compile=compiled)
+        assert torch.equal(a, b), min_new
+        row0 = a[0, ids.shape[1]:].tolist()
+        if min_new == 0:  # the row ends at the EOS, padding after it
+            assert row0[:k + 1] == row[:k + 1] and set(row0[k + 1:]) == {tok.pad_token_id}
+        else:  # held back until min_new_tokens: the row goes past it with other tokens
+            assert row0[:k] == row[:k] and eos not in row0[:min_new] and tok.pad_token_id not in row0[:min_new]
+    sessions = {key[-1]: s for key, s in model._gemma_run_sessions.items() if key[2] == compiled}
+    assert sessions[True].picker is not None and sessions[False].picker is None
+    stop = tok.decode(plain[0, 6:8]).strip()
+    assert stop
+    got = _run(bf16, [LONG], gen.Engine("fast", compiled, True, "test"), new=24, stop=[stop])
+    assert got[0].stopped_by == "stop_string" and stop not in got[0].completion
+
+
 def test_fast_engine_sampling_is_seeded_and_top_k_1_is_greedy(bf16) -> None:
     import torch
 
@@ -113,6 +152,7 @@ def test_engine_choice_and_its_reasons(compose_cfg, bf16) -> None:
     assert choose("generation.compile=true", "generation.step_attention=model").attention is None
     assert choose("generation.engine=fast") == gen.Engine("fast", False, True, "generation.engine=fast", fuse=True)
     assert not choose("generation.engine=fast", "generation.fuse_projections=false").fuse
+    assert not choose("generation.engine=fast", "generation.device_pick=false").pick
     assert not choose("generation.engine=hf").fuse
     assert choose("generation.engine=fast", "generation.step_attention=decode").attention == decode
     assert choose("generation.engine=fast", "generation.compile=true").compile
@@ -171,7 +211,8 @@ def test_infer_and_bench_run_the_fast_engine_end_to_end(compose_cfg, tmp_path: P
                                   "generation.max_new_tokens=20"]), run_dir)
         assert result["engine"] == engine
         if engine == "fast":  # what the step ran as: eager, no CUDA graph on a CPU, projections fused
-            assert [(s["compiled"], s["cuda_graph"]) for s in result["engine_sessions"]] == [(False, False)]
+            assert [(s["compiled"], s["cuda_graph"], s["device_pick"]) for s in result["engine_sessions"]] == [
+                (False, False, True)]
             assert result["fused_projections"] == 4
         outs[engine] = [json.loads(line)["completion"] for line in (run_dir / "generations.jsonl").open()]
     assert outs["fast"] == outs["hf"]
@@ -208,7 +249,7 @@ def test_planner_sizes_the_fast_engines_cache_as_it_really_is(compose_cfg, bf16)
     first = fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False)
     # called again outside inference mode: the session's cache and mask (inference tensors by now) are reset
     assert torch.equal(fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False), first)
-    session = bf16.model._gemma_run_sessions[(1, 512, False, True, False, None)]
+    session = bf16.model._gemma_run_sessions[(1, 512, False, True, False, None, True)]
     real = sum(t.numel() * t.element_size() for layer in session.cache.layers for t in (layer.keys, layer.values))
     shape = kv.shape_of(skeleton.text_config(skeleton.build(p.config, True, "bfloat16")))
     assert real == kv.kv_bytes(shape, 340, 1, 2, static_len=p.static_cache_len)
@@ -280,7 +321,7 @@ def check_streaming(loaded, graph: bool) -> None:
     assert streamed[:end] == got[:end] == plain[:end]
     assert all(t == tok.pad_token_id for t in streamed[end:])  # after EOS only padding, if anything
     assert all(t == tok.pad_token_id for t in got[end:])
-    key = (1, 256, False, True, graph and device.type == "cuda", None)
+    key = (1, 256, False, True, graph and device.type == "cuda", None, True)
     steps = model._gemma_run_sessions[key].steps_run
     with torch.inference_mode():
         fast.generate(model, ids, mask, {**kwargs, "eos_token_id": [plain[0]]}, compile=False, graph=graph)

@@ -29,7 +29,7 @@ def _generate(loaded, ids: list[list[int]], engine: gen.Engine, new: int):
 
             return fast.generate(loaded.model, inputs["input_ids"], inputs["attention_mask"], kwargs,
                                  compile=engine.compile, exact=engine.exact, graph=engine.graph,
-                                 attention=engine.attention, fuse=engine.fuse)
+                                 attention=engine.attention, fuse=engine.fuse, pick=engine.pick)
         return loaded.model.generate(**inputs, **kwargs, streamer=TimingStreamer())
 
 
@@ -63,6 +63,7 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     assert (loaded.model.__dict__.get("_gemma_run_fused_projections", 0) > 0) == fuse
     assert next(loaded.model.parameters()).device.type == "cuda"
     assert _recorded(loaded.model, compile)
+    assert all(s.picker is not None for s in loaded.model._gemma_run_sessions.values())  # greedy: picked on the GPU
     assert torch.equal(ref, fast)
     # the recorded graph serves the next prompt of that shape (cache and mask reset in place): the same tokens as
     # the same step called without a graph (generate() itself can part from the static cache's kernels on bf16
@@ -70,6 +71,9 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     other = [tok("a b c d e f g " * 4)["input_ids"], tok("the dog")["input_ids"]]
     plain = gen.Engine("fast", compile, True, "test", graph=False, attention=name, fuse=fuse)
     assert torch.equal(_generate(loaded, other, plain, 48), _generate(loaded, other, engine, 48))
+    # and the loop picking each token on the host after the recorded step (generation.device_pick=false) agrees
+    host = gen.Engine("fast", compile, True, "test", graph=True, attention=name, fuse=fuse, pick=False)
+    assert torch.equal(_generate(loaded, other, host, 48), _generate(loaded, other, engine, 48))
 
 
 def test_streaming_and_early_stop_through_the_lookout_on_a_gpu(compose_cfg) -> None:

@@ -6,7 +6,9 @@ compiled (logits processors, stopping criteria, kwargs bookkeeping; measured, ..
 loop does per token only what decoding needs: one replay of the step recorded as a CUDA graph
 (:mod:`gemma_run.infer.graph`; the step compiled by inductor, or eager when compiling would not pay back),
 picking the next token on the device, and a check for finished rows every ``CHECK_EVERY`` steps, so the CPU
-stays ahead of the GPU.
+stays ahead of the GPU. Greedy decoding picks inside the step itself (:class:`Picker`): the step reads its
+token, position and counters from device buffers and advances them, so a token costs the CPU one graph launch
+and the GPU no kernel outside the recorded step.
 
 The model is the one ``gemma_run.loading.load`` gave (any transformers causal LM whose cache can be static); the
 prompt goes through an eager forward (compute-bound, and it fills the cache at the fixed addresses the recorded
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BUCKET = 256  # cache lengths are multiples of this: one recorded graph serves every prompt up to that length
 CHECK_EVERY = 8  # steps between looks at which rows have finished (each look waits for the GPU)
+EOS_SLOTS = 8  # EOS ids a greedy step can know on the device; a run with more picks its tokens on the host
 
 
 def unsupported(model: Any, g: Any, *, images: bool = False) -> str | None:
@@ -68,11 +71,27 @@ class Session:
     replay: Any = None  # the recorded step (gemma_run.infer.graph.Replay), once recorded
     compile_seconds: float | None = None  # first step's time, compile and recording included (None until it ran)
     steps_run: int = 0
+    picker: Picker | None = None  # greedy sessions: the device state the step picks its token with
+
+    @property
+    def shared(self) -> tuple[int, ...]:
+        """Arguments a recorded step reads in place: the mask; for a greedy step, all (the picker's buffers)."""
+        return tuple(range(len(Picker.FIELDS))) if self.picker is not None else (3,)
+
+    def replay_alone(self, steps: int) -> None:
+        """Replay the recorded step ``steps`` (< length) times from an empty cache, nothing else between replays:
+        what bench scripts time as the step's own cost. Call in inference mode, after a run recorded it."""
+        self.cache.reset()
+        if self.picker is not None:
+            for buffer in (self.picker.position, self.picker.cache_position, self.picker.index):
+                buffer.zero_()
+        for _ in range(steps):
+            self.replay(*self.replay.inputs)
 
     def first_step(self, model: Any, args: tuple[Any, ...], exact: bool) -> Any:
         """Run the first decode step: compile it (falling back to the eager step if compiling fails), then record
         it as a CUDA graph (falling back to plain calls if recording fails), each fallback with a warning."""
-        rewind = rewinder(self.cache)
+        rewind = rewinder(self.cache, *(self.picker.advanced() if self.picker is not None else ()))
         try:
             logits = self.step(*args)
         except Exception as e:  # torch.compile fails in many exception types
@@ -80,7 +99,8 @@ class Session:
                 raise
             log.warning("could not compile the decode step (%s: %s); it runs eagerly. generation.compile=false "
                         "skips the attempt", type(e).__name__, _first_line(e))
-            self.step, self.compiled = _make_step(model, self.cache, False, exact, self.attention), False
+            self.step, self.compiled = _make_step(model, self.cache, False, exact, self.attention,
+                                                  self.picker is not None), False
             rewind()
             logits = self.step(*args)
         if not self.graph:
@@ -88,7 +108,7 @@ class Session:
         from gemma_run.infer.graph import Replay
 
         try:
-            self.replay = Replay(self.step, args, shared=(3,), rewind=rewind)
+            self.replay = Replay(self.step, args, shared=self.shared, rewind=rewind)
             return self.replay(*args)
         except Exception as e:
             rewind()  # a failed recording may have left the cache's position anywhere: run the step once more
@@ -131,10 +151,11 @@ def fused_count(model: Any) -> int:
 
 
 def sessions_report(model: Any) -> list[dict[str, Any]]:
-    """What each session of the model ran as: its shape, and whether its step ended up compiled and replayed as a
-    CUDA graph (either can have fallen back, with a warning), with the first step's seconds."""
+    """What each session of the model ran as: its shape, whether its step ended up compiled and replayed as a
+    CUDA graph (either can have fallen back, with a warning) and picked its own tokens, with the first step's
+    seconds."""
     return [{"batch": s.batch, "length": s.length, "compiled": s.compiled, "cuda_graph": s.replay is not None,
-             "step_attention": s.attention or "model",
+             "step_attention": s.attention or "model", "device_pick": s.picker is not None,
              "first_step_seconds": None if s.compile_seconds is None else round(s.compile_seconds, 2)}
             for s in model.__dict__.get("_gemma_run_sessions", {}).values()]
 
@@ -147,35 +168,101 @@ def static_length(needed: int, context: int | None) -> int:
 
 
 def session(model: Any, batch: int, needed: int, *, compile: bool, exact: bool = True,
-            graph: bool = False, attention: str | None = None) -> Session:
-    """The session for ``batch`` rows of up to ``needed`` positions, made on first use and kept on the model."""
+            graph: bool = False, attention: str | None = None, greedy: bool = False) -> Session:
+    """The session for ``batch`` rows of up to ``needed`` positions, made on first use and kept on the model.
+    ``greedy``: its step picks the next token itself (:class:`Picker`; its buffers are made by the first run)."""
     config = model.config
     text = getattr(config, "get_text_config", lambda: config)()
     context = getattr(text, "max_position_embeddings", None)
     length = static_length(needed, context)
     sessions = model.__dict__.setdefault("_gemma_run_sessions", {})
-    key = (batch, length, compile, exact, graph, attention)
+    key = (batch, length, compile, exact, graph, attention, greedy)
     if key not in sessions:
         cache = static_cache(text.num_hidden_layers, length)
-        sessions[key] = Session(batch, length, cache, _make_step(model, cache, compile, exact, attention), compile,
-                                graph, attention)
+        sessions[key] = Session(batch, length, cache, _make_step(model, cache, compile, exact, attention, greedy),
+                                compile, graph, attention)
     return sessions[key]
 
 
-def rewinder(cache: Any) -> Callable[[], None]:
-    """A function that puts the cache's position back to what it is now.
+@dataclass
+class Picker:
+    """The device state of a greedy decode step, which picks its own next token (:func:`_greedy`).
+
+    One step reads the current token, its position ids and cache position, and the step's index; it picks the
+    next token (EOS held back while the index is under ``min_new``, ``pad`` for rows already done), writes it
+    into ``out`` at the index and into ``token``, marks rows that reached an EOS ``done``, and advances the
+    positions and the index by one. Every buffer keeps its address for the session's life, so the step records
+    as a CUDA graph that needs no input at all: the loop only replays it. Values change between runs, shapes
+    never (``eos`` has :data:`EOS_SLOTS` slots, the unused ones repeating the first id).
+    """
+
+    token: Any  # [B, 1] long: the token the next step reads
+    position: Any  # [B, 1] long: its position ids
+    cache_position: Any  # [1] long: its slot in the cache
+    mask: Any  # [B, L] the session's attention mask
+    index: Any  # [] long: the column of ``out`` the next step writes
+    min_new: Any  # [] long
+    eos: Any  # [EOS_SLOTS] long
+    use_eos: Any  # [] bool: whether ``eos`` holds any id
+    pad: Any  # [] long
+    done: Any  # [B] bool
+    out: Any  # [B, L] long: the new tokens
+
+    FIELDS = ("token", "position", "cache_position", "mask", "index", "min_new", "eos", "use_eos", "pad", "done",
+              "out")
+
+    @classmethod
+    def make(cls, batch: int, length: int, mask: Any) -> Picker:
+        import torch
+
+        def zeros(*shape: int, dtype: Any = torch.long) -> Any:
+            return torch.zeros(shape, dtype=dtype, device=mask.device)
+
+        return cls(zeros(batch, 1), zeros(batch, 1), zeros(1), mask, zeros(), zeros(), zeros(EOS_SLOTS),
+                   zeros(dtype=torch.bool), zeros(), zeros(batch, dtype=torch.bool), zeros(batch, length))
+
+    def args(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in self.FIELDS)
+
+    def advanced(self) -> tuple[Any, ...]:
+        """The buffers a step changes in place (``out`` aside: a rerun rewrites its column with the same token)."""
+        return self.token, self.position, self.cache_position, self.index, self.done
+
+    def start(self, first: Any, positions: Any, cache_position: int, eos: list[int], min_new: int, pad: int,
+              done: Any) -> None:
+        """Set up a run whose prompt's pass picked ``first`` [B] (``done`` [B]: rows it ended), the next step
+        being at ``positions`` [B, 1] and cache slot ``cache_position``."""
+        import torch
+
+        ids = [e for e in eos if e >= 0]
+        self.eos.copy_(torch.tensor((ids + ids[:1] * EOS_SLOTS)[:EOS_SLOTS] if ids else [0] * EOS_SLOTS))
+        self.use_eos.fill_(bool(ids))
+        self.min_new.fill_(min_new)
+        self.pad.fill_(pad)
+        self.out.fill_(pad)
+        self.out[:, 0] = first
+        self.token.copy_(first.view(-1, 1))
+        self.position.copy_(positions)
+        self.cache_position.fill_(cache_position)
+        self.index.fill_(1)
+        self.done.copy_(done)
+
+
+def rewinder(cache: Any, *state: Any) -> Callable[[], None]:
+    """A function that puts the cache's position, and the tensors ``state``, back to what they are now.
 
     transformers >= 5 keeps each static layer's position on the device (``cumulative_length``, advanced in place
     by every forward, so a compiled or recorded step needs no Python state); running a step again (warm-up,
     recording, a retry after a failed compile) must start from the same position to write the same slot."""
     import torch
 
-    saved = [(layer, layer.cumulative_length.clone()) for layer in cache.layers
+    saved = [(layer.cumulative_length, layer.cumulative_length.clone()) for layer in cache.layers
              if torch.is_tensor(getattr(layer, "cumulative_length", None))]
+    saved += [(t, t.clone()) for t in state]
 
     def rewind() -> None:
-        for layer, value in saved:
-            layer.cumulative_length.copy_(value)
+        for tensor, value in saved:
+            tensor.copy_(value)
 
     return rewind
 
@@ -194,9 +281,12 @@ def static_cache(layers: int, length: int) -> Any:
     return Cache(layers=[StaticLayer(max_cache_len=length) for _ in range(layers)])
 
 
-def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: str | None = None) -> Any:
+def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: str | None = None,
+               greedy: bool = False) -> Any:
     """The decode step; with ``attention``, the model runs it with that attention implementation (switched around
-    each call, so the prompt's pass keeps the model's own; a recorded graph holds the step's kernels)."""
+    each call, so the prompt's pass keeps the model's own; a recorded graph holds the step's kernels).
+    ``greedy``: the step takes a :class:`Picker`'s buffers (``Picker.args()``) and picks its token itself
+    (:func:`_greedy`, placed as :data:`PICK` says)."""
     import torch
 
     from gemma_run.infer import decode_attention
@@ -206,7 +296,15 @@ def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: st
                     attention_mask=attention_mask, past_key_values=cache, use_cache=True, return_dict=True)
         return out.logits[:, -1, :].float()
 
-    run = torch.compile(step, fullgraph=True, dynamic=False, options=compile_options(exact)) if compile else step
+    def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return torch.compile(fn, fullgraph=True, dynamic=False, options=compile_options(exact)) if compile else fn
+
+    if not greedy:
+        run = compiled(step)
+    elif PICK == "with_step":
+        run = compiled(_greedy(step, _pick_in_step))
+    else:
+        run = _greedy(compiled(step), compiled(_pick_in_step) if PICK == "compiled_apart" else _pick_in_step)
     if attention is None:
         return run
     configs = decode_attention.configs(model)  # found once: a step without a graph switches at every call
@@ -216,6 +314,42 @@ def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: st
             return run(*args)
 
     return with_attention
+
+
+# Where a greedy step's pick runs, inside the one recorded graph either way: "with_step", compiled in one graph
+# with the model's forward; "compiled_apart", the forward compiled as a sampling run's is and the pick compiled
+# on its own; "eager", the pick as plain kernels after the compiled forward. bench/pick_ab.py measures them.
+PICK = "with_step"
+
+
+def _greedy(step: Callable[..., Any], pick: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` (token, positions, cache position, mask -> logits [B, V]) followed by ``pick`` (logits and the
+    :class:`Picker`'s buffers), as one function of the picker's buffers (``Picker.args()``)."""
+
+    def pick_step(token: Any, position: Any, cache_position: Any, mask: Any, index: Any, min_new: Any, eos: Any,
+                  use_eos: Any, pad: Any, done: Any, out: Any) -> Any:
+        logits = step(token, position, cache_position, mask)
+        return pick(logits, token, position, cache_position, index, min_new, eos, use_eos, pad, done, out)
+
+    return pick_step
+
+
+def _pick_in_step(logits: Any, token: Any, position: Any, cache_position: Any, index: Any, min_new: Any, eos: Any,
+                  use_eos: Any, pad: Any, done: Any, out: Any) -> Any:
+    """The argmax token of ``logits``, as the host loop's :func:`_pick` makes it (EOS held back while ``index`` <
+    ``min_new``; ``pad`` for rows already done), written to ``out`` and ``token``; positions advanced by one."""
+    import torch
+
+    held = torch.where((index < min_new) & use_eos, float("-inf"), logits.index_select(-1, eos))
+    nxt = logits.index_copy(-1, eos, held).argmax(dim=-1)  # EOS can't win before min_new (repeats: same value)
+    nxt = torch.where(done, pad, nxt)
+    out.index_copy_(1, index.clamp(max=out.shape[1] - 1).view(1), nxt.view(-1, 1))
+    done.logical_or_(torch.isin(nxt, eos) & use_eos)
+    token.copy_(nxt.view(-1, 1))
+    position.add_(1)
+    cache_position.add_(1)
+    index.add_(1)
+    return nxt
 
 
 def compile_options(exact: bool) -> dict[str, Any]:
@@ -258,14 +392,15 @@ def choose(logits: Any, kwargs: dict[str, Any], generator: Any = None) -> Any:
 
 def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, Any], *, streamer: Any = None,
              compile: bool, exact: bool = True, graph: bool = False, attention: str | None = None,
-             fuse: bool = False, stop: list[str] | None = None, tokenizer: Any = None) -> Any:
+             fuse: bool = False, pick: bool = True, stop: list[str] | None = None, tokenizer: Any = None) -> Any:
     """Tokens [B, prompt + new] as generate() returns them (rows that finished early padded), from generate()'s
     own ``kwargs`` (max_new_tokens, min_new_tokens, eos_token_id, pad_token_id and the sampling keys).
 
     ``input_ids``/``attention_mask`` are left-padded [B, P] on the model's device. ``streamer`` gets the prompt,
     then the new tokens as they are known (the first one at once: time to first token; then every few steps).
     A row ends at an EOS or, when ``stop`` strings are given, once its text holds one (checked every few steps).
-    ``fuse``: first fuse the model's sibling projections (:func:`fuse_projections`).
+    ``fuse``: first fuse the model's sibling projections (:func:`fuse_projections`). ``pick``: greedy runs pick
+    each token inside the step (:class:`Picker`; not with more than :data:`EOS_SLOTS` EOS ids).
     """
     import torch
 
@@ -276,8 +411,9 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
     min_new = int(kwargs.get("min_new_tokens") or 0)
     eos, pad = list(kwargs.get("eos_token_id") or []), int(kwargs["pad_token_id"])
     device = input_ids.device
+    greedy = pick and not kwargs.get("do_sample") and len(eos) <= EOS_SLOTS
     s = session(model, batch, prompt + new, compile=compile, exact=exact, graph=graph and device.type == "cuda",
-                attention=attention)
+                attention=attention, greedy=greedy)
     with torch.inference_mode():  # the cache and mask are inference tensors once used: reset them as such
         s.cache.reset()
         if s.mask is None:
@@ -285,25 +421,32 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
         mask = s.mask
         mask.fill_(1)
         mask[:, :prompt] = attention_mask
+        if greedy and s.picker is None:
+            s.picker = Picker.make(batch, s.length, mask)
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     real = attention_mask.long().sum(-1, keepdim=True)  # the position of each row's next token
-    step_positions = real + torch.arange(new, device=device)  # [B, new]: each step's position ids, made once
-    out = torch.full((batch, new), pad, dtype=input_ids.dtype, device=device)
     eos_t = torch.tensor(eos or [-1], device=device)
     suppress = eos_t[eos_t >= 0] if min_new and eos else None
-    cache_positions = torch.arange(prompt, prompt + new, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     with torch.inference_mode():
         logits = model(input_ids=input_ids, position_ids=positions, attention_mask=mask,
                        cache_position=torch.arange(prompt, device=device), past_key_values=s.cache,
                        use_cache=True, return_dict=True, **_last_only(model)).logits[:, -1, :].float()
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
         token = _pick(logits, kwargs, done, pad, suppress if min_new > 0 else None)
-        out[:, 0] = token
         done |= torch.isin(token, eos_t)
         if streamer is not None:
             streamer.put(token.cpu())
+        if s.picker is not None:  # the step picks from here on, in the picker's buffers
+            p = s.picker
+            p.start(token, real, prompt, eos, min_new, pad, done)
+            out, done, args = p.out[:, :new], p.done, p.args()
+        else:
+            out = torch.full((batch, new), pad, dtype=input_ids.dtype, device=device)
+            out[:, 0] = token
+            step_positions = real + torch.arange(new, device=device)  # [B, new]: each step's position ids
+            cache_positions = torch.arange(prompt, prompt + new, device=device)
         streamed = 1
         look = Lookout(out, done)
         for i in range(1, new):
@@ -321,7 +464,8 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
                     streamed = known
             first = s.steps_run == 0
             start = time.perf_counter() if first else 0.0
-            args = (token.view(batch, 1), step_positions[:, i - 1:i], cache_positions[i - 1:i], mask)
+            if s.picker is None:
+                args = (token.view(batch, 1), step_positions[:, i - 1:i], cache_positions[i - 1:i], mask)
             if first:
                 logits = s.first_step(model, args, exact)
                 _sync(device)
@@ -333,9 +477,10 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
             else:
                 logits = s.replay(*args) if s.replay is not None else s.step(*args)
             s.steps_run += 1
-            token = _pick(logits, kwargs, done, pad, suppress if i < min_new else None)
-            out[:, i] = token
-            done |= torch.isin(token, eos_t)
+            if s.picker is None:
+                token = _pick(logits, kwargs, done, pad, suppress if i < min_new else None)
+                out[:, i] = token
+                done |= torch.isin(token, eos_t)
         if streamer is not None and streamed < new:
             tail = out[0, streamed:]
             streamer.put(tail[: _length(tail, eos)].cpu())

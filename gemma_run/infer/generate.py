@@ -24,11 +24,13 @@ class Engine:
     # gemma_run.infer.decode_attention)
     attention: str | None = None
     fuse: bool = False  # fast engine: q/k/v and gate/up fused (gemma_run.infer.fused_projections)
+    pick: bool = True  # fast engine, greedy: the step picks its token on the device (gemma_run.infer.fast.Picker)
 
     def describe(self) -> str:
         step = " + ".join(w for w, on in (("compiled step", self.compile), ("CUDA graph", self.graph),
                                           ("decode attention", self.attention is not None),
-                                          ("fused projections", self.fuse)) if on)
+                                          ("fused projections", self.fuse),
+                                          ("greedy pick in the step", self.pick and self.name == "fast")) if on)
         return f"{self.name}{' + ' + step if step else ''} ({self.reason})"
 
 
@@ -46,7 +48,7 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
     engine = _choose_loop(g, model, images=images, tokens=tokens)
     if engine.name != "fast":
         return engine
-    engine = replace(engine, fuse=g.fuse_projections is not False)
+    engine = replace(engine, fuse=g.fuse_projections is not False, pick=g.device_pick is not False)
     wanted = getattr(g.step_attention, "value", g.step_attention)
     if wanted == "model" or (wanted is None and not engine.compile):
         return engine
@@ -236,7 +238,8 @@ def _generate(model: Any, tokenizer: Any, inputs: dict[str, Any], kwargs: dict[s
 
             out = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, streamer=streamer,
                                 compile=engine.compile, exact=engine.exact, graph=engine.graph,
-                                attention=engine.attention, fuse=engine.fuse, stop=stop, tokenizer=tokenizer)
+                                attention=engine.attention, fuse=engine.fuse, pick=engine.pick, stop=stop,
+                                tokenizer=tokenizer)
         else:
             out = model.generate(**inputs, streamer=streamer, **kwargs)
     seconds = time.perf_counter() - start

@@ -61,3 +61,8 @@ class GenerationConfig:
     # plain bf16/fp16/fp32 linears only, quantized ones stay as they are). null: on with the fast engine. The
     # loaded model is changed in place (its state dict's names too), for this run's generation.
     fuse_projections: bool | None = None
+    # fast engine, greedy decoding: the decode step picks its own next token on the device (argmax, EOS held back
+    # until min_new_tokens, finished rows padded) and advances its positions, so the loop only replays the recorded
+    # graph: no per-token kernels or copies outside it. null: on; false: the loop picks after each step, as it
+    # does when sampling (for comparison).
+    device_pick: bool | None = None

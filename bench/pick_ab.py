@@ -1,0 +1,115 @@
+"""Where a greedy decode step's token is picked, measured in one process in alternation (A B C D A B C D ...), so
+that a machine's drift, or a sweep's first job running slower, does not decide the comparison.
+
+    . bench/gpu_env.sh && python3 bench/pick_ab.py [model] [quant]      (default gemma3_4b, none: bf16)
+
+Variants, each a session of the fast engine (compiled, recorded as a CUDA graph, decode attention, stacked
+projections) on the same loaded model:
+- host: the loop picks after each replayed step (generation.device_pick=false; as sampling runs do);
+- with_step / compiled_apart / eager: the step picks on the device (fast.Picker), its pick compiled in one graph
+  with the forward, compiled on its own, or run as plain kernels; all inside the one recorded graph (fast.PICK).
+
+Per variant: fast.generate's decode rate for 128 + 128 tokens at batch 1 (tok/s, as task=bench computes it: after
+the first token), the recorded step replayed back to back (ms), and one profiled generate's GPU kernel time and
+kernel count per token (what the GPU does per token, wherever it was launched from).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+
+from gemma_run import compose
+from gemma_run.infer import decode_attention, fast
+from gemma_run.loading import load
+
+NEW, ROUNDS = 128, 4
+VARIANTS = ("host", "with_step", "compiled_apart", "eager")
+
+
+def main() -> int:
+    name = sys.argv[1] if len(sys.argv) > 1 else "gemma3_4b"
+    quant = sys.argv[2] if len(sys.argv) > 2 else "none"
+    loaded = load(compose([f"model={name}", "model.weights=random", f"quant={quant}"]))
+    model = loaded.model
+    fast.fuse_projections(model)
+    attention = decode_attention.register()
+    ids = torch.randint(10, 1000, (1, 128), device=loaded.input_device)
+    mask = torch.ones_like(ids)
+    kwargs = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False, "eos_token_id": [1],
+              "pad_token_id": 0}
+    sessions: dict[str, dict] = {}
+
+    def use(variant: str) -> None:
+        fast.PICK = variant if variant != "host" else "with_step"
+        model.__dict__["_gemma_run_sessions"] = sessions.setdefault(variant, {})
+
+    def generate(variant: str) -> tuple[float, float]:
+        first: list[float] = []
+
+        class Streamer:
+            def put(self, value) -> None:
+                if not first and value.dim() == 1:
+                    first.append(time.perf_counter())
+
+            def end(self) -> None:
+                pass
+
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True, attention=attention,
+                          fuse=True, pick=variant != "host", streamer=Streamer())
+        torch.cuda.synchronize()
+        end = time.perf_counter()
+        return end - start, (NEW - 1) / (end - first[0])
+
+    def replay_ms() -> float:
+        [s] = [s for s in model._gemma_run_sessions.values() if s.replay is not None]
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            s.replay_alone(NEW)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / NEW * 1e3
+
+    def profiled(variant: str) -> tuple[float, float]:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            generate(variant)
+        kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        return sum(e.device_time for e in kernels) / 1e3 / NEW, len(kernels) / NEW
+
+    compile_s = {}
+    for variant in VARIANTS:
+        use(variant)
+        compile_s[variant] = generate(variant)[0]
+    rows: dict[str, dict[str, list[float]]] = {v: {"replay": [], "tps": []} for v in VARIANTS}
+    for _ in range(ROUNDS):
+        for variant in VARIANTS:
+            use(variant)
+            rows[variant]["tps"].append(generate(variant)[1])
+            rows[variant]["replay"].append(replay_ms())
+    prof = {}
+    for variant in VARIANTS:
+        use(variant)
+        prof[variant] = profiled(variant)
+    print(f"\n{name} quant={quant}, fast engine (compiled, recorded, decode attention, stacked projections), batch 1, "
+          f"128 + {NEW}; {ROUNDS} alternating rounds on {torch.cuda.get_device_name()}")
+    print("| pick | decode tok/s (median; all) | recorded step ms (median) | GPU kernel ms / token (profiled, "
+          "prefill included) | kernels / token | first run s |")
+    print("|---|---|---|---|---|---|")
+    for variant, r in rows.items():
+        print(f"| {variant} | {statistics.median(r['tps']):.1f}; {', '.join(f'{v:.1f}' for v in r['tps'])} | "
+              f"{statistics.median(r['replay']):.3f} | {prof[variant][0]:.3f} | {prof[variant][1]:.1f} | "
+              f"{compile_s[variant]:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
