@@ -101,9 +101,17 @@ r=json.load(open(f)); print('$v', r['tokens_per_second'], r['tokens_per_second_m
             done ;;
     picktests) timeout 200 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
               -k "tiny or streaming" ;;
+    picktests1) timeout 150 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
+              -k "compiled-decode-attention-fused or streaming" ;;
     bf16kernels) TORCHINDUCTOR_CACHE_DIR=/tmp/gemma-run-cache/torchinductor timeout 260 python3 bench/engine_profile.py gemma3_4b decode fused none \
               && python3 bench/inductor_kernels.py
               for run in cold warm; do (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_4b \
+              model.weights=random task.batch_sizes=[1] task.repeats=3); done ;;
+    final27b) (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
+              quant=4bit generation.engine=hf task.batch_sizes=[1] \
+              ; timeout 280 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random quant=int4 \
+              quant.lm_head=int4 task.batch_sizes=[1] task.repeats=3) ;;
+    bf16runs) for run in 1 2 3; do (cd /tmp && timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b \
               model.weights=random task.batch_sizes=[1] task.repeats=3); done ;;
     pickab) timeout 560 python3 bench/pick_ab.py gemma3_4b ;;
     pick4b) (cd /tmp && timeout 470 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \

@@ -126,7 +126,7 @@ def test_gpu_state_reads_nvidia_smi_and_is_none_without_it(tmp_path: Path, monke
     [gpu] = gpu_state.query()
     assert gpu["clocks.sm"] == "1755" and gpu["clocks.max.sm"] == "1980" and gpu["power.limit"] == "700.00"
     assert gpu["name"] == "NVIDIA H100 80GB HBM3" and gpu["clocks_throttle_reasons.active"] == "0x0000000000000000"
-    assert "SM 1755/1980 MHz" in gpu_state.describe([gpu])
+    assert "SM 1755/1980 MHz, memory 2619/2619 MHz" in gpu_state.describe([gpu])
     smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
     assert gpu_state.query() is None
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))

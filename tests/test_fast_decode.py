@@ -83,6 +83,23 @@ def test_fast_engine_stops_at_eos_and_stop_strings_as_generate_does(bf16) -> Non
     assert (got[0].completion, got[0].stopped_by) == (ref[0].completion, "stop_string")
 
 
+def test_two_stage_argmax_is_torchs_argmax_ties_and_padding_included() -> None:
+    """The greedy step's argmax (chunked, so a compiled step runs it in parallel) gives torch's index: the first of
+    equal maxima, whichever chunks they are in, for vocabularies that do and do not fill the last chunk."""
+    import torch
+
+    from gemma_run.infer.fast import ARGMAX_CHUNK, argmax
+
+    torch.manual_seed(0)
+    for vocab in (5, ARGMAX_CHUNK, ARGMAX_CHUNK + 1, 262_208):
+        x = torch.randn(4, vocab)
+        x[1, vocab // 3] = x[1, vocab - 1] = x[1].max() + 1  # tied maxima in different chunks
+        x[2, :] = 0.0  # all equal: index 0
+        x[3, vocab - 1] = float("inf")
+        assert torch.equal(argmax(x), x.argmax(-1)), vocab
+        assert argmax(x)[1] == vocab // 3 and argmax(x)[2] == 0 and argmax(x)[3] == vocab - 1
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager-step", "compiled-step"])
 def test_greedy_step_picks_on_the_device_as_the_host_loop_does(bf16, compiled: bool) -> None:
     """A greedy session's step picks its own token (fast.Picker: EOS held back under min_new_tokens, finished rows

@@ -36,9 +36,11 @@ def query() -> list[dict[str, str]] | None:
 
 
 def describe(state: list[dict[str, Any]] | None) -> str:
-    """A short line for the log: each GPU's SM clock against its maximum, power against its limit."""
+    """A short line for the log: each GPU's SM and memory clocks against their maximum, power against its
+    limit."""
     if not state:
         return "no nvidia-smi"
     return "; ".join(f"GPU {g.get('index')}: SM {g.get('clocks.sm')}/{g.get('clocks.max.sm')} MHz, "
+                     f"memory {g.get('clocks.mem')}/{g.get('clocks.max.mem')} MHz, "
                      f"{g.get('power.draw')}/{g.get('power.limit')} W, {g.get('temperature.gpu')} C, "
                      f"throttle {g.get('clocks_throttle_reasons.active')}" for g in state)

@@ -316,6 +316,25 @@ def _make_step(model: Any, cache: Any, compile: bool, exact: bool, attention: st
     return with_attention
 
 
+ARGMAX_CHUNK = 2048  # logits per first-stage row of :func:`argmax`
+
+
+def argmax(logits: Any) -> Any:
+    """``logits.argmax(-1)`` for [B, V] logits, in two stages: the maximum and its index in each chunk of
+    :data:`ARGMAX_CHUNK` (padded with -inf), then the first chunk holding the overall maximum. The same index,
+    ties included (the first of equal maxima, as both stages take the first). Why: inductor compiles a one-row
+    argmax into a single program, which took 68 us over Gemma's 262k logits on an H100 (an eager argmax: 9 us);
+    the chunks' maxima run as one program per chunk."""
+    import torch
+
+    batch, vocab = logits.shape
+    chunks = -(-vocab // ARGMAX_CHUNK)
+    padded = torch.nn.functional.pad(logits, (0, chunks * ARGMAX_CHUNK - vocab), value=float("-inf"))
+    values, within = padded.view(batch, chunks, ARGMAX_CHUNK).max(dim=-1)
+    chunk = values.argmax(dim=-1)
+    return chunk * ARGMAX_CHUNK + within.gather(-1, chunk[:, None]).squeeze(-1)
+
+
 # Where a greedy step's pick runs, inside the one recorded graph either way: "with_step", compiled in one graph
 # with the model's forward; "compiled_apart", the forward compiled as a sampling run's is and the pick compiled
 # on its own; "eager", the pick as plain kernels after the compiled forward. bench/pick_ab.py measures them.
@@ -341,7 +360,7 @@ def _pick_in_step(logits: Any, token: Any, position: Any, cache_position: Any, i
     import torch
 
     held = torch.where((index < min_new) & use_eos, float("-inf"), logits.index_select(-1, eos))
-    nxt = logits.index_copy(-1, eos, held).argmax(dim=-1)  # EOS can't win before min_new (repeats: same value)
+    nxt = argmax(logits.index_copy(-1, eos, held))  # EOS can't win before min_new (repeats: same value)
     nxt = torch.where(done, pad, nxt)
     out.index_copy_(1, index.clamp(max=out.shape[1] - 1).view(1), nxt.view(-1, 1))
     done.logical_or_(torch.isin(nxt, eos) & use_eos)
