@@ -111,6 +111,9 @@ r=json.load(open(f)); print('$v', r['tokens_per_second'], r['tokens_per_second_m
               quant=4bit generation.engine=hf task.batch_sizes=[1] \
               ; timeout 280 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random quant=int4 \
               quant.lm_head=int4 task.batch_sizes=[1] task.repeats=3) ;;
+    placement) timeout 150 python3 bench/placement_probe.py gemma3_27b int4; timeout 100 python3 bench/placement_probe.py gemma3_4b none ;;
+    default27b) (cd /tmp && timeout 285 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
+              quant=int4 task.batch_sizes=[1] task.repeats=3) ;;
     bf16runs) for run in 1 2 3; do (cd /tmp && timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b \
               model.weights=random task.batch_sizes=[1] task.repeats=3); done ;;
     pickab) timeout 560 python3 bench/pick_ab.py gemma3_4b ;;
