@@ -139,6 +139,27 @@ def test_greedy_step_picks_on_the_device_as_the_host_loop_does(bf16, compiled: b
     assert got[0].stopped_by == "stop_string" and stop not in got[0].completion
 
 
+@pytest.mark.parametrize("placement", ["with_step", "compiled_apart", "eager"])
+def test_each_placement_of_the_compiled_pick_gives_the_hosts_tokens(bf16, monkeypatch, placement: str) -> None:
+    """bench/pick_ab.py measures where a compiled greedy step runs its pick (fast.PICK); each placement must give
+    the tokens of the loop picking on the host."""
+    import torch
+
+    from gemma_run.infer import fast
+
+    monkeypatch.setattr(fast, "PICK", placement)
+    monkeypatch.setitem(bf16.model.__dict__, "_gemma_run_sessions", {})  # compiled steps of this placement only
+    batch = bf16.tokenizer([LONG, "hello there"], return_tensors="pt", padding=True)
+    kwargs = {"max_new_tokens": 12, "min_new_tokens": 4, "do_sample": False, "eos_token_id": [5, 7],
+              "pad_token_id": bf16.tokenizer.pad_token_id}
+    with torch.inference_mode():
+        device = fast.generate(bf16.model, batch["input_ids"], batch["attention_mask"], kwargs, compile=True)
+        host = fast.generate(bf16.model, batch["input_ids"], batch["attention_mask"], kwargs, compile=True,
+                             pick=False)
+    assert torch.equal(device, host)
+    assert [s.picker is not None for s in bf16.model._gemma_run_sessions.values()] == [True, False]
+
+
 def test_fast_engine_sampling_is_seeded_and_top_k_1_is_greedy(bf16) -> None:
     import torch
 

@@ -58,7 +58,8 @@ class GenerationConfig:
     step_attention: StepAttention | None = None
     # fast engine: sibling projections that read one input (attention's q/k/v, the MLP's gate/up) fused into one
     # matrix each, so a batch-1 step runs three fewer, larger products a layer (gemma_run/infer/fused_projections.py;
-    # plain bf16/fp16/fp32 linears only, quantized ones stay as they are). null: on with the fast engine. The
+    # plain bf16/fp16/fp32 linears, and quant=int4's weights stacked; bitsandbytes' stay as they are). null: on
+    # with the fast engine. The
     # loaded model is changed in place (its state dict's names too), for this run's generation.
     fuse_projections: bool | None = None
     # fast engine, greedy decoding: the decode step picks its own next token on the device (argmax, EOS held back
