@@ -13,15 +13,16 @@ of the loop shows, and the host-side ops that cost most. Prints a short table an
 from __future__ import annotations
 
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 from gemma_run import compose
-from gemma_run.infer import decode_attention, fast
+from gemma_run.infer import decode_attention
 from gemma_run.loading import load
 
-NEW = 128
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_timing import NEW, generate, replay_ms
 
 
 def main() -> int:
@@ -34,27 +35,13 @@ def main() -> int:
     model = loaded.model
     ids = torch.randint(10, 1000, (1, 128), device=loaded.input_device)
     mask = torch.ones_like(ids)
-    kwargs = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False, "eos_token_id": [1],
-              "pad_token_id": 0}
 
     def run() -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True, attention=attention,
-                          fuse=fuse)
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return generate(model, ids, mask, attention=attention, fuse=fuse)[0]
 
     first = run()
     loop = min(run() for _ in range(3))
-    [s] = [s for s in model._gemma_run_sessions.values() if s.replay is not None]
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        s.replay_alone(NEW)
-    torch.cuda.synchronize()
-    replay_ms = (time.perf_counter() - start) / NEW * 1e3
+    replay = replay_ms(model)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -67,7 +54,7 @@ def main() -> int:
     print("| measure | ms / token |")
     print("|---|---|")
     print(f"| fast.generate, whole loop (prefill included) | {loop / NEW * 1e3:.3f} |")
-    print(f"| the recorded step replayed back to back | {replay_ms:.3f} |")
+    print(f"| the recorded step replayed back to back | {replay:.3f} |")
     print(f"| profiled generate: wall | {profiled / NEW * 1e3:.3f} |")
     print(f"| profiled generate: GPU kernels | {gpu_us / 1e3 / NEW:.3f} |")
     print("\nhost ops by self CPU time (profiled run):")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
@@ -20,7 +20,10 @@ from gemma_run import compose
 from gemma_run.infer import decode_attention, fast
 from gemma_run.loading import load, torchao_int4
 
-NEW, ROUNDS = 128, 3
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_timing import NEW, generate, replay_ms
+
+ROUNDS = 3
 
 
 def main() -> int:
@@ -35,53 +38,25 @@ def main() -> int:
     attention = decode_attention.register()
     ids = torch.randint(10, 1000, (1, 128), device=loaded.input_device)
     mask = torch.ones_like(ids)
-    kwargs = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False, "eos_token_id": [1],
-              "pad_token_id": 0}
     sessions: dict[str, dict] = {}
 
     def use(head: str) -> None:
         model.set_output_embeddings(heads[head])
         model.__dict__["_gemma_run_sessions"] = sessions.setdefault(head, {})
 
-    def generate() -> tuple[float, float]:
-        first: list[float] = []
-
-        class Streamer:
-            def put(self, value) -> None:
-                if not first and value.dim() == 1:
-                    first.append(time.perf_counter())
-
-            def end(self) -> None:
-                pass
-
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True, attention=attention,
-                          fuse=True, streamer=Streamer())
-        torch.cuda.synchronize()
-        end = time.perf_counter()
-        return end - start, (NEW - 1) / (end - first[0])
-
-    def replay_ms() -> float:
-        [s] = [s for s in model._gemma_run_sessions.values() if s.replay is not None]
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            s.replay_alone(NEW)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) / NEW * 1e3
+    def run() -> tuple[float, float]:
+        return generate(model, ids, mask, attention=attention, fuse=True)
 
     compile_s = {}
     for head in heads:
         use(head)
-        compile_s[head] = generate()[0]
+        compile_s[head] = run()[0]
     rows: dict[str, dict[str, list[float]]] = {h: {"replay": [], "tps": []} for h in heads}
     for _ in range(ROUNDS):
         for head in heads:
             use(head)
-            rows[head]["tps"].append(generate()[1])
-            rows[head]["replay"].append(replay_ms())
+            rows[head]["tps"].append(run()[1])
+            rows[head]["replay"].append(replay_ms(model))
     print(f"\n{name} int4, fast engine (compiled, recorded, stacked projections), batch 1, 128 + {NEW}; "
           f"{ROUNDS} alternating rounds on {torch.cuda.get_device_name()}")
     print("| output layer | recorded step, ms (median) | decode tok/s (best; all) | first run s (compile) |")

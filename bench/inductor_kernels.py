@@ -1,6 +1,7 @@
 """Which operations each kernel of a compiled decode step runs: reads inductor's generated code in its cache
-(env.vars.TORCHINDUCTOR_CACHE_DIR) and prints, for each Triton kernel of the largest module (the step), the ATen
-operations inductor fused into it, so a profile's kernel names (bench/engine_profile.py) can be read.
+(env.vars.TORCHINDUCTOR_CACHE_DIR) and prints, for each kernel the largest module (the step) launches, the ATen
+operations inductor fused into it (from the comment inductor writes above each definition), so that a profile's
+kernel names (bench/engine_profile.py) can be read.
 
     python3 bench/inductor_kernels.py [cache dir]    (default /tmp/gemma-run-cache/torchinductor)
 """
@@ -22,12 +23,13 @@ def main() -> int:
     text = step.read_text()
     print(f"{step} ({len(text) // 1024} KiB)")
     ops = None
-    for line in text.splitlines():
-        if line.startswith("# Original ATen:"):
-            ops = line[len("# Original ATen:"):].strip()
-        m = re.match(r"^(triton_\w+) = async_compile\.triton\(", line)
-        if m:
-            print(f"{m.group(1)}: {ops}")
+    for line in text.splitlines():  # each definition follows "# Topologically Sorted ..., Original ATen: [...]"
+        found = re.search(r"Original ATen: (\[.*\])", line)
+        if found:
+            ops = found.group(1)
+        defined = re.match(r"^((?:triton|cpp)_\w+) = async_compile\.", line)
+        if defined:
+            print(f"{defined.group(1)}: {ops or '(no ATen comment: inductor writes them for Triton kernels)'}")
             ops = None
     return 0
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
@@ -26,7 +26,10 @@ from gemma_run import compose
 from gemma_run.infer import decode_attention, fast
 from gemma_run.loading import load
 
-NEW, ROUNDS = 128, 4
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_timing import NEW, generate, replay_ms
+
+ROUNDS = 4
 VARIANTS = ("host", "with_step", "compiled_apart", "eager")
 
 
@@ -39,62 +42,34 @@ def main() -> int:
     attention = decode_attention.register()
     ids = torch.randint(10, 1000, (1, 128), device=loaded.input_device)
     mask = torch.ones_like(ids)
-    kwargs = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False, "eos_token_id": [1],
-              "pad_token_id": 0}
     sessions: dict[str, dict] = {}
 
     def use(variant: str) -> None:
         fast.PICK = variant if variant != "host" else "with_step"
         model.__dict__["_gemma_run_sessions"] = sessions.setdefault(variant, {})
 
-    def generate(variant: str) -> tuple[float, float]:
-        first: list[float] = []
-
-        class Streamer:
-            def put(self, value) -> None:
-                if not first and value.dim() == 1:
-                    first.append(time.perf_counter())
-
-            def end(self) -> None:
-                pass
-
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            fast.generate(model, ids, mask, kwargs, compile=True, exact=True, graph=True, attention=attention,
-                          fuse=True, pick=variant != "host", streamer=Streamer())
-        torch.cuda.synchronize()
-        end = time.perf_counter()
-        return end - start, (NEW - 1) / (end - first[0])
-
-    def replay_ms() -> float:
-        [s] = [s for s in model._gemma_run_sessions.values() if s.replay is not None]
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            s.replay_alone(NEW)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) / NEW * 1e3
+    def run(variant: str) -> tuple[float, float]:
+        return generate(model, ids, mask, attention=attention, fuse=True, pick=variant != "host")
 
     def profiled(variant: str) -> tuple[float, float]:
         from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            generate(variant)
+            run(variant)
         kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
         return sum(e.device_time for e in kernels) / 1e3 / NEW, len(kernels) / NEW
 
     compile_s = {}
     for variant in VARIANTS:
         use(variant)
-        compile_s[variant] = generate(variant)[0]
+        compile_s[variant] = run(variant)[0]
     rows: dict[str, dict[str, list[float]]] = {v: {"replay": [], "tps": []} for v in VARIANTS}
     for _ in range(ROUNDS):
         for variant in VARIANTS:
             use(variant)
-            rows[variant]["tps"].append(generate(variant)[1])
-            rows[variant]["replay"].append(replay_ms())
+            rows[variant]["tps"].append(run(variant)[1])
+            rows[variant]["replay"].append(replay_ms(model))
     prof = {}
     for variant in VARIANTS:
         use(variant)
