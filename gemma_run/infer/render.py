@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gemma_run.chat import join_system
 from gemma_run.errors import GemmaRunError
 from gemma_run.infer.prompts import PromptItem
 
@@ -26,7 +27,7 @@ def messages_of(item: PromptItem, system_prompt: str | None) -> list[dict[str, A
             m["role"] = "assistant"
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
+    return join_system(messages)  # templates read one system message: several are joined, in order
 
 
 def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_run.chat import join_system
 from gemma_run.errors import GemmaRunError
 from gemma_run.training import records as rec
 
@@ -79,7 +80,7 @@ def _segments(tokenizer: Any, data: dict[str, Any], fmt: str, where: str) -> lis
     if not tokenizer.chat_template:
         raise GemmaRunError("data.format=chat needs a tokenizer with a chat template; this one has none",
                             key="data.format", fix="use a model whose tokenizer has one, or data.format=alpaca/text")
-    return _segments_chat(tokenizer, data["messages"], where)
+    return _segments_chat(tokenizer, join_system(data["messages"]), where)  # several system messages: joined
 
 
 def tokenize(tokenizer: Any, data: dict[str, Any], fmt: str, where: str, completion_only: bool) -> dict[str, list]:
