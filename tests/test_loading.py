@@ -262,3 +262,27 @@ def test_4bit_on_an_avx512_bf16_cpu_needs_output_sizes_divisible_by_32():
     assert "quant=8bit" in e.value.fix
     quantization.check_cpu_4bit(_quant(skip_modules=["lm_head", "odd"]), skeleton, flags={"avx512_bf16"})
     quantization.check_cpu_4bit(_quant(bits=8), skeleton, flags={"avx512_bf16"})  # 8-bit has no such limit
+
+
+def test_skeleton_is_never_built_as_zero3_weights(compose_cfg):
+    """With a ZeRO-3 config registered (as TrainingArguments(deepspeed=...) does), the meta skeleton used for
+    checks and plans is still a plain module tree, and the registration is intact afterwards."""
+    pytest.importorskip("deepspeed")
+    from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+
+    from gemma_run.loading import architecture
+    from gemma_run.planning import skeleton as planning_skeleton
+
+    cfg = compose_cfg()
+    path = checkpoint.resolve(cfg.model, cfg.cache_dir)
+    ds = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    assert is_deepspeed_zero3_enabled()
+    plan = architecture.plan(path, text_only=True, trust_remote_code=False)
+    model = architecture.skeleton(path, plan, trust_remote_code=False)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert not any(hasattr(p, "ds_id") for p in model.parameters())  # not partitioned by deepspeed.zero.Init
+    config = json.loads((path / "config.json").read_text())
+    planned = planning_skeleton.build(config, text_only=True)
+    assert not any(hasattr(p, "ds_id") for p in planned.parameters())
+    assert is_deepspeed_zero3_enabled()  # restored
+    del ds

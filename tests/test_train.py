@@ -178,15 +178,34 @@ def test_deepspeed_zero2_and_zero3_two_processes(cli, alpaca: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_qlora_zero3_one_process(cli, alpaca: Path, tmp_path: Path):
-    """QLoRA + ZeRO-3 (the GPU test's setup, in fp32 on CPU): 4-bit storage becomes the training dtype."""
+@pytest.mark.parametrize("cpu", ["avx512_bf16", "avx2"])
+def test_qlora_zero3_one_process(cli, alpaca: Path, tmp_path: Path, cpu: str):
+    """QLoRA + ZeRO-3 (the GPU test's setup, in fp32 on CPU): 4-bit storage becomes the training dtype.
+
+    Both CPU branches run on any machine: on AVX512-BF16 CPUs the load first checks bitsandbytes' kernel limits
+    on a meta skeleton of the model, which must not be built as ZeRO-3 weights."""
+    flags = f"+plugins.cpu={{_target_:tests.helpers.probe_plugin.CpuFlags,order:15,flags:[{cpu}]}}"
     proc = cli("task=train", f"data.train_file={alpaca}", "quant=4bit", "deepspeed=zero3", "train.max_steps=2",
-               "train.save_steps=2", "train.gradient_checkpointing=true", "launcher.master_port=29633", *FAST)
+               "train.save_steps=2", "train.gradient_checkpointing=true", "launcher.master_port=29633", flags, *FAST,
+               env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "quant.quant_storage uint8 -> float32" in proc.stderr
     [run_dir] = run_dirs(tmp_path)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["quantized"] and result["deepspeed_stage"] == 3 and lora_b_norm(run_dir / "adapter") > 0
+
+
+@pytest.mark.slow
+def test_qlora_zero3_two_processes(cli, alpaca: Path, tmp_path: Path):
+    """The multi-GPU QLoRA command (quant=4bit deepspeed=zero3 through the deepspeed launcher), on 2 gloo ranks."""
+    proc = cli("task=train", f"data.train_file={alpaca}", "quant=4bit", "deepspeed=zero3", "launcher=deepspeed",
+               "launcher.nproc_per_node=2", "launcher.master_port=29634", "train.max_steps=2", "train.save_steps=2",
+               *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run_dir] = run_dirs(tmp_path)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["world_size"] == 2 and result["quantized"] and result["deepspeed_stage"] == 3
+    assert lora_b_norm(run_dir / "adapter") > 0
 
 
 @pytest.mark.slow

@@ -86,13 +86,17 @@ def model_class(p: Plan):  # -> a transformers auto class or model class with fr
 
 
 def skeleton(path: Path, p: Plan, trust_remote_code: bool):  # -> torch.nn.Module on the meta device
-    """The model with no memory behind its weights: its module, parameter and buffer names, for free."""
+    """The model with no memory behind its weights: its module, parameter and buffer names, for free.
+
+    Never built as ZeRO-3 weights, whatever DeepSpeed config the process has registered."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
+    from gemma_run.loading.compat import without_zero3_init
+
     config = p.kwargs.get("config") or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     cls = model_class(p)
-    with init_empty_weights(include_buffers=True):
+    with without_zero3_init(), init_empty_weights(include_buffers=True):
         if cls.__name__.startswith("Auto"):
             return cls.from_config(config, trust_remote_code=trust_remote_code)
         return cls._from_config(config)

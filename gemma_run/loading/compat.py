@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 
@@ -38,3 +40,26 @@ def should_convert_module(full_name: str, patterns: list[str] | None) -> bool:
         leaf = full_name.rsplit(".", 1)[-1]
         return leaf not in patterns and not any(key + "." in full_name or key == full_name for key in patterns)
     return convert(full_name, patterns)
+
+
+@contextmanager
+def without_zero3_init() -> Iterator[None]:
+    """A block in which transformers builds models as plain modules even while a ZeRO-3 config is active.
+
+    ``TrainingArguments(deepspeed=<stage 3>)`` registers a process-wide DeepSpeed config; from then on every
+    ``from_config`` partitions the new model's weights with ``deepspeed.zero.Init`` and initialises them by
+    gathering them. A meta-device skeleton (module names and shapes, for checks and plans) has no data to
+    gather: ``NotImplementedError: Cannot copy out of meta tensor; no data!``. Inside this block the registered
+    config is hidden, and restored on exit.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:  # transformers without the DeepSpeed integration: nothing is registered
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

@@ -23,13 +23,13 @@ def _build(config_json: str, text_only: bool, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gemma_run.loading.compat import dtype_kwarg
+    from gemma_run.loading.compat import dtype_kwarg, without_zero3_init
     from gemma_run.loading.random_weights import architecture_config
 
     config = json.loads(config_json)
     try:
         arch = architecture_config(config, text_only)
-        with torch.device("meta"):
+        with without_zero3_init(), torch.device("meta"):
             # torch_dtype= on transformers < 4.56 (gemma_run.loading.compat)
             model = AutoModelForCausalLM.from_config(arch, **{dtype_kwarg(): getattr(torch, dtype)})
     except (KeyError, ValueError, TypeError) as e:  # unknown model_type, a bad value, a class with no causal LM

@@ -31,3 +31,15 @@ class Recorder:
     def __call__(self, ctx) -> None:
         with open(self.out, "a") as f:
             f.write(self.tag + "\n")
+
+
+class CpuFlags:
+    """Makes this process report the given CPU feature flags, so a test takes the branch another CPU would."""
+
+    def __init__(self, flags: list[str]) -> None:
+        self.flags = set(flags)
+
+    def __call__(self, ctx) -> None:
+        from gemma_run.loading import quantization
+
+        quantization.cpu_flags = lambda: set(self.flags)
