@@ -70,3 +70,32 @@ def plot(path: Path, out: Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def log_at_saves() -> Any:
+    """A TrainerCallback that logs the loss at every save step, so each checkpoint's log history ends exactly at its
+    step and a run resumed from it can count the loss of every step before it (:func:`whole_run_loss`)."""
+    from transformers import TrainerCallback
+
+    class LogAtSaves(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:  # set by the Trainer's own flow callback, which runs before this one
+                control.should_log = True
+            return control
+
+    return LogAtSaves()
+
+
+def whole_run_loss(history: list[dict[str, Any]], resumed_at: int, this_run_mean: float, global_step: int) -> float:
+    """The mean train loss over every step of a run resumed at step ``resumed_at``, as an uninterrupted run reports
+    it: the steps up to ``resumed_at`` from the checkpoint's log history (each logged loss is the mean since the
+    previous log), the steps after it from this process's mean (the Trainer's ``training_loss``). Steps the
+    history does not cover (a checkpoint saved without a log at its step) are left out of the mean."""
+    total, steps, last = 0.0, 0, 0
+    for entry in sorted((e for e in history if "loss" in e), key=lambda e: e["step"]):
+        if last < entry["step"] <= resumed_at:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    after = max(global_step - resumed_at, 0)
+    return (total + this_run_mean * after) / max(steps + after, 1)

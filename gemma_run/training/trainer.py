@@ -231,6 +231,17 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     return result
 
 
+def _train_loss(trainer: Any, this_run: float, resume_from: Path | None) -> float:
+    """The whole run's mean train loss. After a resume the Trainer's training_loss covers only the steps this
+    process ran; the steps before the checkpoint come from its log history (logs.whole_run_loss)."""
+    if resume_from is None:
+        return this_run
+    import json
+
+    resumed_at = int(json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"])
+    return logs.whole_run_loss(trainer.state.log_history, resumed_at, this_run, trainer.state.global_step)
+
+
 def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.Prepared, out: Path,
          resume_from: Path | None, rank: int, kernel: str, callbacks: list[Any], save: bool) -> dict[str, Any]:
     import time
@@ -243,7 +254,7 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
     trainer = loss_hook.trainer_class(kernel)(
         model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
         data_collator=prepared.collator, processing_class=tokenizer,
-        callbacks=[checkpoints.completion_callback(), logs.loss_callback(loss_path), *callbacks])
+        callbacks=[checkpoints.completion_callback(), logs.loss_callback(loss_path), logs.log_at_saves(), *callbacks])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -265,7 +276,7 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
         "output_dir": str(out),
         "adapter": str(adapter) if save else None,
         "global_step": trainer.state.global_step,
-        "train_loss": round(float(output.training_loss), 6),
+        "train_loss": round(_train_loss(trainer, float(output.training_loss), resume_from), 6),
         "train_seconds": round(seconds, 3),
         "resumed_from": str(resume_from) if resume_from else None,
         "train_samples_per_second": output.metrics.get("train_samples_per_second"),
