@@ -18,6 +18,30 @@ from gemma_run.infer.stats import TimingStreamer
 LONG = "the cat sat on the mat and looked at the dog " * 3  # > 16 tokens: past the tiny model's sliding window
 
 
+def _first_new(row: list[int], start: int) -> int:
+    """The first step at or after ``start`` whose token the row had not made before."""
+    return next(i for i in range(start, len(row)) if row[i] not in row[:i])
+
+
+def _eos_from(rows: list[list[int]], min_new: int, start: int) -> int:
+    """An EOS id for a stopping test, taken from greedy rows made without one: a token row 0 first makes at step
+    ``start`` or later, which no row makes before ``min_new`` (so holding EOS back changes nothing before it)."""
+    early = {t for row in rows for t in row[:min_new]}
+    return next(rows[0][i] for i in range(start, len(rows[0]))
+                if rows[0][i] not in rows[0][:i] and rows[0][i] not in early)
+
+
+def _ended(rows: list[list[int]], eos: list[int], min_new: int, pad: int) -> list[list[int]]:
+    """Greedy ``rows`` made without EOS, as they come out with ``eos``: each ends at its first EOS from step
+    ``min_new`` on, padding after it (valid when no row makes an EOS id before ``min_new``)."""
+    out = []
+    for row in rows:
+        assert not set(row[:min_new]) & set(eos)
+        end = next((i for i in range(min_new, len(row)) if row[i] in eos), len(row) - 1)
+        out.append(row[:end + 1] + [pad] * (len(row) - end - 1))
+    return out
+
+
 @pytest.fixture(scope="module")
 def bf16(cache_dir: Path):
     from gemma_run import compose
@@ -49,16 +73,31 @@ def _run(loaded, prompts: list[str], engine: gen.Engine, new: int = 32, **extra)
 def test_fast_engine_gives_generates_greedy_tokens_in_bf16(bf16, compiled: bool, attention: str | None) -> None:
     """Left-padded batch of two, greedy, bf16: the fast engine's tokens are generate()'s, whatever its step runs as
     (the decode attention included: the prompt's pass keeps the model's sdpa, and so does generate())."""
+    import torch
+
     from gemma_run.infer import decode_attention
 
     prompts = [LONG, "hello there"]
     assert len(bf16.tokenizer(LONG)["input_ids"]) > 16
     ref = _run(bf16, prompts, gen.HF, min_new_tokens=32)
     name = decode_attention.register() if attention else None
-    fast = _run(bf16, prompts, gen.Engine("fast", compiled, True, "test", attention=name), min_new_tokens=32)
+    engine = gen.Engine("fast", compiled, True, "test", attention=name)
+    fast = _run(bf16, prompts, engine, min_new_tokens=32)
     assert bf16.model.config._attn_implementation == "sdpa"  # the model's own is back after the steps
     assert [o.new_tokens for o in fast] == [32, 32]
     assert [o.completion for o in fast] == [o.completion for o in ref]
+    # stopping compared too: an EOS that row 0 makes mid-run, min_new_tokens < max_new_tokens
+    tok = bf16.tokenizer
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        plain = bf16.model.generate(**batch, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                    pad_token_id=tok.pad_token_id)[:, batch["input_ids"].shape[1]:].tolist()
+    eos = _eos_from(plain, 4, 8)
+    ref = _run(bf16, prompts, gen.HF, min_new_tokens=4, eos_token_id=[eos])
+    fast = _run(bf16, prompts, engine, min_new_tokens=4, eos_token_id=[eos])
+    assert (ref[0].stopped_by, ref[0].new_tokens) == ("eos", plain[0].index(eos) + 1)
+    assert [(o.new_tokens, o.stopped_by, o.completion) for o in fast] == [
+        (o.new_tokens, o.stopped_by, o.completion) for o in ref]
 
 
 def test_fast_engine_stops_at_eos_and_stop_strings_as_generate_does(bf16) -> None:
@@ -139,6 +178,29 @@ def test_greedy_step_picks_on_the_device_as_the_host_loop_does(bf16, compiled: b
     assert got[0].stopped_by == "stop_string" and stop not in got[0].completion
 
 
+@pytest.mark.parametrize("engine", ["hf", "fast-device-pick", "fast-host-pick"])
+def test_an_eos_made_at_exactly_min_new_tokens_ends_the_row(bf16, engine: str) -> None:
+    """min_new_tokens=k holds EOS back at steps 0..k-1 only (generate()'s rule): an EOS the model makes at step k
+    ends the row there, whether the step picks on the device or the loop on the host; min_new_tokens=k+1 holds
+    that same EOS back."""
+    import torch
+
+    from gemma_run.infer import fast
+
+    tok = bf16.tokenizer
+    ids = tok(LONG, return_tensors="pt")["input_ids"]
+    kwargs = {"max_new_tokens": 24, "do_sample": False, "pad_token_id": tok.pad_token_id, "eos_token_id": []}
+    with torch.inference_mode():
+        plain = fast.generate(bf16.model, ids, torch.ones_like(ids), kwargs, compile=False)[0, ids.shape[1]:].tolist()
+    k = _first_new(plain, 6)
+    chosen = {"hf": gen.HF, "fast-device-pick": gen.Engine("fast", False, True, "test"),
+              "fast-host-pick": gen.Engine("fast", False, True, "test", pick=False)}[engine]
+    (at,) = _run(bf16, [LONG], chosen, new=24, eos_token_id=[plain[k]], min_new_tokens=k)
+    assert (at.new_tokens, at.stopped_by) == (k + 1, "eos")
+    (held,) = _run(bf16, [LONG], chosen, new=24, eos_token_id=[plain[k]], min_new_tokens=k + 1)
+    assert held.new_tokens > k + 1
+
+
 @pytest.mark.parametrize("placement", ["with_step", "compiled_apart", "eager"])
 def test_each_placement_of_the_compiled_pick_gives_the_hosts_tokens(bf16, monkeypatch, placement: str) -> None:
     """bench/pick_ab.py measures where a compiled greedy step runs its pick (fast.PICK); each placement must give
@@ -150,14 +212,21 @@ def test_each_placement_of_the_compiled_pick_gives_the_hosts_tokens(bf16, monkey
     monkeypatch.setattr(fast, "PICK", placement)
     monkeypatch.setitem(bf16.model.__dict__, "_gemma_run_sessions", {})  # compiled steps of this placement only
     batch = bf16.tokenizer([LONG, "hello there"], return_tensors="pt", padding=True)
-    kwargs = {"max_new_tokens": 12, "min_new_tokens": 4, "do_sample": False, "eos_token_id": [5, 7],
-              "pad_token_id": bf16.tokenizer.pad_token_id}
+    ids, mask, pad = batch["input_ids"], batch["attention_mask"], bf16.tokenizer.pad_token_id
+    kwargs = {"max_new_tokens": 16, "min_new_tokens": 4, "do_sample": False, "pad_token_id": pad}
+    with torch.inference_mode():  # the host's greedy tokens without EOS: row 0's EOS is taken from them
+        plain = fast.generate(bf16.model, ids, mask, {**kwargs, "eos_token_id": []}, compile=True,
+                              pick=False)[:, ids.shape[1]:].tolist()
+    eos = [_eos_from(plain, 4, 6), _eos_from(plain[::-1], 4, 6)]  # one made by row 0, one by row 1
+    kwargs["eos_token_id"] = eos
     with torch.inference_mode():
-        device = fast.generate(bf16.model, batch["input_ids"], batch["attention_mask"], kwargs, compile=True)
-        host = fast.generate(bf16.model, batch["input_ids"], batch["attention_mask"], kwargs, compile=True,
-                             pick=False)
+        device = fast.generate(bf16.model, ids, mask, kwargs, compile=True)
+        host = fast.generate(bf16.model, ids, mask, kwargs, compile=True, pick=False)
     assert torch.equal(device, host)
-    assert [s.picker is not None for s in bf16.model._gemma_run_sessions.values()] == [True, False]
+    expected = _ended(plain, eos, 4, pad)
+    assert expected[0][-1] == pad  # row 0 ends before max_new_tokens: stopping is compared
+    assert device[:, ids.shape[1]:].tolist() == expected
+    assert sorted(s.picker is not None for s in bf16.model._gemma_run_sessions.values()) == [False, True]
 
 
 def test_fast_engine_sampling_is_seeded_and_top_k_1_is_greedy(bf16) -> None:
