@@ -1,75 +1,127 @@
-"""Issue 7's 4-bit candidates, kernel by kernel: batch-1 matrix-vector products of gemma3_27b's shapes on a GPU.
+"""The 4-bit kernel table: gemma3_27b's batch-1 matrix-vector products, backend by backend, on one CUDA GPU.
 
-    . bench/gpu_env.sh && python3 bench/kernels_4bit.py        (gemlite is tried when it imports)
+    python bench/kernels_4bit.py [--out DIR]        (the gemlite rows when gemlite imports)
 
-A 27B decode step is 62 layers of 7 products (q, k, v, o, gate, up, down) plus the lm_head. For each backend the
-script quantizes LAYERS copies of one layer's weights (random, so the set is larger than the GPU's L2 cache, as
-the real model is), records one pass over them as a CUDA graph (what the engine replays), and reports the time
-per layer and the effective bandwidth: the bytes the backend stores per layer divided by that time, against a
-device copy measured in the same run. The candidates:
+A 27B decode step is 62 layers of 7 products (q, k, v, o, gate, up, down) plus the output layer. For each
+backend the script quantizes LAYERS copies of one layer's random weights (more than the GPU's L2 cache holds, as
+the real model is), records one pass over them as a CUDA graph (as the fast engine replays its step) and reports
+the time per layer and the effective bandwidth: the bytes the backend stores for a layer over that time, as a
+fraction of the device's copy bandwidth (measured as task=bench measures it, in the same run). Rows:
 
-- bf16: cuBLAS (torch.nn.functional.linear), the baseline;
-- nf4: bitsandbytes' 4-bit (what quant=4bit loads), blocksize 64, double quant as gemma-run sets it;
-- int4: torchao Int4WeightOnlyConfig, tile_packed_to_4d (tinygemm; what quant=int4 loads), group 128;
-- gemlite: gemlite's Triton A16W4 kernels (asymmetric int4, group 64/128), if the package imports.
+- bf16: cuBLAS (``torch.nn.functional.linear``), what quant=none runs;
+- nf4: bitsandbytes' 4-bit as quant=4bit loads it (blocksize 64, double quant);
+- int4 as loaded: torchao's tinygemm layout as quant=int4 loads it (in_features padded to a multiple of 1024);
+- int4 stacked: the same weights as the fast engine holds them (``gemma_run.infer.fused_projections``: q/k/v and
+  gate/up stacked, without the padding), 4 products a layer;
+- gemlite 0.6: its Triton A16W4 kernels (asymmetric int4, group 64 and 128; 128 stacked as well);
+- the output layer (262,208 x 5376): bf16 (what quant=int4 keeps) and int4 as quant.lm_head=int4 holds it.
 
-Prints a short table; writes kernels_4bit.json to $OUT (or bench/results/).
+Prints a table; writes kernels_4bit.json to --out.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 5376, 32, 16, 128, 21504
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = 5376, 32, 16, 128, 21504, 262208
 SHAPES = {"q": (HEADS * HEAD_DIM, HIDDEN), "k": (KV_HEADS * HEAD_DIM, HIDDEN), "v": (KV_HEADS * HEAD_DIM, HIDDEN),
           "o": (HIDDEN, HEADS * HEAD_DIM), "gate": (FFN, HIDDEN), "up": (FFN, HIDDEN), "down": (HIDDEN, FFN)}
-LAYERS = 8  # 8 layers x ~0.4 GB (4-bit) is far beyond the 50 MB L2
+INPUT = {"q": "hidden", "k": "hidden", "v": "hidden", "o": "attention", "gate": "hidden", "up": "hidden",
+         "down": "mlp"}  # which activation each product reads
+STACKED = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))  # the fast engine's products of one layer
+LAYERS = 8  # 8 layers x ~0.22 GB (4-bit) is far beyond a 50-60 MB L2 cache
 REPEATS = 20
+DEPTH = 62  # gemma3_27b's decoder layers
+
+Products = list[tuple[Any, str]]  # (callable on an activation, the activation's name)
 
 
-def bf16_layer(weights):
+def stored_bytes(modules: list[Any]) -> int:
+    """Bytes a module stores: torchao's int4 weights count their packed data and scales, others every tensor."""
+    total = 0
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            parts = [getattr(t, a) for a in ("qdata", "scale_and_zero") if hasattr(t, a)] or [t]
+            total += sum(p.numel() * p.element_size() for p in parts)
+    return total
+
+
+def bf16_layer(weights: dict) -> tuple[Products, int]:
     import torch
 
-    return [lambda x, w=w: torch.nn.functional.linear(x, w) for w in weights], sum(w.numel() * 2 for w in weights)
+    products = [(lambda x, w=w: torch.nn.functional.linear(x, w), INPUT[k]) for k, w in weights.items()]
+    return products, sum(w.numel() * w.element_size() for w in weights.values())
 
 
-def nf4_layer(weights):
+def nf4_layer(weights: dict) -> tuple[Products, int]:
+    import bitsandbytes as bnb
     import bitsandbytes.functional as bf
 
-    fns, size = [], 0
-    for w in weights:
+    products, size = [], 0
+    for k, w in weights.items():
         q, state = bf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
         size += q.numel() * q.element_size() + state.absmax.numel() * state.absmax.element_size()
-        import bitsandbytes as bnb
-
-        fns.append(lambda x, q=q, state=state: bnb.matmul_4bit(x, q.t(), quant_state=state))
-    return fns, size
+        products.append((lambda x, q=q, state=state: bnb.matmul_4bit(x, q.t(), quant_state=state), INPUT[k]))
+    return products, size
 
 
-def int4_layer(weights):
+@functools.cache
+def int4_quant_cfg(lm_head: str = "keep") -> Any:
+    """The quant group as `quant=int4` composes it."""
+    from gemma_run import compose
+
+    return compose(["quant=int4", f"quant.lm_head={lm_head}"]).quant
+
+
+def int4_linears(weights: dict) -> dict[str, Any]:
+    """torchao int4 linears of these weights, quantized as quant=int4 loads them on CUDA."""
     import torch
-    from torchao.quantization import Int4WeightOnlyConfig, quantize_
+    from torchao.quantization import quantize_
 
-    fns, size = [], 0
-    for w in weights:
-        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=torch.bfloat16, device=w.device)
-        lin.weight.data.copy_(w)
-        quantize_(lin, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
-        qw = lin.weight
-        size += sum(t.numel() * t.element_size() for t in (qw.qdata, qw.scale_and_zero))
-        fns.append(lin)
-    return fns, size
+    from gemma_run.loading.torchao_int4 import ao_config
+
+    config = ao_config(int4_quant_cfg(), on_cuda=True)
+    out = {}
+    for k, w in weights.items():
+        linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype, device=w.device)
+        linear.weight.data.copy_(w)
+        quantize_(linear, config)
+        out[k] = linear
+    return out
 
 
-def gemlite_layer(weights, group: int):
+def int4_layer(weights: dict) -> tuple[Products, int]:
+    linears = int4_linears(weights)
+    return [(m, INPUT[k]) for k, m in linears.items()], stored_bytes(list(linears.values()))
+
+
+def int4_stacked_layer(weights: dict) -> tuple[Products, int]:
+    from gemma_run.infer import fused_projections
+
+    linears = int4_linears(weights)
+    modules = []
+    for names in STACKED:
+        group = [linears[n] for n in names]
+        if len(group) > 1 and not fused_projections.stackable_int4(group):
+            raise RuntimeError(f"{'/'.join(names)} cannot be stacked in this torchao version's layout")
+        modules.append((fused_projections.stack_int4(group) if len(group) > 1 else group[0], INPUT[names[0]]))
+    return modules, stored_bytes([m for m, _ in modules])
+
+
+def gemlite_layer(weights: dict, group: int, stacked: bool = False) -> tuple[Products, int]:
     import gemlite
     import torch
 
-    fns, size = [], 0
-    for w in weights:
+    names = STACKED if stacked else tuple((k,) for k in weights)
+    products, size = [], 0
+    for parts in names:
+        w = torch.cat([weights[n] for n in parts])
         n, k = w.shape
         g = w.float().view(n, k // group, group)
         lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
@@ -80,12 +132,36 @@ def gemlite_layer(weights, group: int):
             wq, scale.view(n, -1).to(torch.bfloat16), zero.view(n, -1).to(torch.bfloat16), 4, group)
         size += sum(t.numel() * t.element_size() for t in (getattr(layer, a, None) for a in ("W_q", "scales", "zeros"))
                     if torch.is_tensor(t))
-        fns.append(layer)
-    return fns, size
+        products.append((layer, INPUT[parts[0]]))
+    return products, size
 
 
-def time_graph(calls) -> float:
-    """Seconds per pass over ``calls`` (one layer's products x LAYERS), replayed as one CUDA graph."""
+def int4_output_layer(head: Any) -> Any:
+    """The output layer quantized by quant.lm_head=int4's own code (gemma_run.loading.torchao_int4)."""
+    import torch
+
+    from gemma_run.loading.torchao_int4 import quantize_output_layer
+
+    class Model(torch.nn.Module):  # the two methods quantize_output_layer uses
+        def __init__(self, linear: Any) -> None:
+            super().__init__()
+            self.lm_head = linear
+
+        def get_output_embeddings(self) -> Any:
+            return self.lm_head
+
+        def set_output_embeddings(self, module: Any) -> None:
+            self.lm_head = module
+
+    linear = torch.nn.Linear(HIDDEN, VOCAB, bias=False, dtype=head.dtype, device=head.device)
+    linear.weight = torch.nn.Parameter(head, requires_grad=False)
+    model = Model(linear)
+    quantize_output_layer(model, int4_quant_cfg(lm_head="int4"), on_cuda=True)
+    return model.lm_head
+
+
+def time_graph(calls: list[Any]) -> float:
+    """Seconds per pass over ``calls``, replayed as one CUDA graph."""
     import torch
 
     side = torch.cuda.Stream()
@@ -110,80 +186,95 @@ def time_graph(calls) -> float:
     return start.elapsed_time(end) / 1000 / REPEATS
 
 
-def copy_bandwidth() -> float:
+def row(name: str, products: int, seconds: float, nbytes: float, bandwidth: float, layer: bool) -> dict:
+    return {"backend": name, "products": products, "ms": round(seconds * 1e3, 4), "mb": round(nbytes / 1e6, 1),
+            "gb_per_s": round(nbytes / seconds / 1e9, 1), "of_copy_bw": round(nbytes / seconds / bandwidth, 3),
+            f"ms_{DEPTH}_layers": round(seconds * DEPTH * 1e3, 2) if layer else None}
+
+
+def layer_rows(bandwidth: float, acts: dict) -> list[dict]:
     import torch
 
-    a = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    b.copy_(a)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        b.copy_(a)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * a.numel() * 10 / (start.elapsed_time(end) / 1000)
-
-
-def main() -> int:
-    import torch
-
-    torch.manual_seed(0)
-    bw = copy_bandwidth()
-    x = torch.randn(1, HIDDEN, dtype=torch.bfloat16, device="cuda")
-    x_ffn = torch.randn(1, FFN, dtype=torch.bfloat16, device="cuda")
-    x_o = torch.randn(1, HEADS * HEAD_DIM, dtype=torch.bfloat16, device="cuda")
-    backends = [("bf16 cuBLAS", bf16_layer), ("nf4 bitsandbytes", nf4_layer), ("int4 torchao tinygemm", int4_layer)]
+    backends = [("bf16, cuBLAS (quant=none)", bf16_layer), ("nf4, bitsandbytes (quant=4bit)", nf4_layer),
+                ("int4, torchao as loaded (quant=int4)", int4_layer),
+                ("int4, stacked (quant=int4, fast engine)", int4_stacked_layer)]
     try:
         import gemlite  # noqa: F401
 
-        backends += [("int4 gemlite g64", lambda w: gemlite_layer(w, 64)),
-                     ("int4 gemlite g128", lambda w: gemlite_layer(w, 128))]
+        backends += [("int4, gemlite group 64", lambda w: gemlite_layer(w, 64)),
+                     ("int4, gemlite group 128", lambda w: gemlite_layer(w, 128)),
+                     ("int4, gemlite group 128, stacked", lambda w: gemlite_layer(w, 128, stacked=True))]
     except Exception as e:
         print(f"gemlite not tried: {type(e).__name__}: {e}")
     rows = []
     for name, make in backends:
+        calls, size, products = [], 0, []
         try:
-            fns, size, inputs = [], 0, []
             for _ in range(LAYERS):
-                weights = [torch.randn(*SHAPES[k], dtype=torch.bfloat16, device="cuda") * 0.02 for k in SHAPES]
-                layer, nbytes = make(weights)
+                weights = {k: torch.randn(*SHAPES[k], dtype=torch.bfloat16, device="cuda") * 0.02 for k in SHAPES}
+                products, nbytes = make(weights)
                 del weights
-                fns += layer
+                calls += [lambda f=f, x=acts[a]: f(x) for f, a in products]
                 size += nbytes
-                inputs += [x, x, x, x_o, x, x, x_ffn]
-            seconds = time_graph([lambda f=f, i=i: f(i) for f, i in zip(fns, inputs, strict=True)]) / LAYERS
-            per_layer = size / LAYERS
-            rows.append({"backend": name, "ms_per_layer": round(seconds * 1e3, 4),
-                         "mb_per_layer": round(per_layer / 1e6, 1), "gb_per_s": round(per_layer / seconds / 1e9, 1),
-                         "of_copy_bw": round(per_layer / seconds / bw, 3), "ms_62_layers": round(seconds * 62e3, 2)})
-        except Exception as e:
+            rows.append(row(name, len(products), time_graph(calls) / LAYERS, size / LAYERS, bandwidth, True))
+        except Exception as e:  # one backend failing (a missing package, a kernel refusing a shape) is a row
             rows.append({"backend": name, "error": f"{type(e).__name__}: {str(e)[:160]}"})
-        del fns
+        del calls, products
         torch.cuda.empty_cache()
-    print(f"\nbatch-1 products of one gemma3_27b layer (q k v o gate up down), {LAYERS} layers replayed as a CUDA "
-          f"graph; copy bandwidth {bw / 1e9:.0f} GB/s on {torch.cuda.get_device_name()}")
-    print("| backend | ms / layer | MB / layer | GB/s | of copy bandwidth | 62 layers, ms |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['backend']} | failed: {r['error']} | | | | |")
-        else:
-            print(f"| {r['backend']} | {r['ms_per_layer']} | {r['mb_per_layer']} | {r['gb_per_s']} | "
-                  f"{r['of_copy_bw']:.1%} | {r['ms_62_layers']} |")
-    save("kernels_4bit.json", bw, rows)
-    return 0
+    return rows
 
 
-def save(name: str, bw: float, rows: list[dict]) -> None:
-    """The rows, the copy bandwidth and the stack, as JSON in $OUT (or bench/results/)."""
+def output_rows(bandwidth: float, x: Any) -> list[dict]:
     import torch
 
-    out = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    head = torch.randn(VOCAB, HIDDEN, dtype=torch.bfloat16, device="cuda") * 0.02
+    rows = [row("output layer, bf16 (cuBLAS)", 1, time_graph([lambda: torch.nn.functional.linear(x, head)]),
+                head.numel() * head.element_size(), bandwidth, False)]
+    try:
+        int4 = int4_output_layer(head)
+        rows.append(row("output layer, int4 (quant.lm_head=int4)", 1, time_graph([lambda: int4(x)]),
+                        stored_bytes([int4]), bandwidth, False))
+    except Exception as e:
+        rows.append({"backend": "output layer, int4 (quant.lm_head=int4)", "error": f"{type(e).__name__}: {e}"})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench",
+                    help="where kernels_4bit.json goes (default: $OUT, else outputs/bench)")
+    args = ap.parse_args()
+    import torch
+
+    from gemma_run.bench import bandwidth
+
+    if not torch.cuda.is_available():
+        print("kernels_4bit.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    bw = bandwidth.measure("cuda", 2**30)["bytes_per_second"]
+    acts = {"hidden": torch.randn(1, HIDDEN, dtype=torch.bfloat16, device="cuda"),
+            "attention": torch.randn(1, HEADS * HEAD_DIM, dtype=torch.bfloat16, device="cuda"),
+            "mlp": torch.randn(1, FFN, dtype=torch.bfloat16, device="cuda")}
+    rows = layer_rows(bw, acts) + output_rows(bw, acts["hidden"])
+    device = torch.cuda.get_device_name()
+    print(f"\nbatch-1 products of gemma3_27b: one layer (q k v o gate up down; {LAYERS} layers replayed as a CUDA "
+          f"graph) and the output layer; copy bandwidth {bw / 1e9:,.0f} GB/s on {device}, torch {torch.__version__}")
+    print(f"| backend | products | ms (a layer, or the output layer) | MB read | GB/s | of copy bandwidth | "
+          f"{DEPTH} layers, ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['backend']} | failed: {r['error']} | | | | | |")
+        else:
+            layers = r[f"ms_{DEPTH}_layers"]
+            print(f"| {r['backend']} | {r['products']} | {r['ms']} | {r['mb']} | {r['gb_per_s']:,} | "
+                  f"{r['of_copy_bw']:.1%} | {'' if layers is None else layers} |")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text(json.dumps({"copy_bandwidth": bw, "device": torch.cuda.get_device_name(),
-                                        "torch": torch.__version__, "rows": rows}, indent=1))
+    (out / "kernels_4bit.json").write_text(json.dumps({"copy_bandwidth": bw, "device": device,
+                                                       "torch": torch.__version__, "rows": rows}, indent=1))
+    return 0 if all("error" not in r for r in rows) else 1
 
 
 if __name__ == "__main__":

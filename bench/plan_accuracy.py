@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import time
+from pathlib import Path
 
 GiB = 2**30
 
@@ -129,7 +131,8 @@ def main() -> None:
     ap.add_argument("--quants", nargs="+", default=["none", "8bit", "4bit"])
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--cache", default=None, help="cache_dir for the random checkpoints (default: the config's)")
-    ap.add_argument("--json", default="bench/plan_accuracy.json")
+    ap.add_argument("--json", default=str(Path(os.environ.get("OUT") or "outputs/bench") / "plan_accuracy.json"),
+                    help="where the rows go (default: $OUT/plan_accuracy.json, else outputs/bench/)")
     args = ap.parse_args()
 
     from gemma_run.api import setup
@@ -150,6 +153,7 @@ def main() -> None:
         print(f"{r['case']:<28}{r['planned_weights'] / GiB:>13.2f}{r['weights'] / GiB:>10.2f}"
               f"{_err(r['planned_weights'], r['weights']):>8}{r['planned_peak'] / GiB:>11.2f}"
               f"{r['peak'] / GiB:>10.2f}{_err(r['planned_peak'], r['peak']):>8}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
 

@@ -12,8 +12,8 @@ near-tie, so a few differences are not a bug; a run of them is).
     python bench/tp_vs_pipeline.py --gpus 4 --model gemma3_27b --batch 1 8 --new-tokens 128
 
 The model's heads, KV heads and MLP width must divide by --gpus (gemma3_4b: 8/4 heads -> 2 or 4 GPUs;
-gemma3_12b: 16/8 and gemma3_27b: 32/16 -> 2, 4 or 8). Results go to
-bench/results/tp_vs_pipeline-<model>-<gpus>gpu.json. A CPU dry run of the script itself (gloo, no GPU):
+gemma3_12b: 16/8 and gemma3_27b: 32/16 -> 2, 4 or 8). The rows go to --out/tp_vs_pipeline-<model>-<gpus>gpu.json
+(default: $OUT, else outputs/bench). A CPU dry run of the script itself (gloo, no GPU):
 
     python bench/tp_vs_pipeline.py --gpus 2 --model tiny_gemma3 --batch 2 --new-tokens 8 \
         --extra model.config.num_attention_heads=4 model.config.num_key_value_heads=2
@@ -30,7 +30,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle. It begins:"
 
 
@@ -69,6 +68,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for both runs, e.g. model.dtype=bfloat16")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench", help="where the JSON goes")
     args = ap.parse_args()
     gpus = ",".join(str(i) for i in range(args.gpus))
     common = [f"model={args.model}", "model.weights=random", "model.random_storage=disk", "generation.engine=hf",
@@ -96,7 +96,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['mode']} | {r['batch']} | {r['tokens_per_second']} | {r['load_seconds']} | "
               f"{r['fullest_device_gib']} | {r['same_as_balanced']} |")
-    out = REPO / "bench" / "results" / f"tp_vs_pipeline-{args.model}-{args.gpus}gpu.json"
+    out = Path(args.out) / f"tp_vs_pipeline-{args.model}-{args.gpus}gpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwritten: {out}")

@@ -203,7 +203,7 @@ def test_an_eos_made_at_exactly_min_new_tokens_ends_the_row(bf16, engine: str) -
 
 @pytest.mark.parametrize("placement", ["with_step", "compiled_apart", "eager"])
 def test_each_placement_of_the_compiled_pick_gives_the_hosts_tokens(bf16, monkeypatch, placement: str) -> None:
-    """bench/pick_ab.py measures where a compiled greedy step runs its pick (fast.PICK); each placement must give
+    """A compiled greedy step can run its pick in three places (fast.PICK); each placement must give
     the tokens of the loop picking on the host."""
     import torch
 

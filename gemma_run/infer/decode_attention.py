@@ -3,7 +3,7 @@ softmax on the key/value heads, which inductor fuses with what surrounds them.
 
 Why: inside the compiled decode step, ``sdpa`` with the step's mask dispatches to a kernel made for long queries
 (cuDNN's, on an H100), plus small kernels that prepare its inputs. On a random gemma3_4b in bf16 at batch 1 that
-kernel alone took 13.6 us of each layer's ~110 us (bench/engine_profile.py, docs/benchmarks.md): more than the
+kernel alone took 13.6 us of each layer's ~110 us (torch.profiler): more than the
 layer's key, value and output projections together. With one query per row, attention reads the cache once and
 does little arithmetic; written as plain tensor operations, it compiles into a few fused kernels.
 

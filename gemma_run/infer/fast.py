@@ -337,7 +337,7 @@ def argmax(logits: Any) -> Any:
 
 # Where a greedy step's pick runs, inside the one recorded graph either way: "with_step", compiled in one graph
 # with the model's forward; "compiled_apart", the forward compiled as a sampling run's is and the pick compiled
-# on its own; "eager", the pick as plain kernels after the compiled forward. bench/pick_ab.py measures them.
+# on its own; "eager", the pick as plain kernels after the compiled forward.
 PICK = "with_step"
 
 
@@ -372,8 +372,8 @@ def _pick_in_step(logits: Any, token: Any, position: Any, cache_position: Any, i
 
 
 def compile_options(exact: bool) -> dict[str, Any]:
-    """Inductor's options for the decode step, each measured on an H100 (random gemma3_4b, bf16, batch 1;
-    bench/decode_variants.py, docs/benchmarks.md). No ``triton.cudagraphs``: the engine records the CUDA graph
+    """Inductor's options for the decode step, each measured on an H100 (random gemma3_4b, bf16, batch 1).
+    No ``triton.cudagraphs``: the engine records the CUDA graph
     itself (:mod:`gemma_run.infer.graph`), which also serves the eager step and tensor-subclass weights.
 
     - ``coordinate_descent_tuning``: inductor tunes its own batch-1 matrix-vector kernels (fused with the norms
@@ -382,8 +382,8 @@ def compile_options(exact: bool) -> dict[str, Any]:
     - ``emulate_precision_casts``: bf16 rounded wherever eager rounds it, so the compiled step picks eager's
       greedy tokens (``generation.exact``).
     - ``combo_kernels``: independent kernels (the query's and key's norms and rotations, the key's and value's
-      cache writes, ...) launched as one; the recorded step, with fused projections, went 3.808 -> 3.607 ms
-      (bench/step_options.py). Programmatic dependent launch (``triton.enable_pdl``) measured no gain (3.803).
+      cache writes, ...) launched as one; the recorded step, with fused projections, went 3.808 -> 3.607 ms.
+      Programmatic dependent launch (``triton.enable_pdl``) measured no gain (3.803).
     """
     return {"coordinate_descent_tuning": True, "emulate_precision_casts": exact, "combo_kernels": True}
 

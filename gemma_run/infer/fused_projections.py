@@ -18,7 +18,7 @@ Plain ``torch.nn.Linear`` modules are fused, and so are torchao's int4 linears i
 rows, so siblings stack row-block by row-block into one packed weight (their scales and zeros side by side) that
 tinygemm multiplies as one. The stacked weight also drops torchao's padding: that layout pads in_features to a
 multiple of 1024 (gemma3_27b: 5376 -> 6144, 14% more bytes to read), where tinygemm's kernel needs a multiple of
-its K tile (128). On an H100 a 27B layer's int4 products went 0.158 -> 0.122 ms (bench/int4_layouts.py, outputs
+its K tile (128). On an H100 a 27B layer's int4 products went 0.158 -> 0.122 ms (bench/kernels_4bit.py; outputs
 bit-identical). bitsandbytes' layers, peft's adapters and anything else are left as they are. Used by the fast engine
 (:mod:`gemma_run.infer.fast`, ``generation.fuse_projections``); the model's state dict changes its names (one
 ``..._fused`` module per group), so it is for inference on a loaded model, not for saving.

@@ -10,7 +10,7 @@ KV cache) x steps/s over the device's copy bandwidth, measured in the same run. 
 On a GPU the copy is measured before the weights load, on the clean device, and again after: the limit divides by
 the first. (With gemma3_27b built and quantized in this process, the copy after loading read ~2,587 GB/s on
 H100s where it reads ~3,005 on a clean device, in most such runs, while the weights themselves copied at the
-clean rate: bench/placement_probe.py, docs/benchmarks.md. Dividing by the lower figure would have flattered the
+clean rate (docs/bench.md). Dividing by the lower figure would have flattered the
 fraction by 16%.)
 """
 
