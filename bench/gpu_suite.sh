@@ -1,129 +1,113 @@
 #!/usr/bin/env bash
-# The GPU runs of the issues, in parts that each fit one device call (10 min), e.g. through the device tool:
-#   bash bench/gpu_suite.sh infer doctor        (carry .whl)
-# Each part's full log goes to $OUT/<part>.log (or ./gpu-logs/); the output ends with each part's table.
+# gemma-run's GPU suite. Run from anywhere on a machine with a CUDA GPU (the wheels its image lacks in .whl/,
+# see bench/gpu_env.sh):
+#   bash bench/gpu_suite.sh [PART ...]          no PART: tests decode train plan kernels, in that order
+# Parts:
+#   tests     every `pytest -m gpu` test, in one process
+#   decode    the decode presets (conf/experiment/bench/decode_*.yaml) and their baselines, transformers'
+#             generate(); decode:NAME runs the runs whose name starts with decode_NAME (decode:4b, decode:27b)
+#   train     bench/train_speed.py: the training presets beside the plain-Trainer baseline; train:NAME runs the
+#             rows whose name holds NAME (train:QLoRA, train:27B)
+#   plan      bench/plan_accuracy.py: task=plan's memory plan against what the GPU allocates
+#   kernels   bench/kernels_4bit.py: gemma3_27b's batch-1 products, backend by backend
+# Each part's whole output goes to $OUT/<part>.log (else gpu-logs/<part>.log), the runs' dirs to $OUT/runs/; the
+# output ends with every part's table. All parts share one model cache and one compile cache under /tmp, so a
+# later part (or a later run on the same machine) loads what an earlier one built or compiled.
+# A whole part may take longer than a 10-minute session on a machine: decode:4b and decode:27b fit one each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . bench/gpu_env.sh || exit 1
-export GEMMA_RUN_TEST_CACHE=$GEMMA_RUN_CACHE
-logs=${OUT:-gpu-logs}; mkdir -p "$logs"
+logs=$(mkdir -p "${OUT:-gpu-logs}" && cd "${OUT:-gpu-logs}" && pwd)
+export GEMMA_RUN_CACHE=${GEMMA_RUN_CACHE:-/tmp/gemma-run-cache}
+export GEMMA_RUN_TEST_CACHE=$GEMMA_RUN_CACHE TORCHINDUCTOR_CACHE_DIR=$GEMMA_RUN_CACHE/torchinductor
+
+# name|overrides: a decode preset, then the baseline measured beside it
+DECODE=(
+  "decode_4b|+experiment=bench/decode_4b"
+  "decode_4b.generate|+experiment=bench/decode_4b generation.engine=hf task.batch_sizes=[1]"
+  "decode_27b_nf4.generate|+experiment=bench/decode_27b_nf4 generation.engine=hf"
+  "decode_27b_nf4|+experiment=bench/decode_27b_nf4"
+  "decode_27b_int4|+experiment=bench/decode_27b_int4"
+)
+
+part_tests() {
+  python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --junitxml="$logs/tests.xml"
+  local rc=$?
+  python3 - "$logs/tests.xml" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+suite = ET.parse(sys.argv[1]).getroot()
+suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+cases = suite.findall("testcase")
+failed = [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
+skipped = sum(c.find("skipped") is not None for c in cases)
+print(f"| gpu tests | passed | failed | skipped |\n|---|---|---|---|\n"
+      f"| {len(cases)} | {len(cases) - len(failed) - skipped} | {len(failed)} | {skipped} |")
+for c in failed:
+    print(f"| failed: {c.get('classname')}::{c.get('name')} | | | |")
+EOF
+  return $rc
+}
+
+part_decode() {  # $1: a name prefix after decode_ (empty: every run)
+  local rc=0 names=() entry name overrides
+  for entry in "${DECODE[@]}"; do
+    name=${entry%%|*}
+    [[ $name == "decode_$1"* ]] || continue
+    names+=("$name")
+    read -r -a overrides <<<"${entry#*|}"  # words, never globbed ([1] stays as it is)
+    echo "$ gemma-run ${overrides[*]}"
+    python3 -m gemma_run.cli "${overrides[@]}" "hydra.run.dir=$logs/runs/$name" || rc=1
+  done
+  python3 - "$logs/runs" "${names[@]}" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+print("| run | engine | batch | decode tok/s | all sequences | of its limit | limit tok/s | warm-up s | GPU |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name in sys.argv[2:]:
+    path = Path(sys.argv[1]) / name / "bench.json"
+    if not path.is_file():
+        print(f"| {name} | failed: no bench.json (see the log) | | | | | | | |")
+        continue
+    data = json.loads(path.read_text())
+    gpus = ", ".join(data["environment"]["gpus"]) or "cpu"
+    for r in data["rows"]:
+        fraction = "-" if r["limit_fraction"] is None else f"{r['limit_fraction']:.1%}"
+        print(f"| {name} | {data['generation']['engine']} | {r['batch']} | {r['decode_tokens_per_second']} | "
+              f"{r['decode_throughput']} | {fraction} | {r['limit_tokens_per_second']} | {r['warmup_seconds']} | "
+              f"{gpus} |")
+EOF
+  return $rc
+}
+
+part_train() { python3 bench/train_speed.py ${1:+"$1"} --out "$logs"; }
+part_plan() { python3 bench/plan_accuracy.py --json "$logs/plan_accuracy.json"; }
+part_kernels() { python3 bench/kernels_4bit.py --out "$logs"; }
+
+parts=("$@")
+[[ ${#parts[@]} -gt 0 ]] || parts=(tests decode train plan kernels)
 status=0
-for part in "$@"; do
+for part in "${parts[@]}"; do
+  kind=${part%%:*}
+  arg=""
+  [[ $part == *:* ]] && arg=${part#*:}
+  if ! declare -F "part_$kind" >/dev/null; then
+    echo "unknown part '$part': tests, decode[:NAME], train[:NAME], plan, kernels" >&2
+    status=2
+    continue
+  fi
   echo "=== $part ==="
-  case $part in
-    infer)  python3 -m pytest tests/test_infer_gpu.py -m gpu -s -q -p no:cacheprovider ;;
-    doctor) python3 -m pytest tests/test_doctor.py -m gpu -s -q -p no:cacheprovider \
-              && (cd /tmp && python3 -m gemma_run.cli task=test) ;;
-    train)  python3 -m pytest tests/test_train_gpu.py -m gpu -s -q -p no:cacheprovider ;;
-    trainfused) timeout 240 python3 -m pytest tests/test_train_fused_gpu.py -m gpu -s -q -p no:cacheprovider ;;
-    trainfast) python3 -m pytest tests/test_train_fast_gpu.py -m gpu -s -q -p no:cacheprovider ;;
-    trainspeed) python3 bench/train_speed.py ;;
-    plan)   python3 bench/plan_accuracy.py ;;
-    bench)  python3 -m pytest tests/test_bench_gpu.py -m gpu -s -q -p no:cacheprovider ;;
-    compile) (cd /tmp && timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              generation.cache_implementation=static generation.compile=true task.batch_sizes=[1]) ;;
-    fast4b) (cd /tmp && timeout 330 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
-              generation.engine=fast quant=none,4bit task.batch_sizes=[1,8]) ;;
-    fastwarm) (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              generation.engine=fast task.batch_sizes=[1]) ;;
-    variants) timeout 540 python3 bench/decode_variants.py gemma3_4b ;;
-    decode4b) (cd /tmp && timeout 380 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              generation.engine=fast task.batch_sizes=[1,8] \
-              && timeout 90 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              generation.engine=fast task.batch_sizes=[1] \
-              && timeout 100 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              generation.engine=hf task.batch_sizes=[1]) ;;
-    decode27b) (cd /tmp && timeout 400 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
-              quant=4bit generation.engine=fast task.batch_sizes=[1] \
-              && timeout 150 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random quant=4bit \
-              generation.engine=hf task.batch_sizes=[1]) ;;
-    decodetests) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k "tiny or 4bit" ;;
-    graphs) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k tiny
-            (cd /tmp && timeout 240 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
-              generation.compile=false quant=none,int4,4bit task.batch_sizes=[1]
-            timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random quant=int4 \
-              task.batch_sizes=[1]) ;;
-    kernels) timeout 200 python3 bench/kernels_4bit.py ;;
-    int4layouts) timeout 300 python3 bench/int4_layouts.py ;;
-    lmhead27b) (cd /tmp && timeout 330 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
-              quant=int4 quant.lm_head=int4 task.batch_sizes=[1]) ;;
-    int4profile) timeout 280 python3 bench/engine_profile.py gemma3_4b decode fused int4
-                 timeout 250 python3 bench/engine_profile.py gemma3_4b decode unfused int4 ;;
-    headab) timeout 560 python3 bench/head_ab.py gemma3_27b ;;
-    headint4) timeout 200 python3 bench/head_int4.py ;;
-    int4_4b) (cd /tmp && timeout 300 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
-              quant=int4 generation.fuse_projections=true,false task.batch_sizes=[1]) ;;
-    stackedtests) timeout 120 python3 -m pytest tests/test_fused_projections.py -m gpu -s -q -p no:cacheprovider ;;
-    engineprofile) timeout 400 python3 bench/engine_profile.py gemma3_4b ;;
-    stepoptions) timeout 560 python3 bench/step_options.py gemma3_4b ;;
-    fusedprofile) timeout 300 python3 bench/engine_profile.py gemma3_4b decode fused ;;
-    graphtests) python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k tiny ;;
-    graphs27b) (cd /tmp && timeout 280 python3 -m gemma_run.cli -m task=bench model=gemma3_27b \
-              model.weights=random generation.compile=false quant=int4,4bit task.batch_sizes=[1]) ;;
-    seed27b) (cd /tmp && timeout 170 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
-              quant=4bit generation.engine=hf task.batch_sizes=[1]) ;;
-    compiled4b) (cd /tmp && timeout 330 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              task.batch_sizes=[1,8]) ;;
-    compiled4b1) (cd /tmp && timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              task.batch_sizes=[1]) ;;
-    int4top1) timeout 240 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider -k int4 ;;
-    compiled27b) (cd /tmp && timeout 400 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
-              quant=int4 task.batch_sizes=[1]) ;;
-    trainvariants) (cd /tmp && timeout 200 python3 -m gemma_run.cli -m task=bench_train model=gemma3_4b \
-              model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
-              train.gradient_checkpointing=true task.steps=8 task.warmup_steps=2 deepspeed=none \
-              train.attn_implementation=eager,sdpa train.loss_kernel=liger) ;;
-    attn4b) (cd /tmp && timeout 430 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
-              generation.step_attention=decode,model task.batch_sizes=[1]) ;;
-    eagerattn4b) (cd /tmp && timeout 150 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
-              generation.compile=false generation.step_attention=decode,model task.batch_sizes=[1]) ;;
-    exact4b) (cd /tmp && timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_4b model.weights=random \
-              generation.exact=false task.batch_sizes=[1,8]) ;;
-    fused4b) (cd /tmp && timeout 420 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
-              generation.fuse_projections=true,false task.batch_sizes=[1]) ;;
-    streamtests) timeout 300 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
-              -k "tiny or streaming" ;;
-    trainprofile) (cd /tmp && timeout 150 python3 -m gemma_run.cli task=bench_train model=gemma3_4b \
-              model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
-              train.gradient_checkpointing=true task.steps=2 task.warmup_steps=2 task.profile=true \
-              hydra.run.dir=/tmp/trainprofile && head -60 /tmp/trainprofile/profile.txt) ;;
-    traincompile) (cd /tmp && timeout 560 python3 -m gemma_run.cli -m task=bench_train model=gemma3_4b \
-              model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
-              train.gradient_checkpointing=true task.steps=10 task.warmup_steps=2 \
-              train.compile_layers=true,false quant=none,4bit) ;;
-    trainprobe) for v in base flash reentrant both base; do
-              (cd /tmp && timeout 110 python3 "$OLDPWD/bench/train_probe.py" $v task=bench_train model=gemma3_4b \
-                model.weights=random train.max_seq_length=2048 train.per_device_batch_size=4 \
-                train.gradient_checkpointing=true task.steps=10 task.warmup_steps=2 train.gpu_memory_cap=20GiB \
-                hydra.run.dir=/tmp/probe-$v-$RANDOM 2>&1 | grep -E "^probe:|^\| gemma" | sed "s/^/$v: /"
-               python3 -c "import json,glob,os; f=max(glob.glob('/tmp/probe-$v-*/bench_train.json'), key=os.path.getmtime); \
-r=json.load(open(f)); print('$v', r['tokens_per_second'], r['tokens_per_second_mean'], r['peak_memory_gib'], r['step_seconds'])")
-            done ;;
-    picktests) timeout 200 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
-              -k "tiny or streaming" ;;
-    picktests1) timeout 150 python3 -m pytest tests/test_fast_decode_gpu.py -m gpu -s -q -p no:cacheprovider \
-              -k "compiled-decode-attention-fused or streaming" ;;
-    bf16kernels) TORCHINDUCTOR_CACHE_DIR=/tmp/gemma-run-cache/torchinductor timeout 260 python3 bench/engine_profile.py gemma3_4b decode fused none \
-              && python3 bench/inductor_kernels.py
-              for run in cold warm; do (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_4b \
-              model.weights=random task.batch_sizes=[1] task.repeats=3); done ;;
-    final27b) (cd /tmp && timeout 120 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
-              quant=4bit generation.engine=hf task.batch_sizes=[1] \
-              ; timeout 280 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random quant=int4 \
-              quant.lm_head=int4 task.batch_sizes=[1] task.repeats=3) ;;
-    placement) timeout 150 python3 bench/placement_probe.py gemma3_27b int4; timeout 100 python3 bench/placement_probe.py gemma3_4b none ;;
-    default27b) (cd /tmp && timeout 285 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
-              quant=int4 task.batch_sizes=[1] task.repeats=3) ;;
-    bf16runs) for run in 1 2 3; do (cd /tmp && timeout 200 python3 -m gemma_run.cli task=bench model=gemma3_4b \
-              model.weights=random task.batch_sizes=[1] task.repeats=3); done ;;
-    pickab) timeout 560 python3 bench/pick_ab.py gemma3_4b ;;
-    pick4b) (cd /tmp && timeout 470 python3 -m gemma_run.cli -m task=bench model=gemma3_4b model.weights=random \
-              generation.device_pick=true,false task.batch_sizes=[1] task.repeats=3) ;;
-    pick27b) (cd /tmp && timeout 170 python3 -m gemma_run.cli task=bench model=gemma3_27b model.weights=random \
-              quant=4bit generation.engine=hf task.batch_sizes=[1] \
-              ; for run in cold warm; do timeout 300 python3 -m gemma_run.cli task=bench model=gemma3_27b \
-              model.weights=random quant=int4 quant.lm_head=int4 task.batch_sizes=[1] task.repeats=3; done) ;;
-    *) echo "unknown part $part"; false ;;
-  esac > >(tee "$logs/$part.log") 2>&1 || status=1
+  "part_$kind" "$arg" 2>&1 | tee "$logs/${part//:/-}.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+done
+for part in "${parts[@]}"; do
+  log="$logs/${part//:/-}.log"
+  [[ -f $log ]] || continue
+  echo
+  echo "=== $part ($log)"
+  grep '^|' "$log" || echo "(no table: see the log)"
 done
 exit $status

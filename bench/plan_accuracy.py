@@ -147,12 +147,15 @@ def main() -> None:
         for quant in ("none", "4bit"):
             rows.append(train_row("gemma3_4b", quant, args.cache))
             _print(rows[-1])
-    print()
-    print(f"{'case':<28}{'weights plan':>13}{'measured':>10}{'err':>8}{'peak plan':>11}{'measured':>10}{'err':>8}")
+    import torch
+
+    print(f"\nplanned vs measured on {torch.cuda.get_device_name()} (err = (plan - measured) / measured)")
+    print("| case | weights plan GiB | measured | err | peak plan GiB | measured | err |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"{r['case']:<28}{r['planned_weights'] / GiB:>13.2f}{r['weights'] / GiB:>10.2f}"
-              f"{_err(r['planned_weights'], r['weights']):>8}{r['planned_peak'] / GiB:>11.2f}"
-              f"{r['peak'] / GiB:>10.2f}{_err(r['planned_peak'], r['peak']):>8}")
+        print(f"| {r['case']} | {r['planned_weights'] / GiB:.2f} | {r['weights'] / GiB:.2f} | "
+              f"{_err(r['planned_weights'], r['weights'])} | {r['planned_peak'] / GiB:.2f} | {r['peak'] / GiB:.2f} | "
+              f"{_err(r['planned_peak'], r['peak'])} |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
