@@ -2,7 +2,7 @@
 
 Why not ``model.generate``: at batch 1 a decode step of a 4B model reads 7.8 GB, 2.6 ms at an H100's bandwidth,
 while transformers' generate loop spends 6-13 ms of Python per token around the model even when the forward is
-compiled (logits processors, stopping criteria, kwargs bookkeeping; measured, ../shared/docs/stack.md). This
+compiled (logits processors, stopping criteria, kwargs bookkeeping; measured on an H100). This
 loop does per token only what decoding needs: one replay of the step recorded as a CUDA graph
 (:mod:`gemma_run.infer.graph`; the step compiled by inductor, or eager when compiling would not pay back),
 picking the next token on the device, and a check for finished rows every ``CHECK_EVERY`` steps, so the CPU

@@ -11,8 +11,8 @@ step's seconds (``step_seconds``) are in the row too. MFU uses the
 model FLOPs of ``training.flops`` against the device's datasheet peak. The row goes to ``bench_train.json``
 and result.json (so a ``-m`` sweep over train.loss_kernel / train.attn_implementation / quant / deepspeed
 tabulates the runs).
-The seeds' setup: ``train.attn_implementation=eager train.loss_kernel=none lora.fp32_embeddings=true
-deepspeed=none``.
+The plain Trainer setup to compare with is the preset ``+experiment=bench/train_4b_lora_baseline`` (eager
+attention, the full-logits loss, no fused or compiled kernels, no DeepSpeed).
 """
 
 from __future__ import annotations
