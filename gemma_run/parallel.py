@@ -72,7 +72,9 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
                                     "torchao weights are not tensor-parallel)", key="quant",
                                     fix="quant=none (bf16 weights, split over the GPUs), or device_map=balanced "
                                         "with the quantized model"))
-    if cfg.model.weights.name == "random" and cfg.model.random_storage.name == "memory":
+    from gemma_run.loading.checkpoint import uses_random
+
+    if uses_random(cfg.model) and cfg.model.random_storage.name == "memory":
         problems.append(ConfigError("device_map=tp loads through transformers' sharding loader, which a random "
                                     "model built in memory bypasses", key="model.random_storage",
                                     fix="model.random_storage=disk (the checkpoint is built once into cache_dir)"))

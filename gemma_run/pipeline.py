@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from gemma_run.context import RunContext
 from gemma_run.errors import GemmaRunError
 from gemma_run.plugins import build_pipeline
+from gemma_run.validation import prepare
 
 log = logging.getLogger("gemma_run")
 
@@ -29,9 +30,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
     previous_result = (run_dir / "result.json").is_file()
-    ctx.result.update(task=cfg.task.name, model=cfg.model.name, quant=cfg.quant.name, status="running")
+    ctx.result.update(task=cfg.task.name, model=None, quant=cfg.quant.name, status="running")
     start = time.perf_counter()
     try:
+        ctx.result.update(prepare(cfg))  # mandatory values set; a model.path's config.json and name are the model's
         for name, _order, plugin in build_pipeline(cfg.plugins):
             log.debug("plugin %s", name)
             plugin(ctx)

@@ -103,14 +103,57 @@ def precheck(argv: list[str]) -> None:
         _fail(f"cannot parse the overrides: {e}", "key=value, sweeps as key=a,b with -m")
     for run in runs:
         try:
-            compose(run, config_dir=config_dir)
+            cfg = compose(run, config_dir=config_dir)
         except Exception as e:  # Hydra/OmegaConf composition errors: report them, then add the fix
             _fail(_explain(e, run, config_dir), None)
+        _refuse_unknown_keys(cfg)
+
+
+def _refuse_unknown_keys(cfg: DictConfig) -> None:
+    """A `+key=value` that no schema has would be ignored: refuse it with the nearest real key (exit 2)."""
+    from gemma_run.errors import Problems
+    from gemma_run.validation import unknown_keys
+
+    problems = unknown_keys(cfg)
+    if problems:
+        print(problems[0].format() if len(problems) == 1 else Problems(problems).format(), file=sys.stderr)
+        sys.exit(2)
+
+
+def _unknown_override(error: Exception, run: list[str], config_dir: str | None) -> str | None:
+    """For `key=value` on a key no schema has, the message naming the nearest real key (Hydra's own advice, the
+    `+key` form, would add a key nothing reads); the `+key` form only where the key's parent is an open map."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from gemma_run.api import compose
+    from gemma_run.validation import schema_fields
+
+    cause = error.__cause__
+    key = str(getattr(cause, "full_key", "") or "")
+    item = next((o for o in run if o.split("=", 1)[0] == key), None)
+    if not isinstance(cause, ConfigKeyError | ConfigAttributeError) or item is None:
+        return None
+    value = item.split("=", 1)[1]
+    try:
+        base = compose([o for o in run if o is not item], config_dir=config_dir)
+    except Exception:
+        return None
+    parent_key = key.rpartition(".")[0]
+    parent = OmegaConf.select(base, parent_key, default=None) if parent_key else base
+    if OmegaConf.is_dict(parent) and schema_fields(parent) is None:  # an open map: adding is how keys get there
+        return f"`{parent_key}` has no key `{key.rpartition('.')[2]}` yet\n  at:  {key}\n  fix: +{key}={value}"
+    near = nearest_key(base, key)
+    hint = f"did you mean `{near}`?" if near else "no schema has it"
+    fix = f"{near}={value}" if near else "see `gemma-run --cfg job` for the keys"
+    return f"unknown key `{key}`: {hint}\n  at:  {key}\n  fix: {fix}"
 
 
 def _explain(error: Exception, run: list[str], config_dir: str | None) -> str:
     from gemma_run.api import compose
 
+    unknown = _unknown_override(error, run, config_dir)
+    if unknown:
+        return unknown
     msg = "\n".join(line for line in str(error).strip().splitlines() if not line.strip().startswith("base_"))
     cause = error.__cause__
     if cause is not None and str(cause).strip() not in msg:

@@ -7,6 +7,7 @@ may add its own with ``validate(cfg) -> list[GemmaRunError]``.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -16,14 +17,17 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def _model(cfg: DictConfig) -> list[GemmaRunError]:
+    from gemma_run.loading.checkpoint import local_path, path_problems
+
     m, problems = cfg.model, []
     if m.weights.name == "pretrained" and not m.path and not m.hub_id:
         problems.append(ConfigError(f"model {m.name!r} has weights=pretrained but neither path nor hub_id",
                                     key="model.path", fix="model.path=/dir/with/safetensors, or model.weights=random"))
+    problems.extend(path_problems(m))
     if m.dtype not in DTYPES:
         problems.append(ConfigError(f"model.dtype={m.dtype!r} is not one of {', '.join(DTYPES)}",
                                     key="model.dtype", fix="model.dtype=bfloat16"))
-    if not m.config.get("model_type"):
+    if local_path(m) is None and not m.config.get("model_type"):  # a checkpoint brings its own config.json
         problems.append(ConfigError(f"model {m.name!r} has no config.model_type", key="model.config.model_type",
                                     fix="copy the architecture from the checkpoint's config.json into model.config"))
     return problems
@@ -76,11 +80,140 @@ def _generation(cfg: DictConfig) -> list[GemmaRunError]:
     return problems
 
 
-CHECKS = (_model, _quant, _device_map, _generation)
+def _walk_added(node: DictConfig, prefix: str) -> list[str]:
+    """Dotted keys under ``node`` that no schema declares (only a `+key=value` puts them there). A dict-typed
+    field (env.vars, plugins, model.config, device_map.map, ...) is an open map: any key is its own."""
+    fields = schema_fields(node)
+    if fields is None:
+        return []
+    out = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            out.append(path)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            out.extend(_walk_added(child, path + "."))
+    return out
+
+
+def schema_fields(node: DictConfig) -> set[str] | None:
+    """The field names of the dataclass typing ``node``; None for an open map (a plain dict)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    kind = OmegaConf.get_type(node)
+    if kind is None or not dataclasses.is_dataclass(kind):
+        return None
+    return {f.name for f in dataclasses.fields(kind)}
+
+
+def _show(value: object) -> str:
+    """A value as it is written on the command line."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)  # type: ignore[arg-type]
+    if isinstance(value, bool) or value is None:
+        return "null" if value is None else str(value).lower()
+    return str(value).replace("'", "") if isinstance(value, dict | list) else str(value)
+
+
+def unknown_keys(cfg: DictConfig) -> list[GemmaRunError]:
+    """Keys that a `+key=value` added outside every schema: nothing reads them, so the run would ignore them.
+
+    Each is refused with the nearest real key and the value given (``+generation.temprature=0.5`` ->
+    ``generation.temperature=0.5``). Keys inside open maps are the user's own and are kept.
+    """
+    from omegaconf import OmegaConf
+
+    from gemma_run.precheck import nearest_key
+
+    added = _walk_added(cfg, "")
+    if not added:
+        return []
+    known = OmegaConf.create(OmegaConf.to_container(cfg))  # untyped, so the added keys can be taken out
+    for key in added:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(known, parent) if parent else known
+        del node[leaf]
+    problems: list[GemmaRunError] = []
+    for key in added:
+        value = _show(OmegaConf.select(cfg, key, throw_on_missing=False))
+        near = nearest_key(known, key)
+        near = None if near and key.startswith(near + ".") else near  # a parent is no spelling of the key
+        hint = f" (did you mean `{near}`?)" if near else ""
+        fix = f"{near}={value}" if near else "see `gemma-run --cfg job` for the keys"
+        problems.append(ConfigError(f"unknown key `{key}`{hint}: no schema has it, so the run would ignore it; `+` "
+                                    "adds new keys only inside open maps (env.vars, plugins, model.config, ...)",
+                                    key=key, fix=fix))
+    return problems
+
+
+def option_file(group: str) -> tuple[str | None, str | None]:
+    """(option chosen for ``group``, the YAML file it came from) when Hydra composed this run; else Nones."""
+    from importlib import resources
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, None
+    runtime = HydraConfig.get().runtime
+    choice = runtime.choices.get(group)
+    if not choice:
+        return None, None
+    for source in runtime.config_sources:
+        if source.schema == "file":
+            candidate = Path(source.path) / group / f"{choice}.yaml"
+            if candidate.is_file():
+                return choice, str(candidate)
+        elif source.schema == "pkg":
+            try:
+                found = resources.files(source.path).joinpath(f"{group}/{choice}.yaml")
+            except ModuleNotFoundError:
+                continue
+            if found.is_file():
+                return choice, str(found)
+    return choice, None
+
+
+def missing_values(cfg: DictConfig) -> list[GemmaRunError]:
+    """Mandatory keys (``???`` in a schema) that no config file or override set, naming the option file to fix
+    (a user's model YAML without ``name``)."""
+    from omegaconf import OmegaConf
+
+    problems: list[GemmaRunError] = []
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        group, _, leaf = str(key).partition(".")
+        choice, file = option_file(group) if leaf else (None, None)
+        where = f"{group} option `{choice}`" + (f" ({file})" if file else "") if choice else f"`{group}`"
+        value = choice if leaf == "name" and choice else "<value>"
+        fix = f"add `{leaf or key}: {value}` to {file or 'that file'}" if leaf else ""
+        fix = f"{fix}, or pass {key}={value}" if fix else f"{key}={value}"
+        problems.append(ConfigError(f"{where} has no `{leaf or key}`, which every {group} needs", key=str(key),
+                                    fix=fix))
+    return problems
+
+
+CHECKS = (unknown_keys, _model, _quant, _device_map, _generation)
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Before any plugin: every mandatory value is set, and a loaded ``model.path`` becomes the run's model (its
+    config.json and name, gemma_run.loading.checkpoint.adopt). Returns result.json's model keys."""
+    from gemma_run.errors import raise_all
+    from gemma_run.loading.checkpoint import adopt
+
+    raise_all(missing_values(cfg))
+    return adopt(cfg)
 
 
 def validate(cfg: DictConfig) -> list[GemmaRunError]:
-    problems: list[GemmaRunError] = []
+    problems: list[GemmaRunError] = missing_values(cfg)
+    if problems:
+        return problems  # the other checks read these values
     for check in CHECKS:
         problems.extend(check(cfg))
     module_name = str(cfg.task._target_).rpartition(".")[0]

@@ -39,7 +39,9 @@ def test_defaults_are_the_tiny_model_infer_run(compose_cfg) -> None:
     cfg = compose_cfg()
     assert (cfg.model.name, cfg.task.name, cfg.quant.name, cfg.device_map.name) == (
         "tiny_gemma3", "infer", "none", "auto")
-    assert cfg.model.weights.name == "random"
+    from gemma_run.loading.checkpoint import uses_random
+
+    assert cfg.model.weights.name == "auto" and uses_random(cfg.model)  # random unless model.path is given
 
 
 def _cause(compose_cfg, overrides: list[str]) -> Exception:

@@ -25,7 +25,10 @@ def _sel(cfg: DictConfig, key: str, default: Any) -> Any:
 
 
 def model_config(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg.model.config, resolve=True)
+    """The architecture to plan: the checkpoint's config.json when model.path is loaded, else model.config."""
+    from gemma_run.loading.checkpoint import architecture
+
+    return architecture(cfg.model)
 
 
 def num_layers(config: dict[str, Any]) -> int | None:
@@ -78,7 +81,7 @@ def dtype(cfg: DictConfig, on_gpu: bool) -> str:
         name = "bfloat16" if on_gpu else "float32"
     from gemma_run.loading import check_dtype
 
-    check_dtype(name, str(cfg.model.config.get("model_type", "")))
+    check_dtype(name, str(model_config(cfg).get("model_type", "")))
     return name
 
 

@@ -18,6 +18,7 @@ class RandomStorage(Enum):
 class Weights(Enum):
     pretrained = "pretrained"  # a local dir (`path`) or the hub id found in the local HF cache
     random = "random"  # the architecture in `config` with random weights, built locally (no download)
+    auto = "auto"  # pretrained when `path` or `hub_id` names a checkpoint, else random (the tiny default)
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ModelConfig:
     # is fetched to know them. Multimodal checkpoints keep `text_config` / `vision_config` as published.
     config: dict[str, Any] = field(default_factory=dict)
     hub_id: str | None = None
+    # A local checkpoint dir (config.json + *.safetensors). When given, those weights run and its config.json is
+    # the architecture everywhere (plan, preflight, log, result.json); weights=random with a path is refused.
     path: str | None = None
     revision: str | None = None
     weights: Weights = Weights.pretrained

@@ -3,7 +3,7 @@
 The base is loaded unquantized (in the model's dtype) even after QLoRA: merging into 4-bit weights would round
 the merged weights back to 4 bits (max logit difference ~0.8 on a tiny model), and a merged 4-bit checkpoint
 could not be re-quantized differently later. The result loads like any checkpoint:
-``gemma-run task=infer model=<base> model.path=<merged dir> model.weights=pretrained``.
+``gemma-run task=infer model=<base> model.path=<merged dir>``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,15 @@ def _unquantized(cfg: DictConfig) -> DictConfig:
 
 
 def infer_command(cfg: DictConfig, merged: Path) -> str:
-    return f"gemma-run task=infer model={cfg.model.name} model.path={merged} model.weights=pretrained"
+    """The command that runs the merged weights: the base's model group (its settings; the merged config.json is
+    the architecture either way), or none when the base itself was a model.path."""
+    if cfg.model.path:
+        return f"gemma-run task=infer model.path={merged}"
+    from gemma_run.validation import option_file
+
+    group = option_file("model")[0] or cfg.model.name
+    weights = " model.weights=pretrained" if cfg.model.weights.name == "random" else ""
+    return f"gemma-run task=infer model={group} model.path={merged}{weights}"
 
 
 def merge(cfg: DictConfig, adapter: Path, out: Path, *, replace: bool = False) -> dict[str, Any]:
