@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-
-# env.vars.NAME=value inside override strings (overrides.yaml, hydra.job.override_dirname)
-_ASSIGNMENT = re.compile(r"(env\.vars\.)([A-Za-z0-9_]+)=([^,]*)")
-
-
-def _redact_text(text: str) -> str:
-    from gemma_run.env import REDACTED, is_secret
-
-    return _ASSIGNMENT.sub(lambda m: f"{m[1]}{m[2]}={REDACTED}" if is_secret(m[2]) else m[0], text)
-
-
-def redact_config(node: Any) -> Any:
-    """A copy of a config with secret-looking env values replaced by [REDACTED], also inside override strings
-    (`+env.vars.HF_TOKEN=abc` in overrides.yaml and hydra.job.override_dirname)."""
-    from gemma_run.env import REDACTED, is_secret
-
-    if isinstance(node, str):
-        return _redact_text(node)
-    if isinstance(node, list):
-        return [redact_config(item) for item in node]
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "vars" and isinstance(value, dict):
-                out[key] = {k: (REDACTED if is_secret(k) else v) for k, v in value.items()}
-            else:
-                out[key] = redact_config(value)
-        return out
-    return node
 
 
 def _rewrite(path: Path) -> None:
     if path.is_file():
+        from gemma_run.redact import redact_config
+
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact_config(data))))
 
@@ -55,6 +28,8 @@ class RedactSecrets(Callback):
         saved = Path(config.hydra.runtime.output_dir) / subdir
         for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
             _rewrite(saved / name)
+        if config.hydra.mode == RunMode.MULTIRUN:  # the launcher wrote it after on_multirun_start
+            _rewrite(Path(config.hydra.sweep.dir) / "multirun.yaml")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _rewrite(Path(config.hydra.sweep.dir) / "multirun.yaml")

@@ -27,10 +27,15 @@ ERROR = "worker_error.json"  # the first user-fixable error a rank met
 
 
 def write_config(cfg: DictConfig, run_dir: Path) -> Path:
-    """The config with every interpolation resolved (cache_dir from the env, ...), written atomically."""
+    """The config with every interpolation resolved (cache_dir from the env, ...), written atomically.
+
+    Secret env values are written as [REDACTED]: the ranks inherit them from this process's environment
+    (the env plugin exported them here), and read_config drops the redacted entries."""
+    from gemma_run.redact import redact_config
+
     path = run_dir / CONFIG
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.write_text(OmegaConf.to_yaml(redact_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
     tmp.replace(path)
     return path
 

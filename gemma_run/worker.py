@@ -18,11 +18,19 @@ log = logging.getLogger("gemma_run")
 
 
 def read_config(run_dir: Path) -> DictConfig:
-    """The resolved config, typed again by the schema (so enums and defaults behave as in the parent)."""
+    """The resolved config, typed again by the schema (so enums and defaults behave as in the parent).
+
+    Secret env values are [REDACTED] in the file: they are left out here, since this process inherited them
+    from the launching one (exporting the placeholder would replace the real value)."""
+    from gemma_run.env import REDACTED
     from gemma_run.launch import CONFIG
     from gemma_run.schema.config import RunConfig
 
-    return OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(run_dir / CONFIG))
+    saved = OmegaConf.load(run_dir / CONFIG)
+    variables = saved.get("env", {}).get("vars") or {}
+    for name in [k for k, v in variables.items() if v == REDACTED]:
+        del variables[name]
+    return OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
 
 
 def main(argv: list[str] | None = None) -> int:
