@@ -24,13 +24,19 @@ def setup() -> None:
 
 
 def compose(overrides: list[str] | None = None, config_dir: str | Path | None = None) -> DictConfig:
-    """Compose the run config exactly as the command line would (same defaults, schemas and overrides)."""
+    """Compose the run config exactly as the command line would (same defaults, schemas and overrides).
+
+    Free-text keys (prompt, system_prompt, generation.stop) take any text verbatim, as on the command line; a
+    value already quoted for Hydra ('...') is kept as Hydra reads it.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from gemma_run.free_text import verbatim
+
     setup()
-    overrides = list(overrides or [])
+    overrides = verbatim(list(overrides or []), keep_quoted=True)
     if config_dir is not None:
         overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
     GlobalHydra.instance().clear()

@@ -8,19 +8,30 @@ import hydra
 from omegaconf import DictConfig
 
 from gemma_run.api import setup
+from gemma_run.errors import GemmaRunError
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gemma_run.conf", config_name="config")
 def _app(cfg: DictConfig) -> float | None:
-    from gemma_run.pipeline import hydra_job, objective_value
+    from hydra.core.hydra_config import HydraConfig
 
+    from gemma_run.pipeline import hydra_job, objective_value
+    from gemma_run.start_dir import resolve_paths
+
+    resolve_paths(cfg, HydraConfig.get().runtime.cwd)  # hydra.job.chdir=true: relative paths stay the user's
     return objective_value(cfg, hydra_job(cfg))
 
 
 def main() -> None:
     setup()
+    from gemma_run.free_text import verbatim
     from gemma_run.precheck import precheck
 
+    try:  # prompt=<any text>, prompt=- (stdin), prompt=@file: rewritten for Hydra's grammar, taken verbatim
+        sys.argv[1:] = verbatim(sys.argv[1:], read_input=True)
+    except GemmaRunError as e:
+        print(e.format(), file=sys.stderr)
+        sys.exit(e.exit_code)
     precheck(sys.argv[1:])
     _app()
 

@@ -87,6 +87,11 @@ def nearest_key(cfg: DictConfig, dotted: str) -> str | None:
     return best[1] if best[0] >= 0.75 else None
 
 
+# Free-text keys never fail to parse (gemma_run/free_text.py quotes them); another key's odd value needs quotes.
+_PARSE_FIX = ("""quote the value for Hydra inside the shell's quotes: key="'a value, with commas'" (prompt, """
+              "system_prompt and generation.stop take any text as it is); a sweep is -m key=a,b")
+
+
 def precheck(argv: list[str]) -> None:
     """Exit with one clear message (code 2) when an override cannot compose; else return."""
     overrides, config_dir, prints_only = split_args(argv)
@@ -100,7 +105,7 @@ def precheck(argv: list[str]) -> None:
     try:
         runs = expand(overrides)
     except HydraException as e:
-        _fail(f"cannot parse the overrides: {e}", "key=value, sweeps as key=a,b with -m")
+        _fail(f"cannot parse the overrides: {e}", _PARSE_FIX)
     for run in runs:
         try:
             cfg = compose(run, config_dir=config_dir)

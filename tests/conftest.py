@@ -34,14 +34,16 @@ def compose_cfg(cache_dir: Path):
 
 @pytest.fixture
 def cli(cache_dir: Path, tmp_path: Path):
-    """cli("prompt=hi", ...) runs `gemma-run` in a subprocess in tmp_path; returns CompletedProcess."""
+    """cli("prompt=hi", ...) runs `gemma-run` in a subprocess in tmp_path; returns CompletedProcess.
+    ``input`` is piped to its standard input."""
 
-    def _cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600):
+    def _cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600,
+             input: str | None = None):
         full_env = {**os.environ, "GEMMA_RUN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1", **(env or {})}
         full_env.pop("HYDRA_FULL_ERROR", None)
         return subprocess.run(
             [sys.executable, "-m", "gemma_run.cli", *args], cwd=cwd or tmp_path, env=full_env,
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True, text=True, timeout=timeout, input=input,
         )
 
     return _cli

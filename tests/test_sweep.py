@@ -40,12 +40,12 @@ def test_summary_tables_from_job_dirs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_failed_job_is_summarised_and_the_others_kept(cli, tmp_path: Path) -> None:
-    proc = cli("-m", "prompt=hello,''", "generation.max_new_tokens=2")
+    proc = cli("-m", "generation.max_new_tokens=2,0")
     assert proc.returncode != 0  # a job failed
     assert "Traceback" not in proc.stdout + proc.stderr
     sweep = _sweep_dir(tmp_path)
     md = (sweep / "summary.md").read_text()
-    assert "2 jobs, 1 ok, 1 failed" in md and "prompt is empty" in md
+    assert "2 jobs, 1 ok, 1 failed" in md and "generation.max_new_tokens=0 must be > 0" in md
     ok = json.loads((sweep / "0" / "result.json").read_text())
     assert ok["status"] == "ok" and ok["new_tokens"] > 0
     assert (sweep / "0" / "generations.jsonl").is_file()
@@ -54,7 +54,7 @@ def test_failed_job_is_summarised_and_the_others_kept(cli, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_jobs_in_their_own_processes(cli, tmp_path: Path) -> None:
-    proc = cli("-m", "hydra/launcher=local_jobs", "prompt=a,b", "generation.max_new_tokens=2")
+    proc = cli("-m", "hydra/launcher=local_jobs", "seed=0,1", "generation.max_new_tokens=2")
     assert proc.returncode == 0, proc.stderr
     sweep = _sweep_dir(tmp_path)
     assert "Submitit 'local' sweep" in proc.stderr
@@ -66,7 +66,7 @@ def test_submitit_local_launcher_runs_jobs_in_their_own_processes(cli, tmp_path:
 
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(cli, tmp_path: Path) -> None:
-    proc = cli("-m", "hydra/launcher=parallel", "prompt=a,b", "generation.max_new_tokens=2")
+    proc = cli("-m", "hydra/launcher=parallel", "seed=0,1", "generation.max_new_tokens=2")
     assert proc.returncode == 0, proc.stderr
     assert "Joblib.Parallel" in proc.stderr
     assert "2 jobs, 2 ok, 0 failed" in (_sweep_dir(tmp_path) / "summary.md").read_text()
