@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from gemma_run.api import setup
+from gemma_run.redact import install_log_redaction
 from gemma_run.errors import GemmaRunError
 
 
@@ -24,6 +25,7 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     setup()
+    install_log_redaction()  # +env.vars.HF_TOKEN=... in no log line, Hydra's included
     from gemma_run.free_text import verbatim
     from gemma_run.precheck import precheck
 

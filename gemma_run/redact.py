@@ -48,13 +48,23 @@ def redact_config(node: Any) -> Any:
     return node
 
 
-class RedactFilter(logging.Filter):
-    """A logging filter (on Hydra's console and file handlers) that redacts secret overrides in every line:
-    Hydra logs a sweep's overrides ("#0 : +env.vars.HF_TOKEN=...") before each job."""
+def install_log_redaction() -> None:
+    """Redact every log record this process makes, whatever handlers the logging config has (Hydra logs a sweep's
+    overrides, "#0 : +env.vars.HF_TOKEN=...", before each job). Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts_secrets", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a bad format string: logging reports it when the record is emitted
+            return record
         redacted = redact_text(message)
         if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
+            record.msg, record.args = redacted, None
+        return record
+
+    factory.redacts_secrets = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
