@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ def setup() -> None:
     resolvers.register()
 
 
+# env.vars is a map the env groups fill: `+env.vars.NCCL_DEBUG=WARN` (add) fails where the group already sets the
+# variable (env=rtx3090x3), `env.vars.X=1` (replace) where it does not. Either form adds or replaces (Hydra's `++`).
+_ENV_VAR = re.compile(r"^\+{0,2}(env\.vars\.[^=]+=)")
+
+
+def env_var_overrides(overrides: list[str]) -> list[str]:
+    """The overrides with every `env.vars.NAME=value` (with +, ++ or neither) as `++env.vars.NAME=value`."""
+    return [_ENV_VAR.sub(r"++\1", o) for o in overrides]
+
+
 def compose(overrides: list[str] | None = None, config_dir: str | Path | None = None) -> DictConfig:
     """Compose the run config exactly as the command line would (same defaults, schemas and overrides).
 
@@ -36,7 +47,7 @@ def compose(overrides: list[str] | None = None, config_dir: str | Path | None = 
     from gemma_run.free_text import verbatim
 
     setup()
-    overrides = verbatim(list(overrides or []), keep_quoted=True)
+    overrides = env_var_overrides(verbatim(list(overrides or []), keep_quoted=True))
     if config_dir is not None:
         overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
     GlobalHydra.instance().clear()

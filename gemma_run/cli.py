@@ -7,9 +7,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gemma_run.api import setup
-from gemma_run.redact import install_log_redaction
+from gemma_run.api import env_var_overrides, setup
 from gemma_run.errors import GemmaRunError
+from gemma_run.redact import install_log_redaction
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gemma_run.conf", config_name="config")
@@ -34,6 +34,7 @@ def main() -> None:
     except GemmaRunError as e:
         print(e.format(), file=sys.stderr)
         sys.exit(e.exit_code)
+    sys.argv[1:] = env_var_overrides(sys.argv[1:])
     precheck(sys.argv[1:])
     _app()
 

@@ -50,3 +50,14 @@ def test_env_is_exported_before_torch_is_imported(cli, tmp_path: Path) -> None:
     assert probe["torch_threads"] == 1
     assert probe["env_result"]["OMP_NUM_THREADS"] == "1"
     assert probe["modules_before"] == []  # nothing heavy was imported before the env plugin ran
+
+
+def test_env_var_override_adds_or_replaces_whatever_the_group_sets(cli, tmp_path: Path) -> None:
+    """The README's `gemma-run +env.vars.NCCL_DEBUG=WARN env=rtx3090x3`: `+` on a variable the group already sets
+    (NCCL_DEBUG=INFO there) replaces it, and the form without `+` adds one the group does not set."""
+    proc = cli("+env.vars.NCCL_DEBUG=WARN", "env=rtx3090x3", "env.vars.GEMMA_RUN_PROBE=1", "prompt=Hi",
+               "generation.max_new_tokens=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "env: NCCL_DEBUG=WARN" in proc.stderr and "env: GEMMA_RUN_PROBE=1" in proc.stderr
+    (run,) = run_dirs(tmp_path)
+    assert json.loads((run / "result.json").read_text())["env"]["NCCL_DEBUG"] == "WARN"
