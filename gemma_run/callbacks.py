@@ -35,6 +35,34 @@ class RedactSecrets(Callback):
         _rewrite(Path(config.hydra.sweep.dir) / "multirun.yaml")
 
 
+class LockRunDir(Callback):
+    """Before Hydra creates the run dir and writes its config there: a fresh default dir is claimed (a second run
+    started in the same second gets TIME_2, never the first one's dir), and the run dir is locked for this process,
+    so a second live run in it is refused, naming the first, before it writes anything (gemma_run/run_lock.py)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import sys
+
+        from omegaconf import read_write
+
+        from gemma_run import resolvers, run_lock
+        from gemma_run.errors import GemmaRunError
+
+        run_dir = str(config.hydra.run.dir)
+        if run_dir in resolvers.FRESH:
+            try:
+                run_dir = str(run_lock.claim(run_dir))
+            except OSError:
+                return  # a place that cannot be written: the run dir check reports it
+            with read_write(config.hydra.run):
+                config.hydra.run.dir = run_dir
+        try:
+            run_lock.acquire(run_dir)  # held until this process exits
+        except GemmaRunError as e:  # Hydra turns a callback's exception into a warning: exit here instead
+            print(e.format(), file=sys.stderr)
+            sys.exit(e.exit_code)
+
+
 class SweepSummary(Callback):
     """At the end of a sweep: summary.md, summary.csv and summary.png in the multirun dir.
 

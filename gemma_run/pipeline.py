@@ -13,11 +13,13 @@ from omegaconf import DictConfig
 from gemma_run.context import RunContext
 from gemma_run.errors import GemmaRunError
 from gemma_run.plugins import build_pipeline
+from gemma_run.run_lock import owns_run_dir
 from gemma_run.validation import prepare
 
 log = logging.getLogger("gemma_run")
 
 
+@owns_run_dir  # one live run per run dir: a second one is refused, naming this one
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run the pipeline on a composed config; write result.json into ``run_dir`` and return the result.
 
