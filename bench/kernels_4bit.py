@@ -153,7 +153,7 @@ def int4_output_layer(head: Any) -> Any:
         def set_output_embeddings(self, module: Any) -> None:
             self.lm_head = module
 
-    linear = torch.nn.Linear(HIDDEN, VOCAB, bias=False, dtype=head.dtype, device=head.device)
+    linear = torch.nn.Linear(HIDDEN, VOCAB, bias=False, device="meta")  # no second copy of the 2.8 GB table
     linear.weight = torch.nn.Parameter(head, requires_grad=False)
     model = Model(linear)
     quantize_output_layer(model, int4_quant_cfg(lm_head="int4"), on_cuda=True)
