@@ -299,3 +299,13 @@ def test_infer_resume_with_other_prompts_is_refused_and_keeps_the_file(compose_c
         run(compose_cfg([f"prompts_file={prompts}", *args, f"resume={run_dir}"]), run_dir)
     assert e.value.key == "resume"
     assert (run_dir / "generations.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_preflight_refuses_an_infer_run_that_does_not_fit_before_generating(cli, tmp_path: Path) -> None:
+    proc = cli("prompt=hi", "generation.max_new_tokens=2", "plan.gpus=[1MiB]", "plan.cpu_memory=100KiB")
+    assert proc.returncode == 2, proc.stderr
+    assert "error: preflight: tiny_gemma3 (infer" in proc.stderr and "Traceback" not in proc.stderr
+    (run,) = run_dirs(tmp_path)
+    assert json.loads((run / "result.json").read_text())["preflight"]["fits"] is False
+    assert not (run / "generations.jsonl").exists()
