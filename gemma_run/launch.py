@@ -77,6 +77,17 @@ def _remove_shm_buffers(addr: str, port: int) -> None:
             path.unlink(missing_ok=True)
 
 
+def _stdout(what: str) -> int | None:
+    """Training ranks print nothing for the user: their stdout (the deepspeed launcher's and DeepSpeed's log,
+    the Trainer's loss dicts) joins stderr. Inference ranks keep stdout: rank 0 prints the completions there."""
+    if what != "training":
+        return None
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a file (a notebook's): leave stdout alone
+        return None
+
+
 def launch(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
     """Start the processes, wait for them, and return rank 0's result."""
     from gemma_run.training import deepspeed_config
@@ -91,7 +102,7 @@ def launch(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str
     cmd = command(cfg, run_dir, resume_from)
     log.info("launch: %s", " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, check=False)
+        proc = subprocess.run(cmd, check=False, stdout=_stdout(what))
     finally:
         if cfg.launcher.kind.name == "deepspeed":
             _remove_shm_buffers(cfg.launcher.master_addr, cfg.launcher.master_port)

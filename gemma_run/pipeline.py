@@ -26,10 +26,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     Raises :class:`GemmaRunError` for problems the user can fix (after recording them in result.json).
     """
     from gemma_run.quiet import quiet_optional_imports
+    from gemma_run.writable import check as check_writable
 
     quiet_optional_imports()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir, resume=cfg.get("resume"))  # a read-only path: one message naming hydra.run.dir
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
     previous_result = (run_dir / "result.json").is_file()
     ctx.result.update(task=cfg.task.name, model=None, quant=cfg.quant.name, status="running")
@@ -45,7 +46,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if ctx.is_main_process:
             # a failed attempt to continue a run never overwrites that run's record
             name = "result.failed.json" if previous_result else "result.json"
-            ctx.write_json(name, ctx.result)
+            try:
+                ctx.write_json(name, ctx.result)
+            except OSError as w:  # a full disk: the error itself is what the user must see
+                log.warning("could not record the failure in %s: %s", run_dir / name, w.strerror or w)
         raise
     ctx.result["status"] = ctx.result.get("status_override", "ok")
     ctx.result.pop("status_override", None)

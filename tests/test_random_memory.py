@@ -1,17 +1,31 @@
-"""model.random_storage=memory: random-weight models built in memory give the same model as the disk path
-(same weights, same bytes, same quantizer attributes, same greedy tokens), with only config + tokenizer on disk;
-auto picks memory for checkpoints too big for the disk.
+"""model.random_storage=memory: random-weight models built in memory, unit by unit while the loader reads them,
+with only config + tokenizer on disk; auto picks memory for checkpoints too big for the disk.
 
-GPU (random Gemma 3 4B/27B built in memory, bf16 / bitsandbytes 4-bit / torchao int4, bytes per device):
+The in-memory build is the model a checkpoint of the same weights loads (same quantized tensors, bytes,
+quantizer attributes, greedy tokens); its weights follow the model's init and its seed; the load's peak is the
+quantized model plus one unit (a decoder layer) in the build dtype, which the preflight plans.
+
+GPU (random Gemma 3 4B/27B built in memory, bf16 / bitsandbytes 4-bit / torchao int4, bytes per device, peak):
     GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_random_memory.py -m gpu -s -q
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 QUANTS = {"none": ["quant=none"], "4bit": ["quant=4bit"], "8bit": ["quant=8bit"],
           "int4": ["quant=int4", "quant.group_size=64"]}
+# tiny_gemma3 made wider and deeper (63.2M parameters, 16 layers): a build whose whole model (253 MB in the fp32 a
+# model this size is built in) dwarfs one layer (15.7 MB) and the quantized model (32 MB)
+MEDIUM = ["model.config.hidden_size=512", "model.config.intermediate_size=2048", "model.config.num_hidden_layers=16",
+          "model.config.num_attention_heads=4", "model.config.num_key_value_heads=2", "model.config.head_dim=128",
+          "model.config.query_pre_attn_scalar=128", "model.config.layer_types=null"]
 
 
 def _tokens(loaded, n: int = 8):
@@ -19,30 +33,131 @@ def _tokens(loaded, n: int = 8):
     return loaded.model.generate(**ids, max_new_tokens=n, do_sample=False)[0].tolist()
 
 
+def _plain(state: dict) -> dict:
+    """The state dict's plain tensors (bitsandbytes' entries include non-tensor quant-state keys)."""
+    import torch
+
+    return {k: v for k, v in state.items() if type(v) is torch.Tensor or isinstance(v, torch.nn.Parameter)}
+
+
 @pytest.mark.parametrize("quant", list(QUANTS))
-def test_memory_build_equals_the_disk_checkpoint(compose_cfg, quant: str) -> None:
+def test_memory_build_is_the_model_a_checkpoint_of_its_weights_loads(compose_cfg, tmp_path, quant: str) -> None:
+    """Quantized unit by unit as the loader reads the tensors, the model equals the one loaded (and quantized
+    tensor by tensor) from a checkpoint of the same weights."""
     import torch
 
     from gemma_run.loading import load, random_weights
 
-    base = [*QUANTS[quant], "device_map=cpu", "model.dtype=bfloat16"]
-    disk = load(compose_cfg([*base, "model.random_storage=disk"]))
-    mem = load(compose_cfg([*base, "model.random_storage=memory"]))
-    assert random_weights.in_memory(mem.path) and not random_weights.in_memory(disk.path)
-    assert mem.path.name == disk.path.name + "-memory" and not list(mem.path.glob("*.safetensors"))
-    assert mem.bytes_per_device == disk.bytes_per_device and set(mem.bytes_per_device) == {"cpu"}
-    assert type(mem.model) is type(disk.model)
-    assert type(getattr(mem.model, "hf_quantizer", None)) is type(getattr(disk.model, "hf_quantizer", None))
+    base = ["device_map=cpu", "model.dtype=bfloat16"]
+    weights = load(compose_cfg([*base, "quant=none", "model.random_storage=memory"]))
+    weights.model.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    weights.tokenizer.save_pretrained(tmp_path / "ckpt")
+    mem = load(compose_cfg([*base, *QUANTS[quant], "model.random_storage=memory"]))
+    ckpt = load(compose_cfg([*base, *QUANTS[quant], "model.weights=pretrained", f"model.path={tmp_path / 'ckpt'}"]))
+    assert random_weights.in_memory(mem.path) and not list(mem.path.glob("*.safetensors"))
+    assert mem.bytes_per_device == ckpt.bytes_per_device and set(mem.bytes_per_device) == {"cpu"}
+    assert type(mem.model) is type(ckpt.model)
+    assert type(getattr(mem.model, "hf_quantizer", None)) is type(getattr(ckpt.model, "hf_quantizer", None))
     for name in ("is_quantized", "is_loaded_in_4bit", "is_loaded_in_8bit", "quantization_method"):
-        assert getattr(mem.model, name, None) == getattr(disk.model, name, None), name
-    a, b = disk.model.state_dict(), mem.model.state_dict()
+        assert getattr(mem.model, name, None) == getattr(ckpt.model, name, None), name
+    a, b = mem.model.state_dict(), ckpt.model.state_dict()
     assert a.keys() == b.keys()
-    for key in a:
-        if type(a[key]) is torch.Tensor or isinstance(a[key], torch.nn.Parameter):
-            assert torch.equal(a[key], b[key]), key
+    for key in _plain(a):
+        assert torch.equal(a[key], b[key]), key
     assert mem.model.lm_head.weight is mem.model.model.embed_tokens.weight  # tied as the checkpoint load ties
-    assert mem.model.generation_config.eos_token_id == disk.model.generation_config.eos_token_id == 1
-    assert _tokens(mem) == _tokens(disk)
+    assert mem.model.generation_config.eos_token_id == 1
+    assert _tokens(mem) == _tokens(ckpt)
+
+
+def test_random_weights_follow_the_model_init_and_the_seed(compose_cfg) -> None:
+    import torch
+
+    from gemma_run.loading import load
+
+    base = ["device_map=cpu", "model.dtype=float32", "quant=none", "model.random_storage=memory"]
+    model = load(compose_cfg(base)).model
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    assert len(linears) == 2 * 7
+    for w in linears:  # Gemma 3's initializer_range
+        assert abs(w.std().item() - 0.02) < 0.004 and abs(w.mean().item()) < 0.002
+    norms = [m.weight for n, m in model.named_modules() if type(m).__name__ == "Gemma3RMSNorm"]
+    assert norms and all(torch.count_nonzero(w) == 0 for w in norms)  # scaled by (1 + weight): zero is identity
+    table = model.model.embed_tokens.weight
+    assert torch.count_nonzero(table[0]) == 0 and abs(table[1:].std().item() - 0.02) < 0.002  # row 0: padding
+    again = load(compose_cfg(base)).model.state_dict()
+    other = load(compose_cfg([*base, "model.seed=1"])).model.state_dict()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    assert not torch.equal(state["model.layers.0.mlp.up_proj.weight"], other["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_each_unit_is_drawn_from_its_own_seed_whatever_the_read_order(compose_cfg) -> None:
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from gemma_run.loading import random_memory, random_weights
+
+    arch = random_weights.architecture_config(OmegaConf.to_container(compose_cfg().model.config), True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(arch, dtype=torch.float32)
+    forward = random_memory.RandomSource(skeleton, 0, "cpu", torch.float32)
+    backward = random_memory.RandomSource(skeleton, 0, "cpu", torch.float32)
+    keys = forward.keys
+    assert "lm_head.weight" not in keys and "model.embed_tokens.weight" in keys  # tied: saved once
+    a = {k: forward.take(k) for k in keys}
+    b = {k: backward.take(k) for k in reversed(keys)}
+    assert all(torch.equal(a[k], b[k]) for k in keys)
+    assert not forward.waiting and forward.units_made == len({forward.unit_of[k] for k in keys})
+    assert forward.largest_unit_bytes() == 4 * sum(t.numel() for t in skeleton.model.layers[0].parameters())
+
+
+@pytest.mark.slow
+def test_memory_build_peaks_at_the_quantized_model_plus_one_layer(tmp_path) -> None:
+    """A 4-bit in-memory build on the CPU, measured by bench/random_build_peak.py in a fresh process: its peak is
+    the quantized model plus about one fp32 layer, not the whole model first built in fp32 (253 MB here)."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "random_build_peak.py"), "--model", "tiny_gemma3",
+                          "--quant", "4bit", "--json", "--set", f"cache_dir={tmp_path}", "model.dtype=bfloat16",
+                          *MEDIUM], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("| model | quant | device | planned GiB | planned load GiB | peak GiB")
+    row = json.loads(lines[-1])
+    assert row["params"] == 63_214_080 and row["device"] == "cpu"
+    whole = 4 * row["params"]  # the model in fp32, as a model of this size is built
+    layer = 4 * 3_932_160  # one decoder layer's Linear weights in fp32
+    assert layer <= row["build"] < 1.01 * layer  # planned: one layer (+ its norms, cast to bf16 too)
+    assert row["loaded"] < 0.15 * whole
+    assert row["peak"] < 0.5 * whole, row
+
+
+def test_preflight_plans_the_build_of_27b_4bit_one_layer_beyond_the_weights(compose_cfg) -> None:
+    from gemma_run.planning import inputs
+    from gemma_run.planning.plan import make_plan
+
+    def plan(*extra: str) -> dict:
+        p, _ = inputs.from_cfg(compose_cfg(["model=gemma3_27b", "quant=4bit", "plan.gpus=[24GiB]", *extra]), "infer")
+        return make_plan(p)
+
+    random, real = plan("model.weights=random"), plan("model.weights=pretrained")
+    layer = 2 * (5376 * 4096 * 2 + 5376 * 2048 * 2 + 3 * 5376 * 21504)  # q, o, k, v, gate, up, down in bf16
+    assert random["random_build_bytes"] == layer and real["random_build_bytes"] == 0
+    gpu, ref = random["devices"]["cuda:0"], real["devices"]["cuda:0"]
+    assert "random_build" not in ref
+    # the transient comes while the weights load, before the cache and activations: the peak is the larger
+    assert gpu["random_build"] == layer - gpu["kv_cache"] - gpu["activations"] > 0
+    assert gpu["total"] == gpu["weights"] + gpu["overhead"] + layer == ref["total"] + gpu["random_build"]
+    assert random["fits"]
+
+
+@pytest.mark.slow
+def test_task_plan_shows_the_random_build(cli) -> None:
+    out = cli("task=plan", "model=gemma3_27b", "model.weights=random", "quant=4bit", "plan.gpus=[24GiB]")
+    assert out.returncode == 0, out.stderr
+    header = next(line for line in out.stdout.splitlines() if line.startswith("device"))
+    row = next(line for line in out.stdout.splitlines() if line.startswith("cuda:0"))
+    assert header.split()[:7] == ["device", "weights", "kv_cache", "activations", "overhead", "random_build", "total"]
+    assert row.split()[5] == "0.34" and "fits: yes" in out.stdout
 
 
 def test_auto_storage_is_memory_for_27b_and_disk_for_the_tiny_model(compose_cfg, tmp_path) -> None:
@@ -54,11 +169,14 @@ def test_auto_storage_is_memory_for_27b_and_disk_for_the_tiny_model(compose_cfg,
     arch = random_weights.architecture_config(OmegaConf.to_container(big.config), True)
     assert 53e9 < random_weights.checkpoint_bytes(arch) < 55e9  # 27.0B parameters in bf16
     assert random_weights.storage(big, arch, tmp_path / "random" / "x") == "memory"
+    assert random_weights.builds_in_memory(big, tmp_path)
     tiny = compose_cfg().model
     tiny_arch = random_weights.architecture_config(OmegaConf.to_container(tiny.config), True)
     assert random_weights.storage(tiny, tiny_arch, tmp_path / "random" / "y") == "disk"
+    assert not random_weights.builds_in_memory(tiny, tmp_path)
     big.random_storage = "disk"  # an explicit choice wins
     assert random_weights.storage(big, arch, tmp_path / "random" / "x") == "disk"
+    assert not random_weights.builds_in_memory(big, tmp_path)
 
 
 def test_auto_keeps_using_a_checkpoint_already_built(compose_cfg) -> None:
@@ -74,7 +192,7 @@ def test_memory_mode_through_the_cli(cli) -> None:
     out = cli("task=infer", "model.random_storage=memory", "quant=int4", "quant.group_size=64", "prompt=Hello",
               "generation.max_new_tokens=4")
     assert out.returncode == 0, out.stderr
-    assert "built random tiny_gemma3 in memory on cpu" in out.stderr
+    assert "built random tiny_gemma3 in memory on cpu (float32, unit by unit: 4 units" in out.stderr
 
 
 def _gpu_case(compose_cfg, overrides: list[str]) -> dict:
@@ -89,9 +207,10 @@ def _gpu_case(compose_cfg, overrides: list[str]) -> dict:
     loaded = load(compose_cfg(["model.weights=random", "model.random_storage=memory", "device_map=auto",
                                *overrides]))
     seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated()
     tokens = _tokens(loaded, 8)
     row = {"load_s": round(seconds, 1), "bytes_per_device": loaded.bytes_per_device,
-           "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "tokens": len(tokens)}
+           "peak_gib": round(peak / 2**30, 2), "tokens": len(tokens)}
     print(f"\n{' '.join(overrides)}: {row}")
     assert set(loaded.bytes_per_device) == {"cuda:0"}
     del loaded
@@ -105,12 +224,15 @@ def test_gpu_random_4b_in_memory(compose_cfg, quant: list[str]) -> None:
     row = _gpu_case(compose_cfg, ["model=gemma3_4b", *quant])
     total = sum(row["bytes_per_device"].values())
     assert total < (9e9 if quant == ["quant=none"] else 4e9)
+    assert row["peak_gib"] < total / 2**30 + 2
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("quant", [["quant=4bit"], ["quant=int4"]])
 def test_gpu_random_27b_quantized_in_memory_on_one_gpu(compose_cfg, quant: list[str]) -> None:
-    """27B bf16 (54 GB) cannot be written to the GPU machine's disk; built in memory and quantized it is
-    ~15-18 GiB on one GPU."""
+    """27B bf16 (54 GB) is never built whole: quantized unit by unit it is ~15-18 GiB on one GPU, and the load's
+    peak stays within a few GiB of that (one decoder layer in bf16 and the quantizer's scratch)."""
     row = _gpu_case(compose_cfg, ["model=gemma3_27b", *quant])
-    assert sum(row["bytes_per_device"].values()) < 20 * 2**30
+    total = sum(row["bytes_per_device"].values())
+    assert total < 20 * 2**30
+    assert row["peak_gib"] < total / 2**30 + 4

@@ -1,8 +1,9 @@
 """The prompts of a run: ``prompt=...`` or ``prompts_file=...`` (txt or JSONL), checked line by line.
 
 A ``.txt`` file holds one prompt per line; blank lines are skipped (they are not prompts). A ``.jsonl`` file
-holds one JSON object per line with ``prompt`` (a string) or ``messages`` (a chat: a list of
-``{"role", "content"}``), and optionally ``id`` (copied to the output) and ``image`` (a path, relative to
+holds one JSON object per line with ``prompt`` (a string), ``messages`` (a chat: a list of
+``{"role", "content"}``) or ``conversations`` (ShareGPT: ``{"from": human|gpt|system, "value"}``; a final
+gpt turn is left out), and optionally ``id`` (copied to the output) and ``image`` (a path, relative to
 the prompts file, for image+text models). Every problem is reported with its ``file:line`` before the model is loaded.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gemma_run import sharegpt
 from gemma_run.errors import ConfigError, GemmaRunError
 
 ROLES = ("system", "user", "assistant", "model")
@@ -115,6 +117,8 @@ def _parse_json_line(line: str, where: str, index: int) -> tuple[PromptItem | No
             return None, ConfigError(f"image {image} does not exist", key=where,
                                      fix="give the image's path (relative paths are relative to the prompts file)")
         extra["image_path"] = str(image)
+    if "messages" not in obj and sharegpt.FIELD in obj:
+        return _sharegpt_line(obj, where, index, extra)
     if "messages" in obj:
         messages = obj["messages"]
         problem = _check_messages(messages)
@@ -123,11 +127,25 @@ def _parse_json_line(line: str, where: str, index: int) -> tuple[PromptItem | No
         return PromptItem(index, where, messages=messages, **extra), None
     prompt = obj.get("prompt")
     if prompt is None:
-        return None, ConfigError("no `prompt` or `messages` key", key=where, fix=example)
+        return None, ConfigError("no `prompt` or `messages` key (nor ShareGPT `conversations`)", key=where,
+                                 fix=example)
     if not isinstance(prompt, str) or not prompt.strip():
         return None, ConfigError("empty prompt" if isinstance(prompt, str) else "`prompt` must be a string",
                                  key=where, fix="give a non-empty string, or delete the line")
     return PromptItem(index, where, prompt=prompt, **extra), None
+
+
+def _sharegpt_line(obj: dict[str, Any], where: str, index: int,
+                   extra: dict[str, Any]) -> tuple[PromptItem | None, GemmaRunError | None]:
+    """A ShareGPT conversation: the prompt is the conversation up to its last human turn (a final gpt turn,
+    the reference answer in a training file, is left out)."""
+    messages, problem = sharegpt.to_messages(obj)
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    problem = problem or _check_messages(messages)
+    if problem:
+        return None, ConfigError(problem, key=where, fix=sharegpt.EXAMPLE)
+    return PromptItem(index, where, messages=messages, **extra), None
 
 
 def _check_messages(messages: Any) -> str | None:

@@ -129,7 +129,7 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
     if random_weights.in_memory(path):
         from gemma_run.loading import random_memory
 
-        model = _from_pretrained(lambda: random_memory.build(path, cfg.model, kwargs, int(cfg.quant.bits)))
+        model = _from_pretrained(lambda: random_memory.build(path, cfg.model, kwargs))
     else:
         cls = architecture.model_class(plan)
         model = _from_pretrained(lambda: cls.from_pretrained(path, **kwargs), quiet=plan.kind == "text_only")

@@ -19,6 +19,18 @@ def dtype_kwarg() -> str:
     return "dtype" if Version(Version(transformers.__version__).base_version) >= Version("4.56") else "torch_dtype"
 
 
+@cache
+def loads_state_dict_lazily() -> bool:
+    """Whether from_pretrained(state_dict=...) reads each value only when it converts it (``value[...]``, as it
+    reads a safetensors slice), quantizing tensor by tensor: transformers 5.x
+    (``convert_and_load_state_dict_in_model``). 4.x reads shapes and dtypes of the whole dict first, so its values
+    must be tensors."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(Version(transformers.__version__).base_version) >= Version("5.0")
+
+
 def keys_to_not_convert(model) -> list[str]:
     """The modules bitsandbytes leaves unquantized by default (lm_head, tied outputs). The function moved from
     transformers.integrations.bitsandbytes (4.x) to transformers.quantizers.base (5.x)."""

@@ -145,7 +145,7 @@ def cpu_flags() -> set[str]:
 def check_cpu_4bit(quant_cfg: Any, skeleton: Any, flags: set[str] | None = None) -> None:
     """bitsandbytes' CPU 4-bit kernels on AVX512-BF16 CPUs need every quantized Linear's output size to be a
     multiple of 32; otherwise generation dies in the kernel with ``AssertionError: N must be divisible by
-    block_n`` (measured with bitsandbytes 0.50). Say so before loading, naming a module."""
+    block_n`` (measured with bitsandbytes 0.50). Say so before loading, naming every such module in the fix."""
     import torch
 
     if quant_cfg.backend.name != "bitsandbytes" or quant_cfg.bits != 4:
@@ -157,8 +157,11 @@ def check_cpu_4bit(quant_cfg: Any, skeleton: Any, flags: set[str] | None = None)
            if isinstance(m, torch.nn.Linear) and m.out_features % 32 and not any(s in name for s in skip)]
     if bad:
         name, size = bad[0]
+        # skip_modules matches by substring, so each module's last name (q_proj) covers it in every layer
+        kinds = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in bad))
+        keep = ",".join(dict.fromkeys([*skip, *kinds]))
         raise GemmaRunError(
             f"bitsandbytes' 4-bit CPU kernels on this CPU (AVX512-BF16) need every quantized Linear's output size "
-            f"to be a multiple of 32; {name} has {size} ({len(bad)} such module(s))", key="quant",
-            fix="quant=8bit or quant=none on this CPU, run on a GPU, or keep those modules unquantized with "
-                f"quant.skip_modules=[lm_head,{name.rsplit('.', 1)[-1]}]")
+            f"to be a multiple of 32; {name} has {size} ({len(bad)} such module(s): {', '.join(kinds)})",
+            key="quant", fix="quant=8bit or quant=none on this CPU, run on a GPU, or keep those modules unquantized "
+                             f"with 'quant.skip_modules=[{keep}]'")

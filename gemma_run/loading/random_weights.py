@@ -102,6 +102,24 @@ def storage(model_cfg: Any, arch: Any, disk_dir: Path) -> str:
     return "disk"
 
 
+def builds_in_memory(model_cfg: Any, cache_dir: str | Path) -> bool:
+    """Whether loading ``model_cfg`` builds its random weights in memory (as :func:`ensure_random_checkpoint`
+    decides), found without building anything: the planner adds that build's transient."""
+    from omegaconf import OmegaConf
+
+    from gemma_run.loading.checkpoint import uses_random
+
+    if not uses_random(model_cfg):
+        return False
+    config = OmegaConf.to_container(model_cfg.config, resolve=True) if OmegaConf.is_config(model_cfg.config) \
+        else dict(model_cfg.config)
+    target = checkpoint_dir(cache_dir, model_cfg.name, config, model_cfg.seed, model_cfg.tokenizer_vocab_size,
+                            model_cfg.text_only)
+    if (target / COMPLETE).is_file() and model_cfg.random_storage.name != "memory":
+        return False
+    return storage(model_cfg, architecture_config(config, model_cfg.text_only), target) == "memory"
+
+
 def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.loading import random_weights
 from gemma_run.planning.devices import cpu_memory, detect_gpus, parse_gpus, parse_size
 from gemma_run.planning.memory import quant_from
 from gemma_run.planning.plan import PlanInputs
@@ -120,6 +121,7 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
         cpu_capacity=parse_size(_sel(cfg, "plan.cpu_memory", None), "plan.cpu_memory")
         if _sel(cfg, "plan.cpu_memory", None) else cpu_memory(),
         disk=bool(dm.offload_folder),
+        random_build=random_weights.builds_in_memory(cfg.model, cfg.cache_dir),
         overhead_per_gpu=parse_size(_sel(cfg, "plan.overhead_per_gpu", "1GiB"), "plan.overhead_per_gpu"),
         train=train_spec(cfg),
         static_cache_len=static_cache_len(cfg, on_gpu, len(gpu_list), prompt + new) if mode == "infer" else 0,

@@ -71,6 +71,13 @@ def _component(name: str, module: Any, model: Any, decoder_classes: set[str]) ->
     return "other"
 
 
+def own_tensors_only(model: Any, module: Any, no_split: set[str] | None = None) -> bool:
+    """Whether the unit of ``module`` holds only its own tensors (a module with children that accelerate may
+    split: its children are units of their own), not those of its whole subtree."""
+    no_split = _no_split(model) if no_split is None else no_split
+    return bool(list(module.children())) and type(module).__name__ not in no_split
+
+
 def units(model: Any) -> list[Unit]:
     """The placement units of ``model`` in module order (the order a sequential device map fills)."""
     no_split = _no_split(model)
@@ -90,7 +97,7 @@ def units(model: Any) -> list[Unit]:
     walk("", model)
     result: list[Unit] = []
     for name, module in found:
-        own_only = bool(list(module.children())) and type(module).__name__ not in no_split
+        own_only = own_tensors_only(model, module, no_split)
         tensors = []
         items = [*((n, p, False) for n, p in module.named_parameters(recurse=not own_only)),
                  *((n, b, True) for n, b in module.named_buffers(recurse=not own_only))]

@@ -36,6 +36,8 @@ class PlanInputs:
     gpu_capacity: tuple[int, ...] = ()
     cpu_capacity: int = 0
     disk: bool = False  # an offload folder is set
+    # the weights are random, made in memory unit by unit while they load (gemma_run.loading.random_memory)
+    random_build: bool = False
     overhead_per_gpu: int = GiB  # CUDA context + allocator slack, not in any tensor
     # infer on the fast engine (gemma_run.infer.fast): its static cache holds this many positions in every layer,
     # sliding ones included; 0: transformers' cache (sliding layers capped at their window)
@@ -75,6 +77,7 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
         "weights_bytes_by_dtype": memory.dtype_table(units, model),
         "layer_types": {t: shape.layer_types.count(t) for t in sorted(set(shape.layer_types))},
         "sliding_window": shape.sliding_window,
+        "random_build_bytes": _random_build_bytes(p, units, quantized) if p.random_build else 0,
     }
     if p.mode == "train":
         _train(p, model, units, shape, wbytes, db, result)
@@ -103,6 +106,19 @@ def _int4_output_layer(p: PlanInputs, model: Any, units: list[params.Unit], wbyt
     return 0
 
 
+def _random_build_bytes(p: PlanInputs, units: list[params.Unit], quantized: set[str]) -> int:
+    """Bytes an in-memory random build holds beyond the loaded weights (gemma_run.loading.random_memory): it makes
+    one unit at a time in the build dtype (fp32 up to random_weights.BIG parameters, else bf16) and the loader
+    quantizes or casts its tensors one by one, so at most the largest unit's tensors that are quantized or cast
+    wait beside the weights (a Gemma 3 27B decoder layer: 0.77 GiB in bf16). Those kept as made become the weights."""
+    from gemma_run.loading.random_weights import BIG
+
+    build = 4 if sum(u.params for u in units) <= BIG else 2
+    cast = build != DTYPE_BYTES[p.dtype]
+    return max((sum(t.numel * build for t in u.tensors if not t.is_buffer and (
+        cast or (t.module in quantized and t.name.endswith(".weight")))) for u in units), default=0)
+
+
 def _largest_quantized(model: Any, quantized: set[str]) -> int:
     return max((m.weight.numel() for n, m in model.named_modules() if n in quantized), default=0)
 
@@ -127,7 +143,7 @@ def _infer(p: PlanInputs, units, shape, wbytes, db, quantized, model, result) ->
         transient += prefill * 8 * max(shape.intermediate, shape.hidden)
     logits = kv.logits_generate_bytes(shape, batch, db)
     items = [devices.Item(u.name, wbytes[u.name] + kv_unit[u.name], u.layer_index is not None) for u in units]
-    reserve = p.overhead_per_gpu + kv.WORKSPACE + transient
+    reserve = p.overhead_per_gpu + max(kv.WORKSPACE + transient, result["random_build_bytes"])
     placement = _placement(p, items, [max(g - reserve, 0) for g in p.gpus])
     head = _head_device(units, placement, result["tied_embeddings"])
     parts: dict[str, dict[str, int]] = {}
@@ -167,7 +183,7 @@ def _train(p: PlanInputs, model, units, shape, wbytes, db, result) -> None:
         per_param = state.gpu / trainable if trainable else 0
         items = [devices.Item(u.name, wbytes[u.name] + int(lora[u.name] * per_param) + saved[u.name],
                               u.layer_index is not None) for u in units]
-        reserve = p.overhead_per_gpu + kv.WORKSPACE + transient
+        reserve = p.overhead_per_gpu + max(kv.WORKSPACE + transient, result["random_build_bytes"])
         placement = _placement(p, items, [max(g - reserve, 0) for g in p.gpus])
         head = _head_device(units, placement, result["tied_embeddings"])
         parts: dict[str, dict[str, int]] = {}
@@ -236,8 +252,14 @@ def _finish(p: PlanInputs, parts: dict[str, dict[str, int]], placement: dict[str
     problems = list(problems or [])
     per_device: dict[str, int] = {}
     detail: dict[str, dict[str, int]] = {}
+    build = result.get("random_build_bytes", 0)
     for dev in sorted(parts, key=lambda d: (not d.isdigit(), int(d) if d.isdigit() else 0, d)):
         d = dict(parts[dev])
+        # the build's transient comes and goes while the weights load, before the cache, activations or training
+        # state of the run exist: the device's peak is the weights + overhead + the larger of the two
+        runtime = sum(v for k, v in d.items() if k not in ("weights", "overhead"))
+        if build > runtime and d.get("weights"):
+            d["random_build"] = build - runtime
         d["total"] = sum(d.values())
         if dev.isdigit():
             gpus = p.gpu_capacity or p.gpus

@@ -35,7 +35,7 @@ def table(plan: dict[str, Any], title: str) -> str:
                      f"optimizer {_g(s['optimizer'])}  on CPU {_g(s['cpu'])} GiB per rank "
                      f"(ZeRO-{plan['zero_stage']}, {plan['world']} rank(s), seq {plan['context']} x {plan['batch']})")
     lines.append("")
-    cols = [c for c in ("weights", "kv_cache", "training_state", "activations", "overhead")
+    cols = [c for c in ("weights", "kv_cache", "training_state", "activations", "overhead", "random_build")
             if any(c in d for d in plan["devices"].values())]
     head = f"{'device':<8}" + "".join(f"{c:>15}" for c in cols) + f"{'total':>10}{'capacity':>10}  holds"
     lines.append(head)

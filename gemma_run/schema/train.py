@@ -75,9 +75,11 @@ class TrainConfig:
 
 
 class DataFormat(Enum):
-    auto = "auto"  # from the first record: messages -> chat, instruction+output -> alpaca, text -> text
+    # from the first record: messages -> chat, conversations -> sharegpt, instruction+output -> alpaca, text -> text
+    auto = "auto"
     alpaca = "alpaca"  # {"instruction", "input" (optional), "output"}
     chat = "chat"  # {"messages": [{"role", "content"}, ...]} through the tokenizer's chat template
+    sharegpt = "sharegpt"  # {"conversations": [{"from": human|gpt|system, "value"}, ...]}: trained as chat
     text = "text"  # {"text"}: plain language modelling
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,9 @@ def write(sweep_dir: Path, rows: list[JobRow], metrics: list[str], plot_metric: 
     written["md"] = sweep_dir / "summary.md"
     metric = plot_metric or next((c for c in cols if _numeric(rows, c)), None)
     if metric and _numeric(rows, metric):
-        written["png"] = _plot(sweep_dir / "summary.png", rows, keys, metric)
+        png = _plot(sweep_dir / "summary.png", rows, keys, metric)
+        if png is not None:
+            written["png"] = png
     return written
 
 
@@ -99,8 +102,15 @@ def _numeric(rows: list[JobRow], metric: str) -> bool:
                for r in rows)
 
 
-def _plot(path: Path, rows: list[JobRow], keys: list[str], metric: str) -> Path:
-    import matplotlib
+def _plot(path: Path, rows: list[JobRow], keys: list[str], metric: str) -> Path | None:
+    """The bar chart; None (and one warning saying how to get it) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger("gemma_run").warning(
+            "sweep summary: %s not drawn: matplotlib is not installed (pip install 'gemma-run[sweep]', or pip "
+            "install matplotlib); summary.md and summary.csv are written", path.name)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -78,7 +78,7 @@ def _segments(tokenizer: Any, data: dict[str, Any], fmt: str, where: str) -> lis
         return [(bos + ALPACA_PROMPT.format(instruction=data["instruction"], input_block=block), False),
                 (data["output"] + (tokenizer.eos_token or ""), True)]
     if not tokenizer.chat_template:
-        raise GemmaRunError("data.format=chat needs a tokenizer with a chat template; this one has none",
+        raise GemmaRunError(f"data.format={fmt} needs a tokenizer with a chat template; this one has none",
                             key="data.format", fix="use a model whose tokenizer has one, or data.format=alpaca/text")
     return _segments_chat(tokenizer, join_system(data["messages"]), where)  # several system messages: joined
 
@@ -101,8 +101,11 @@ def tokenize(tokenizer: Any, data: dict[str, Any], fmt: str, where: str, complet
 
 
 def encode_all(tokenizer: Any, records: list[rec.Record], fmt: str, *, max_len: int, completion_only: bool,
-               key: str) -> tuple[list[dict[str, list]], dict[str, int]]:
-    """Tokenize and truncate every record; count truncations and examples left with nothing to learn."""
+               key: str, context: int | None = None) -> tuple[list[dict[str, list]], dict[str, int]]:
+    """Tokenize and truncate every record; count truncations and examples left with nothing to learn.
+
+    ``context``: the model's context length (max_position_embeddings); a suggested max_seq_length stays within it.
+    """
     rows, truncated, empty, longest = [], 0, 0, 0
     for r in records:
         row = tokenize(tokenizer, r.data, fmt, r.where, completion_only)
@@ -118,11 +121,11 @@ def encode_all(tokenizer: Any, records: list[rec.Record], fmt: str, *, max_len: 
     if truncated == len(records):
         raise GemmaRunError(f"{key}: all {len(records)} examples are longer than train.max_seq_length={max_len} "
                             f"tokens (the longest has {longest})", key="train.max_seq_length",
-                            fix=f"train.max_seq_length={_round_up(longest)} (or shorten the examples)")
+                            fix=_length_fix(longest, max_len, context, "or shorten the examples"))
     if not rows:
         raise GemmaRunError(f"{key}: no example has a response token left to learn from after truncation at "
                             f"train.max_seq_length={max_len}", key="train.max_seq_length",
-                            fix=f"train.max_seq_length={_round_up(longest)}")
+                            fix=_length_fix(longest, max_len, context, "or shorten the prompts"))
     if truncated:
         log.warning("data: %d of %d examples truncated at train.max_seq_length=%d (longest: %d tokens)",
                     truncated, len(records), max_len, longest)
@@ -133,6 +136,33 @@ def encode_all(tokenizer: Any, records: list[rec.Record], fmt: str, *, max_len: 
 
 def _round_up(n: int) -> int:
     return 1 << max(n - 1, 1).bit_length()
+
+
+def _length_fix(longest: int, max_len: int, context: int | None, otherwise: str) -> str:
+    """The max_seq_length that holds the longest example, never past the model's context."""
+    if context is None or _round_up(longest) <= context:
+        return f"train.max_seq_length={_round_up(longest)} ({otherwise})"
+    if longest <= context:
+        return f"train.max_seq_length={context} (the model's context; {otherwise})"
+    if max_len < context:
+        return (f"train.max_seq_length={context} (the model's context; longer examples are cut there), and "
+                f"shorten or split the examples over {context} tokens (the longest has {longest})")
+    return (f"shorten or split the examples: the model's context is {context} tokens (the longest has "
+            f"{longest})")
+
+
+def context_length(model_config: Any) -> int | None:
+    """The positions a model was built for (max_position_embeddings), from its config (a dict, or a model
+    config object); None when the config does not say."""
+    def get(obj: Any, name: str) -> Any:
+        return obj.get(name) if hasattr(obj, "get") else getattr(obj, name, None)
+
+    config = get(model_config, "text_config") or model_config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = get(config, name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 @dataclass
@@ -149,10 +179,12 @@ def read_checked(cfg: Any) -> Checked:
     fmt = d.format.value if hasattr(d.format, "value") else str(d.format)
     fmt = rec.detect_format(train_records[0]) if fmt == "auto" else fmt
     rec.check(train_records, fmt)
+    rec.normalize(train_records, fmt)
     eval_records = None
     if d.eval_file:
         eval_records = rec.read(d.eval_file, "data.eval_file")
         rec.check(eval_records, fmt)
+        rec.normalize(eval_records, fmt)
     return Checked(fmt, train_records, eval_records)
 
 
@@ -161,8 +193,10 @@ def read_checked(cfg: Any) -> Checked:
 PAD_MULTIPLE = 16
 
 
-def prepare(cfg: Any, tokenizer: Any, checked: Checked) -> Prepared:
-    """Datasets and collator for ``cfg`` (data, train, seed) from records already checked."""
+def prepare(cfg: Any, tokenizer: Any, checked: Checked, context: int | None = None) -> Prepared:
+    """Datasets and collator for ``cfg`` (data, train, seed) from records already checked.
+
+    ``context``: the model's context length, which a suggested train.max_seq_length never exceeds."""
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
@@ -171,13 +205,13 @@ def prepare(cfg: Any, tokenizer: Any, checked: Checked) -> Prepared:
     completion_only = bool(d.completion_only_loss) and fmt != "text"
     tokenizer.padding_side = "right"  # training pads after the text; generation (infer) pads before it
     rows, stats = encode_all(tokenizer, train_records, fmt, max_len=t.max_seq_length,
-                             completion_only=completion_only, key="data.train_file")
+                             completion_only=completion_only, key="data.train_file", context=context)
     stats.update(format=fmt, completion_only_loss=completion_only, packing=bool(d.packing))
     train = Dataset.from_list([_finish(r) for r in rows])
     evaluation = None
     if eval_records is not None:
         eval_rows, eval_stats = encode_all(tokenizer, eval_records, fmt, max_len=t.max_seq_length,
-                                           completion_only=completion_only, key="data.eval_file")
+                                           completion_only=completion_only, key="data.eval_file", context=context)
         evaluation = Dataset.from_list([_finish(r) for r in eval_rows])
         stats["eval_records"] = eval_stats["records"]
     elif d.eval_split > 0:

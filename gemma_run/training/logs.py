@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,50 @@ def loss_callback(path: Path) -> Any:
     return LossLog()
 
 
+def schedule_callback(cfg: Any, warnings: list[str]) -> Any:
+    """A TrainerCallback that warns, once the Trainer knows the number of optimizer steps, about train keys
+    larger than the run: warmup that never ends, a logging interval never reached. Appends to ``warnings``."""
+    from transformers import TrainerCallback
+
+    log = logging.getLogger("gemma_run.training")
+    t = cfg.train
+
+    class ScheduleCheck(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            steps = state.max_steps
+            found = []
+            if t.warmup_steps > 0 and t.warmup_steps >= steps:
+                found.append(f"train.warmup_steps={t.warmup_steps} but this run has {steps} optimizer steps: the "
+                             f"learning rate stays in warmup and peaks at {steps}/{t.warmup_steps} of "
+                             f"train.learning_rate={t.learning_rate}; fix: train.warmup_steps=0 "
+                             f"train.warmup_ratio=0.03 (a share of the steps), or a train.warmup_steps below {steps}")
+            if t.logging_steps > steps:
+                found.append(f"train.logging_steps={t.logging_steps} but this run has {steps} optimizer steps: "
+                             f"only the final step's loss is logged ({LOSSES}); fix: "
+                             f"train.logging_steps={max(steps // 10, 1)} for a loss curve")
+            if state.is_world_process_zero:
+                for message in found:
+                    log.warning("%s", message)
+            warnings.extend(found)
+            return control
+
+    return ScheduleCheck()
+
+
 def plot(path: Path, out: Path) -> Path | None:
-    """Train (and eval) loss against step as a PNG; None when nothing was logged."""
+    """Train (and eval) loss against step as a PNG; None when nothing was logged or matplotlib is missing."""
     rows = read(path)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if not train and not evals:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger("gemma_run.training").warning(
+            "%s not drawn: matplotlib is not installed (pip install 'gemma-run[train]', or pip install "
+            "matplotlib); the losses are in %s", out.name, path)
+        return None
 
     matplotlib.use("Agg")  # no display on a training node
     import matplotlib.pyplot as plt

@@ -2,8 +2,8 @@
 
 ``torch.cuda.set_per_process_memory_fraction`` makes the caching allocator raise out-of-memory past the cap,
 as a card of that size would (the CUDA context, ~0.5 GiB, is outside it on both). The trainer sets it before the
-model loads, so loading is inside the cap too, except for random weights built in memory (whole in bf16 first,
-which no real 4-bit load holds): there right after the build. The preflight plans with the cap as the GPU's size
+model loads, so loading is inside the cap too (random weights built in memory as well: they are made and
+quantized unit by unit, as a checkpoint loads). The preflight plans with the cap as the GPU's size
 (planning/inputs.py).
 """
 

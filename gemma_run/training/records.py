@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gemma_run import sharegpt
 from gemma_run.errors import GemmaRunError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -118,13 +119,15 @@ def detect_format(first: Record) -> str:
     keys = set(first.data)
     if "messages" in keys:
         return "chat"
+    if sharegpt.FIELD in keys:
+        return "sharegpt"
     if {"instruction", "output"} <= keys:
         return "alpaca"
     if "text" in keys:
         return "text"
     raise GemmaRunError(f"{first.where}: cannot tell the data format from the fields {sorted(keys)}",
-                        key="data.format", fix="records need messages (chat), instruction+output (alpaca) or text; "
-                        "or set data.format=alpaca|chat|text")
+                        key="data.format", fix="records need messages (chat), conversations (sharegpt), "
+                        "instruction+output (alpaca) or text; or set data.format=alpaca|chat|sharegpt|text")
 
 
 def check(records: list[Record], fmt: str) -> None:
@@ -136,10 +139,18 @@ def check(records: list[Record], fmt: str) -> None:
                                 fix=_FIX[fmt])
 
 
+def normalize(records: list[Record], fmt: str) -> None:
+    """ShareGPT records (already checked) become chat records, so they train exactly as chat does."""
+    if fmt == "sharegpt":
+        for rec in records:
+            rec.data = {"messages": sharegpt.to_messages(rec.data)[0]}
+
+
 _FIX = {
     "alpaca": '{"instruction": "...", "input": "... (optional)", "output": "..."} on every line',
     "chat": '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}',
     "text": '{"text": "..."} on every line',
+    "sharegpt": sharegpt.EXAMPLE + ' ("from": human, gpt or system)',
 }
 
 
@@ -157,6 +168,9 @@ def _problem(data: dict[str, Any], fmt: str) -> str | None:
         if data.get("input") is not None and not isinstance(data["input"], str):
             return "field 'input' must be a string"
         return None
+    if fmt == "sharegpt":
+        messages, problem = sharegpt.to_messages(data)
+        return problem or _problem({"messages": messages}, "chat")
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         return "missing or empty field 'messages' (a list of {role, content})"

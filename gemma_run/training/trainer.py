@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from gemma_run import env
 from gemma_run.errors import GemmaRunError
-from gemma_run.training import checkpoints, data, deepspeed_config, logs
+from gemma_run.training import checkpoints, data, deepspeed_config, disk_full, logs
 from gemma_run.training import lora as lora_setup
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,18 @@ def _wants_token_type_ids(model: Any) -> bool:
     return "token_type_ids" in inspect.signature(base.forward).parameters
 
 
+def _context(path: Path, model_cfg: DictConfig) -> int | None:
+    """The checkpoint's context length (its config.json; else the model group's config)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    config_file = Path(path) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else \
+        OmegaConf.to_container(model_cfg.config, resolve=True)
+    return data.context_length(config)
+
+
 def _loss_kernel(cfg: DictConfig, model: Any) -> tuple[str, str]:
     """(kernel, why): train.loss_kernel resolved (auto: liger on CUDA, else chunked); none where it cannot serve."""
     from gemma_run.training import loss, loss_hook
@@ -158,7 +170,16 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
           checked: data.Checked | None = None, callbacks: list[Any] | None = None, save: bool = True) -> dict[str, Any]:
     """Train in this process (one rank of N, or the only one); returns the result on every rank.
 
-    ``callbacks``: more Trainer callbacks (task=bench_train's step timer); ``save=False`` writes no adapter."""
+    ``callbacks``: more Trainer callbacks (task=bench_train's step timer); ``save=False`` writes no adapter.
+    Library console output (the Trainer's loss dicts, DeepSpeed's log) goes to stderr, not stdout."""
+    from gemma_run.quiet import stdout_to_stderr
+
+    with stdout_to_stderr():
+        return _train(cfg, run_dir, resume_from=resume_from, checked=checked, callbacks=callbacks, save=save)
+
+
+def _train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None, checked: data.Checked | None,
+           callbacks: list[Any] | None, save: bool) -> dict[str, Any]:
     import torch
 
     from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer, random_weights
@@ -177,7 +198,7 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     # the minutes a large model takes to load
     path = checkpoint.resolve(cfg.model, cfg.cache_dir)
     tokenizer = load_tokenizer(path, cfg.model)
-    prepared = data.prepare(cfg, tokenizer, checked)
+    prepared = data.prepare(cfg, tokenizer, checked, context=_context(path, cfg.model))
     ds = deepspeed_config.render(cfg.deepspeed)
     stage = int(cfg.deepspeed.stage)
     env.export({"TENSORBOARD_LOGGING_DIR": str(out / "tensorboard")}, override=True)
@@ -214,6 +235,11 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
     try:
         result = _fit(cfg, args, model, tokenizer, prepared, out, resume_from, rank, kernel,
                       [checkpointing.callback(cfg, model, kernel, ckpt), *(callbacks or [])], save)
+    except Exception as e:  # a full disk (checkpoint, loss log, adapter) becomes one message with the way back
+        full = None if isinstance(e, GemmaRunError) else disk_full.as_user_error(e, out, Path(run_dir), model)
+        if full is None:
+            raise
+        raise full from None
     finally:
         fused.restore()
         compiled.finish()
@@ -251,10 +277,12 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
     from gemma_run.training import loss_hook
 
     loss_path = out / logs.LOSSES
+    warnings: list[str] = []
     trainer = loss_hook.trainer_class(kernel)(
         model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
         data_collator=prepared.collator, processing_class=tokenizer,
-        callbacks=[checkpoints.completion_callback(), logs.loss_callback(loss_path), logs.log_at_saves(), *callbacks])
+        callbacks=[checkpoints.completion_callback(), logs.loss_callback(loss_path), logs.log_at_saves(),
+                   logs.schedule_callback(cfg, warnings), *callbacks])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -285,6 +313,8 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
         "parameters": total,  # one pass over the training data
         "tokens_seen": int(trainer.state.num_input_tokens_seen),  # all ranks, since step 0 (also when resumed)
     }
+    if warnings:
+        result["warnings"] = warnings
     if not resume_from and seconds > 0:
         result["tokens_per_second"] = round(result["tokens_seen"] / seconds, 1)
     if prepared.eval is not None:
