@@ -182,7 +182,7 @@ def _train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None, checked:
            callbacks: list[Any] | None, save: bool) -> dict[str, Any]:
     import torch
 
-    from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer, random_weights
+    from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer
     from gemma_run.training import checkpointing, compile_layers, fused_ops, memory_cap
 
     rank, local_rank, world_size = world()
@@ -206,15 +206,11 @@ def _train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None, checked:
     torch.manual_seed(cfg.seed)
     # built before the model, so ZeRO-3 partitions the weights while they load (HfDeepSpeedConfig)
     args = arguments(cfg, out, dtype, ds, prepared.eval is not None)
-    # The cap goes on before loading (a checkpoint loads into 4 bits tensor by tensor, inside it), except for
-    # random weights built in memory: those are first built whole in bf16 (54 GB at 27B, which no real load
-    # holds), so there it goes on once the model is built; training's peak is inside it either way.
-    random_build = random_weights.in_memory(path)
-    cap = None if random_build else memory_cap.apply(cfg.train.gpu_memory_cap, "before loading")
+    # The cap goes on before loading: a checkpoint loads into 4 bits tensor by tensor, random weights built in
+    # memory unit by unit (gemma_run.loading.random_memory), both inside it, as training's peak is.
+    cap = memory_cap.apply(cfg.train.gpu_memory_cap, "before loading")
     load_cfg = _load_cfg(cfg, dtype, stage)
     loaded = load(load_cfg, device_map=_device_map(stage, world_size, local_rank))
-    if random_build:
-        cap = memory_cap.apply(cfg.train.gpu_memory_cap, "after building the random weights")
     model = loaded.model
     # The KV cache is for generation. Off also because, with a cache, transformers does not detect packed rows
     # (data.packing) from their position ids, and packed examples would attend to each other.
