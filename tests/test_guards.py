@@ -1,6 +1,7 @@
 """Behaviour at the edges that a small slip would break without any other test noticing: checkpoint checksums on
 resume, env.override and secrets in its log line, the KV cache in a device's planned total, prompt masking and
-completion_only_loss in training data, safetensors-only loading, killed sweep jobs, infer resume, exit codes.
+completion_only_loss in training data, safetensors-only loading, killed sweep jobs, infer resume, exit codes and
+the preflight refusal.
 scripts/mutation_audit.py (tests/mutations.yaml) checks that each of these tests fails when its bug is put in."""
 
 from __future__ import annotations
