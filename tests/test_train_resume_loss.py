@@ -30,16 +30,17 @@ def train(compose_cfg, run_dir: Path, *overrides: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("logging_steps", [1, 2])  # 2: the checkpoint (step 3) is not a logging step
+@pytest.mark.parametrize("logging_steps", [1, 3])  # 3: the checkpoint (step 4) is not a logging step
 def test_train_loss_after_resume_is_the_whole_runs(compose_cfg, alpaca: Path, tmp_path: Path, logging_steps: int):
-    args = [f"data.train_file={alpaca}", "train.max_steps=6", "train.save_steps=3", "train.save_total_limit=3",
+    args = [f"data.train_file={alpaca}", "train.max_steps=6", "train.save_steps=2", "train.save_total_limit=3",
             f"train.logging_steps={logging_steps}"]
     whole = train(compose_cfg, tmp_path / "whole", *args)
 
     cut = tmp_path / "cut"
     train(compose_cfg, cut, *args)
-    shutil.rmtree(cut / "checkpoint-6")  # as if killed after the save at step 3
-    resumed = train(compose_cfg, cut, *args, f"resume={cut}")
+    shutil.rmtree(cut / "checkpoint-6")  # as if killed after the save at step 4
+    # save_total_limit=1: the resumed run's save at step 6 rotates out the checkpoint it started from
+    resumed = train(compose_cfg, cut, *args, "train.save_total_limit=1", f"resume={cut}")
 
-    assert Path(resumed["resumed_from"]).name == "checkpoint-3" and resumed["global_step"] == 6
+    assert Path(resumed["resumed_from"]).name == "checkpoint-4" and resumed["global_step"] == 6
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-6)

@@ -253,14 +253,20 @@ def _train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None, checked:
     return result
 
 
-def _train_loss(trainer: Any, this_run: float, resume_from: Path | None) -> float:
-    """The whole run's mean train loss. After a resume the Trainer's training_loss covers only the steps this
-    process ran; the steps before the checkpoint come from its log history (logs.whole_run_loss)."""
+def _resumed_at(resume_from: Path | None) -> int | None:
+    """The step of the checkpoint a run continues from (read before training: save_total_limit may rotate it out)."""
     if resume_from is None:
-        return this_run
+        return None
     import json
 
-    resumed_at = int(json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"])
+    return int(json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"])
+
+
+def _train_loss(trainer: Any, this_run: float, resumed_at: int | None) -> float:
+    """The whole run's mean train loss. After a resume the Trainer's training_loss covers only the steps this
+    process ran; the steps before the checkpoint come from its log history (logs.whole_run_loss)."""
+    if resumed_at is None:
+        return this_run
     return logs.whole_run_loss(trainer.state.log_history, resumed_at, this_run, trainer.state.global_step)
 
 
@@ -281,6 +287,7 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
                    logs.schedule_callback(cfg, warnings), *callbacks])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    resumed_at = _resumed_at(resume_from)
     start = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -300,7 +307,7 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
         "output_dir": str(out),
         "adapter": str(adapter) if save else None,
         "global_step": trainer.state.global_step,
-        "train_loss": round(_train_loss(trainer, float(output.training_loss), resume_from), 6),
+        "train_loss": round(_train_loss(trainer, float(output.training_loss), resumed_at), 6),
         "train_seconds": round(seconds, 3),
         "resumed_from": str(resume_from) if resume_from else None,
         "train_samples_per_second": output.metrics.get("train_samples_per_second"),
