@@ -53,8 +53,8 @@ def test_env_is_exported_before_torch_is_imported(cli, tmp_path: Path) -> None:
 
 
 def test_env_var_override_adds_or_replaces_whatever_the_group_sets(cli, tmp_path: Path) -> None:
-    """The README's `gemma-run +env.vars.NCCL_DEBUG=WARN env=rtx3090x3`: `+` on a variable the group already sets
-    (NCCL_DEBUG=INFO there) replaces it, and the form without `+` adds one the group does not set."""
+    """docs/configuration.md's `gemma-run +env.vars.NCCL_DEBUG=WARN env=rtx3090x3`: `+` on a variable the group
+    already sets (NCCL_DEBUG=INFO there) replaces it, and the form without `+` adds one the group does not set."""
     proc = cli("+env.vars.NCCL_DEBUG=WARN", "env=rtx3090x3", "env.vars.GEMMA_RUN_PROBE=1", "prompt=Hi",
                "generation.max_new_tokens=1")
     assert proc.returncode == 0, proc.stderr

@@ -109,6 +109,7 @@ def test_a_secret_replaced_by_env_override_is_never_printed_or_written(cli, tmp_
 
 # --- the planner: a device's total holds its KV cache -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_device_total_counts_its_kv_cache_and_a_long_context_can_make_it_not_fit() -> None:
     from importlib import resources
 
