@@ -4,7 +4,7 @@
 # liger-kernel datasets deepspeed ...`, deepspeed and antlr4 built as wheels with `pip wheel`):
 #   . bench/gpu_env.sh
 # Installs the wheels into /tmp/site (on PYTHONPATH), then gemma-run itself (editable, no deps) so that
-# `gemma_run.conf` resolves to conf/ as in any install. Without .whl/ it checks the installed stack only.
+# `gemma_run.conf` resolves to gemma_run/conf/ as in any install. Without .whl/ it checks the installed stack only.
 set -o pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1

@@ -4,7 +4,7 @@
 #   bash bench/gpu_suite.sh [PART ...]          no PART: tests decode train plan kernels, in that order
 # Parts:
 #   tests     every `pytest -m gpu` test, in one process
-#   decode    the decode presets (conf/experiment/bench/decode_*.yaml) and their baselines, transformers'
+#   decode    the decode presets (gemma_run/conf/experiment/bench/decode_*.yaml) and their baselines, transformers'
 #             generate(); decode:NAME runs the runs whose name starts with decode_NAME (decode:4b, decode:27b)
 #   train     bench/train_speed.py: the training presets beside the plain-Trainer baseline; train:NAME runs the
 #             rows whose name holds NAME (train:QLoRA, train:27B)
@@ -58,7 +58,7 @@ part_decode() {  # $1: a name prefix after decode_ (empty: every run)
     names+=("$name")
     read -r -a overrides <<<"${entry#*|}"  # words, never globbed ([1] stays as it is)
     echo "$ gemma-run ${overrides[*]}"
-    python3 -m gemma_run.cli "${overrides[@]}" "hydra.run.dir=$logs/runs/$name" || rc=1
+    python3 -m gemma_run.app.cli "${overrides[@]}" "hydra.run.dir=$logs/runs/$name" || rc=1
   done
   python3 - "$logs/runs" "${names[@]}" <<'EOF'
 import json

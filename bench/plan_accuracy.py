@@ -135,7 +135,7 @@ def main() -> None:
                     help="where the rows go (default: $OUT/plan_accuracy.json, else outputs/bench/)")
     args = ap.parse_args()
 
-    from gemma_run.api import setup
+    from gemma_run.app.api import setup
 
     setup()
     rows = []

@@ -44,7 +44,7 @@ def _child_env() -> dict[str, str]:
     default glibc keeps freed blocks of up to 32 MiB in its heap, which hides or inflates the peak)."""
     import os
 
-    from gemma_run import env
+    from gemma_run.app import env
 
     child = dict(os.environ)
     env.export({"MALLOC_MMAP_THRESHOLD_": 65536}, override=False, environ=child)

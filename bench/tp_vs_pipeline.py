@@ -41,7 +41,7 @@ def free_port() -> int:
 
 def run(label: str, overrides: list[str], work: Path, gpus: str) -> tuple[dict, list[dict]]:
     run_dir = work / label
-    cmd = [sys.executable, "-m", "gemma_run.cli", "task=infer", f"hydra.run.dir={run_dir}", *overrides]
+    cmd = [sys.executable, "-m", "gemma_run.app.cli", "task=infer", f"hydra.run.dir={run_dir}", *overrides]
     print("$", " ".join(cmd[2:]), flush=True)
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": gpus})  # the same N GPUs for both modes

@@ -2,7 +2,7 @@
 
     python bench/train_speed.py [NAME ...] [--out DIR]        (bash bench/gpu_suite.sh train)
 
-Every row is a preset of conf/experiment/bench/ run by `gemma-run +experiment=bench/PRESET [overrides]`
+Every row is a preset of gemma_run/conf/experiment/bench/ run by `gemma-run +experiment=bench/PRESET [overrides]`
 (task=bench_train: random weights, synthetic text, 2 warm-up steps then the timed ones, tokens/s of the median
 step), each in its own process so that peaks and warm caches do not carry from one row to the next:
 
@@ -44,7 +44,7 @@ RUNS = [
 
 def run_one(name: str, overrides: list[str], work: Path, timeout: float) -> dict:
     run_dir = work / re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
-    cmd = [sys.executable, "-m", "gemma_run.cli", *overrides, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "gemma_run.app.cli", *overrides, f"hydra.run.dir={run_dir}"]
     print("$ gemma-run", " ".join(cmd[3:]), flush=True)
     start = time.perf_counter()
     try:

@@ -89,9 +89,6 @@ def copy_repo(dest: Path, source: str) -> None:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
-    # The editable install maps the package gemma_run.conf onto the top-level conf/ of the installed tree; the
-    # copy's own gemma_run/conf (a link to its conf/) is found first, so the copy composes its own configs.
-    (dest / "gemma_run" / "conf").symlink_to("../conf", target_is_directory=True)
 
 
 def environment(copy: Path, cache: Path) -> dict[str, str]:

@@ -42,7 +42,7 @@ def cli(cache_dir: Path, tmp_path: Path):
         full_env = {**os.environ, "GEMMA_RUN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1", **(env or {})}
         full_env.pop("HYDRA_FULL_ERROR", None)
         return subprocess.run(
-            [sys.executable, "-m", "gemma_run.cli", *args], cwd=cwd or tmp_path, env=full_env,
+            [sys.executable, "-m", "gemma_run.app.cli", *args], cwd=cwd or tmp_path, env=full_env,
             capture_output=True, text=True, timeout=timeout, input=input,
         )
 

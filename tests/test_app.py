@@ -12,6 +12,8 @@ import pytest
 from conftest import REPO, run_dirs
 from omegaconf import OmegaConf
 
+CONF = REPO / "gemma_run" / "conf"
+
 
 def test_main_command_runs_the_tiny_model(cli, tmp_path: Path) -> None:
     proc = cli("prompt=Hello there", "generation.max_new_tokens=8")
@@ -51,7 +53,7 @@ def test_wheel_ships_the_configs(tmp_path: Path) -> None:
                     str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("gemma_run-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"gemma_run/conf/{p.relative_to(REPO / 'conf')}" for p in (REPO / "conf").rglob("*.yaml")
+    expected = {f"gemma_run/conf/{p.relative_to(CONF)}" for p in CONF.rglob("*.yaml")
                 if p.parent.name != "local"}
     assert expected <= names, sorted(expected - names)
     assert "gemma_run/assets/gemma_chat_template.jinja" in names
@@ -59,7 +61,7 @@ def test_wheel_ships_the_configs(tmp_path: Path) -> None:
 
 def test_optional_libraries_import_noise_stays_out_of_the_console(cli) -> None:
     """torchao (installed for quant=int4) logs failed optional extensions and a pytree deprecation at import on
-    every run; none is actionable, so gemma_run.quiet keeps them out, and the run's own log still shows."""
+    every run; none is actionable, so gemma_run.app.quiet keeps them out, and the run's own log still shows."""
     proc = cli("prompt=hi", "generation.max_new_tokens=4")
     assert proc.returncode == 0, proc.stderr
     for noise in ("Failed to load", "register_constant", "Detected no triton"):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gemma_run import run
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
+from gemma_run.app.validation import validate
 from gemma_run.infer import generate as gen
-from gemma_run.validation import validate
 
 SMALL = ["task=bench", "task.prompt_tokens=[20]", "task.new_tokens=[6]", "task.batch_sizes=[1,3]",
          "task.probe_bytes=32MiB"]

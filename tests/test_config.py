@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "gemma_run" / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and any(p.glob("*.yaml")) and p.name != "local")
 
 
@@ -23,7 +23,7 @@ def test_every_option_composes(compose_cfg, group: str, option: str) -> None:
     node = cfg[group]
     assert OmegaConf.get_type(node).__name__.endswith("Config"), f"{group}/{option} is not typed by a schema"
     if "name" in node:
-        assert node.name == option, f"conf/{group}/{option}.yaml has name: {node.name}"
+        assert node.name == option, f"gemma_run/conf/{group}/{option}.yaml has name: {node.name}"
 
 
 def test_required_groups_and_options_exist() -> None:

@@ -155,8 +155,8 @@ def test_env_check_redacts_secrets(monkeypatch, compose_cfg, tmp_path: Path) -> 
 
 
 def test_a_crashing_check_fails_alone(tmp_path: Path) -> None:
+    from gemma_run.app.errors import GemmaRunError
     from gemma_run.doctor.base import Check
-    from gemma_run.errors import GemmaRunError
 
     def boom(ctx):
         raise RuntimeError("kaboom")

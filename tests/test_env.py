@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import run_dirs
 
-from gemma_run.env import REDACTED, export, is_secret
+from gemma_run.app.env import REDACTED, export, is_secret
 
 
 def test_export_sets_keeps_and_replaces() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_dirs
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 TRAIN = ["task=train", "train.max_steps=2", "train.logging_steps=1", "train.max_seq_length=128"]
 
@@ -71,7 +71,7 @@ def test_read_only_sweep_dir_names_hydra_sweep_dir(cli, unwritable: Path) -> Non
 
 
 def test_os_errors_on_the_run_dir_become_user_errors(tmp_path: Path, monkeypatch) -> None:
-    from gemma_run import writable
+    from gemma_run.app import writable
 
     e = writable.unwritable(Path("/data/runs"), OSError(errno.EROFS, "Read-only file system"))
     assert e.format().splitlines() == [

@@ -1,4 +1,4 @@
-"""Experiment presets (conf/experiment/**): every one composes into the run it names, its documented baseline
+"""Experiment presets (gemma_run/conf/experiment/**): every one composes into the run it names, its documented baseline
 override composes, and a benchmark preset runs end to end on the tiny model (CPU)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "gemma_run" / "conf" / "experiment"
 PRESETS = sorted(str(p.relative_to(EXPERIMENTS).with_suffix("")) for p in EXPERIMENTS.rglob("*.yaml"))
 
 # preset -> (task, model, quant): what docs/benchmarks.md says each one measures
@@ -33,7 +33,7 @@ def test_every_preset_is_listed() -> None:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_composes_and_validates(compose_cfg, name: str) -> None:
-    from gemma_run.validation import validate
+    from gemma_run.app.validation import validate
 
     cfg = compose_cfg([f"+experiment={name}"])
     assert (cfg.task.name, cfg.model.name, cfg.quant.name) == EXPECTED[name]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gemma_run import run
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.infer import generate as gen
 from gemma_run.infer.stats import TimingStreamer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import run_dirs
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 GiB = 2**30
 
@@ -63,8 +63,8 @@ def test_resume_skips_a_checkpoint_without_its_completion_marker(tmp_path: Path)
 # --- env: override and secrets ------------------------------------------------------------------------------------
 
 def _export_env(compose_cfg, tmp_path: Path, *overrides: str) -> dict:
-    from gemma_run.context import RunContext
-    from gemma_run.plugins import ExportEnv
+    from gemma_run.app.context import RunContext
+    from gemma_run.app.plugins import ExportEnv
 
     ctx = RunContext(cfg=compose_cfg(list(overrides)), run_dir=tmp_path)
     ExportEnv()(ctx)
@@ -238,7 +238,7 @@ def _job(sweep_dir: Path, num: int, prompt: str, result: dict | None) -> None:
 
 
 def test_a_sweep_with_a_killed_job_exits_non_zero(tmp_path: Path, capsys) -> None:
-    from gemma_run.callbacks import SweepSummary
+    from gemma_run.sweep.callbacks import SweepSummary
 
     _job(tmp_path, 0, "a", {"status": "ok", "seconds": 1.0})
     _job(tmp_path, 1, "b", None)  # killed: no result.json
@@ -250,7 +250,7 @@ def test_a_sweep_with_a_killed_job_exits_non_zero(tmp_path: Path, capsys) -> Non
 
 
 def test_a_sweep_whose_jobs_all_finished_exits_zero(tmp_path: Path, capsys) -> None:
-    from gemma_run.callbacks import SweepSummary
+    from gemma_run.sweep.callbacks import SweepSummary
 
     _job(tmp_path, 0, "a", {"status": "ok", "seconds": 1.0})
     _job(tmp_path, 1, "b", {"status": "ok", "seconds": 2.0})

@@ -14,7 +14,7 @@ PROBE = """
 import atexit, json, sys
 atexit.register(lambda: print("MODULES=" + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules))))
 sys.argv = ["gemma-run", *{args!r}]
-from gemma_run.cli import main
+from gemma_run.app.cli import main
 main()
 """
 
@@ -30,14 +30,14 @@ def test_no_heavy_imports(args: list[str], tmp_path) -> None:
 
 
 def test_importing_the_package_is_light() -> None:
-    code = f"import sys, gemma_run, gemma_run.cli, gemma_run.pipeline, gemma_run.plugins, gemma_run.shims; " \
-           f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    code = "import sys, gemma_run, gemma_run.app.cli, gemma_run.app.pipeline, gemma_run.app.plugins, " \
+           f"gemma_run.shims; print([m for m in {HEAVY!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "[]"
 
 
 def test_info_lists_the_config_groups(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "gemma_run.cli", "--info", "config"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "gemma_run.app.cli", "--info", "config"], capture_output=True,
                           text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0
     for group in ("model", "quant", "device_map", "env", "task"):

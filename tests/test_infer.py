@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from gemma_run import run
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.infer.generate import plan_batches
 from gemma_run.infer.prompts import PromptItem, collect
 from gemma_run.infer.render import render

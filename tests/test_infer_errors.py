@@ -25,7 +25,7 @@ def interrupted_run(tmp_path_factory, cache_dir):
     prompts = root / "p.txt"
     prompts.write_text("one\ntwo\nthree\n")
     env = {**os.environ, "GEMMA_RUN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "gemma_run.cli", f"prompts_file={prompts}", FAST], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "gemma_run.app.cli", f"prompts_file={prompts}", FAST], cwd=root,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (run_dir,) = run_dirs(root)

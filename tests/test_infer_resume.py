@@ -28,7 +28,7 @@ def test_sigkill_mid_run_then_resume_answers_each_prompt_once(cli, cache_dir, tm
     pfile.write_text("\n".join(prompts) + "\n")
     args = [f"prompts_file={pfile}", "batch_size=1", "generation.max_new_tokens=16"]
     env = {**os.environ, "GEMMA_RUN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_run.cli", *args], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "gemma_run.app.cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     gen = None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.loading import checkpoint, checks, choose_dtype, load, placement, quantization
 
 # --- where the weights are ---------------------------------------------------------------------------------------

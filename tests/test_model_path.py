@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from tests.conftest import run_dirs
 
 # A Gemma 3 text model of 3.74 M parameters: four times the tiny default's width, twice its layers.
@@ -85,7 +85,7 @@ def test_a_model_path_that_does_not_exist_is_an_error(cli, tmp_path: Path, task:
 
 
 def test_random_weights_with_a_model_path_are_refused(compose_cfg, ckpt: Path) -> None:
-    from gemma_run.validation import validate
+    from gemma_run.app.validation import validate
 
     problems = validate(compose_cfg([f"model.path={ckpt}", "model.weights=random"]))
     assert [p.key for p in problems] == ["model.weights"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gemma_run.errors import ConfigError
-from gemma_run.plugins import build_pipeline
+from gemma_run.app.errors import ConfigError
+from gemma_run.app.plugins import build_pipeline
 
 
 def test_plugins_run_in_documented_order(compose_cfg) -> None:
@@ -53,7 +53,7 @@ def test_python_api_runs_the_tiny_model(compose_cfg, tmp_path: Path) -> None:
 
 def test_failure_is_recorded_in_result_json(compose_cfg, tmp_path: Path) -> None:
     from gemma_run import run
-    from gemma_run.errors import GemmaRunError
+    from gemma_run.app.errors import GemmaRunError
 
     cfg = compose_cfg(["model.weights=pretrained", "model.path=/nonexistent/model"])
     with pytest.raises(GemmaRunError, match=r"model\.path"):

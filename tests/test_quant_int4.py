@@ -13,7 +13,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.planning import memory, params, skeleton
 
 INT4 = ["quant=int4", "quant.group_size=64"]  # the tiny model's Linears take 64 or 128 inputs
@@ -117,7 +117,7 @@ def test_missing_torchao_says_how_to_install_it(compose_cfg, monkeypatch) -> Non
 
 
 def test_bad_torchao_keys_fail_validation(compose_cfg) -> None:
-    from gemma_run.validation import validate
+    from gemma_run.app.validation import validate
 
     problems = validate(compose_cfg(["quant=int4", "quant.group_size=100", "quant.packing_format=marlin"]))
     keys = {p.key for p in problems}
@@ -206,7 +206,7 @@ def test_doctor_check_reads_int4_weights_back_on_this_device() -> None:
 
 
 def test_training_refuses_int4_naming_the_qlora_format(compose_cfg) -> None:
-    from gemma_run.validation import validate
+    from gemma_run.app.validation import validate
 
     problems = validate(compose_cfg(["task=train", "quant=int4", "data.train_file=x.jsonl"]))
     assert any(e.key == "quant" and "quant=4bit" in e.fix for e in problems)
@@ -240,7 +240,7 @@ def test_lm_head_int4_quantizes_the_output_layer_keeps_the_table_and_matches_the
 
 
 def test_lm_head_int4_is_quant_int4s_option(compose_cfg) -> None:
-    from gemma_run.validation import validate
+    from gemma_run.app.validation import validate
 
     for overrides in (["quant=4bit", "quant.lm_head=int4"], ["quant=int4", "quant.lm_head=int8"]):
         assert [e.key for e in validate(compose_cfg(overrides))] == ["quant.lm_head"], overrides

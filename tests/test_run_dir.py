@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from gemma_run.errors import GemmaRunError
-from gemma_run.run_lock import LOCK
+from gemma_run.app.errors import GemmaRunError
+from gemma_run.app.run_lock import LOCK
 
 RUN = ["generation.max_new_tokens=2"]
-# hydra.run.dir as conf/config.yaml builds it, with the clock fixed: two runs started "in the same second"
+# hydra.run.dir as gemma_run/conf/config.yaml builds it, with the clock fixed: two runs started "in the same second"
 SAME_SECOND = "hydra.run.dir='${gr_run_dir:${oc.select:resume,null},${oc.select:task.name,null},outputs/day/12-00-00}'"
 
 
 def start(cache_dir: Path, cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "GEMMA_RUN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "gemma_run.cli", *args], cwd=cwd, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "gemma_run.app.cli", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -119,7 +119,7 @@ def test_two_runs_started_in_the_same_second_get_two_dirs(cache_dir: Path, tmp_p
 
 
 def test_resume_auto_picks_the_newest_of_same_second_dirs(tmp_path: Path) -> None:
-    from gemma_run.resolvers import newest_run_dir
+    from gemma_run.app.resolvers import newest_run_dir
 
     for name in ("12-00-00", "12-00-00_2", "12-00-00_10", "11-59-59"):
         run_dir = tmp_path / "outputs" / "day" / name

@@ -64,8 +64,8 @@ def test_sweep_writes_and_prints_no_secret(cli, tmp_path: Path) -> None:
 def test_ranks_read_the_config_without_the_placeholder(compose_cfg, tmp_path: Path) -> None:
     """train_config.yaml (read by torchrun/deepspeed ranks) holds no secret; a rank does not export [REDACTED]
     over the value it inherited from the launching process."""
-    from gemma_run.launch import CONFIG, write_config
-    from gemma_run.worker import read_config
+    from gemma_run.distributed.launch import CONFIG, write_config
+    from gemma_run.distributed.worker import read_config
 
     cfg = compose_cfg([f"+env.vars.HF_TOKEN={SECRET}", "+env.vars.NCCL_DEBUG=WARN"])
     write_config(cfg, tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_dirs
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.training import records
 
 CONVERSATIONS = [

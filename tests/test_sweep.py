@@ -98,8 +98,8 @@ def test_optuna_learning_rate_search_on_the_tiny_model(cli, tmp_path: Path) -> N
 def test_objective_must_name_a_number_in_the_result() -> None:
     from omegaconf import OmegaConf
 
-    from gemma_run.errors import GemmaRunError
-    from gemma_run.pipeline import objective_value
+    from gemma_run.app.errors import GemmaRunError
+    from gemma_run.app.pipeline import objective_value
 
     cfg = OmegaConf.create({"objective": "train_loss"})
     assert objective_value(cfg, {"train_loss": 1.5, "status": "ok"}) == 1.5

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gemma_run import run
-from gemma_run.errors import GemmaRunError
-from gemma_run.validation import validate
+from gemma_run.app.errors import GemmaRunError
+from gemma_run.app.validation import validate
 
 SPLITTABLE = ["model.config.num_attention_heads=4", "model.config.num_key_value_heads=2"]
 TP2 = ["device_map=tp", "launcher=torchrun", "launcher.nproc_per_node=2"]
@@ -92,7 +92,7 @@ def test_tp_run_without_torchrun_fails_before_loading(compose_cfg, tmp_path):
 
 def test_load_outside_torchrun_and_unsplittable_checkpoint_are_refused(compose_cfg, monkeypatch):
     """The loading path checks again what it really loads: the launch, and the checkpoint's own config.json."""
-    from gemma_run import parallel
+    from gemma_run.distributed import parallel
     from gemma_run.loading import load
 
     monkeypatch.delenv("RANK", raising=False)
@@ -109,7 +109,7 @@ def test_tp_kwargs_follow_the_transformers_api(monkeypatch):
     """distributed_config=DistributedConfig(tp_plan="auto") where it exists (5.18+), else tp_plan="auto"."""
     import transformers.distributed as td
 
-    from gemma_run import parallel
+    from gemma_run.distributed import parallel
 
     kwargs = parallel.from_pretrained_kwargs()
     if "tp_plan" in getattr(td.DistributedConfig, "__dataclass_fields__", {}):

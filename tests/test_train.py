@@ -112,7 +112,7 @@ def test_json_parquet_and_saved_dataset_read_alike(tmp_path: Path):
     import pyarrow.parquet as pq
     from datasets import Dataset
 
-    from gemma_run.errors import GemmaRunError
+    from gemma_run.app.errors import GemmaRunError
     from gemma_run.training import records
 
     rows = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}]
@@ -213,7 +213,7 @@ def test_sigkill_then_resume_matches_uninterrupted(cache_dir: Path, alpaca: Path
     args = ["task=train", f"data.train_file={alpaca}", "train.max_steps=150", "train.save_steps=10",
             "train.save_total_limit=2", *FAST]
     env = {**os.environ, "GEMMA_RUN_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "gemma_run.cli", *args]
+    cmd = [sys.executable, "-m", "gemma_run.app.cli", *args]
 
     def cli(cwd: Path, *extra: str) -> None:
         cwd.mkdir(exist_ok=True)
@@ -285,7 +285,7 @@ def test_merge_then_infer(compose_cfg, cli, alpaca: Path, tmp_path: Path):
 
 
 def _error(compose_cfg, tmp_path: Path, *overrides: str) -> str:
-    from gemma_run.errors import GemmaRunError
+    from gemma_run.app.errors import GemmaRunError
 
     with pytest.raises(GemmaRunError) as info:
         train_api(compose_cfg, tmp_path / "run", "train.max_steps=2", *overrides)
@@ -352,7 +352,7 @@ def test_resume_skips_a_corrupted_checkpoint(compose_cfg, alpaca: Path, tmp_path
     assert Path(damaged["moved_to"]).name == "incomplete-checkpoint-4" and Path(damaged["moved_to"]).is_dir()
     assert sorted(losses(run_dir)) == [1, 2, 3, 4]
     # resuming with another schedule is refused, naming the key
-    from gemma_run.errors import GemmaRunError
+    from gemma_run.app.errors import GemmaRunError
 
     with pytest.raises(GemmaRunError, match=r"train.max_steps: 4 -> 6"):
         train_api(compose_cfg, run_dir, *args[:1], "train.max_steps=6", "train.save_steps=2",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_train import FAST, alpaca, losses, train_api  # noqa: F401  (alpaca: the fixture)
 
-from gemma_run.errors import ConfigError
+from gemma_run.app.errors import ConfigError
 from gemma_run.training import compile_layers, fused_ops
 
 

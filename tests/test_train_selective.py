@@ -19,7 +19,7 @@ GiB = 2**30
 
 
 def test_parse_and_count():
-    from gemma_run.errors import ConfigError
+    from gemma_run.app.errors import ConfigError
     from gemma_run.training import checkpointing as ck
 
     assert [ck.parse(v) for v in ("all", "AUTO", 12, "0", "0.5", "1.0")] == ["all", "auto", 12, 0, 0.5, 1.0]
@@ -188,7 +188,7 @@ def test_auto_reads_the_gpu_and_the_cap(compose_cfg, monkeypatch):
 def test_fused_ops_choice_where_liger_cannot_run(compose_cfg):
     from types import SimpleNamespace
 
-    from gemma_run.errors import GemmaRunError
+    from gemma_run.app.errors import GemmaRunError
     from gemma_run.loading import load
     from gemma_run.training import fused_ops
 
@@ -245,7 +245,7 @@ def test_all_leaves_a_model_without_per_layer_switches_to_the_trainer(compose_cf
     (all); asking for some of its layers names the key and the fix."""
     import torch
 
-    from gemma_run.errors import GemmaRunError
+    from gemma_run.app.errors import GemmaRunError
     from gemma_run.training import checkpointing as ck
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_run.errors import ConfigError
+from gemma_run.app.errors import ConfigError
 
 
 def _refused(proc, root: Path) -> list[str]:
@@ -44,7 +44,7 @@ def test_cli_key_of_an_open_map_without_plus_is_shown_the_plus_form(cli, tmp_pat
 
 def test_open_maps_take_new_keys_and_other_plus_keys_are_problems(compose_cfg) -> None:
     """The same rule in the pipeline's validation (for runs composed from Python): open maps are accepted."""
-    from gemma_run.validation import validate
+    from gemma_run.app.validation import validate
 
     open_maps = ["+env.vars.GR_TEST_FOO=1", "+plugins.mine={_target_:tests.helpers.probe_plugin.Probe,order:5}",
                  "+model.config.attn_logit_softcapping=50.0", "+device_map.max_memory.cpu=1GiB"]
@@ -57,7 +57,7 @@ def test_open_maps_take_new_keys_and_other_plus_keys_are_problems(compose_cfg) -
 
 def test_run_from_python_refuses_an_unknown_plus_key(compose_cfg, tmp_path: Path) -> None:
     from gemma_run import run
-    from gemma_run.errors import GemmaRunError
+    from gemma_run.app.errors import GemmaRunError
 
     with pytest.raises(GemmaRunError) as e:
         run(compose_cfg(["task=plan", "+generation.temprature=0.5"]), tmp_path)

@@ -68,7 +68,7 @@ def no_gpu_reason() -> str:
     """Why no GPU is visible, in words: a CPU build of torch, or no device behind a CUDA build."""
     import torch
 
-    from gemma_run import env
+    from gemma_run.app import env
 
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU build (no CUDA)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gemma_run import env
+from gemma_run.app import env
 from gemma_run.doctor.base import DoctorContext, Finding
 
 # Values that silently change what runs, with the fix.

@@ -12,9 +12,9 @@ import logging
 import time
 import traceback
 
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.doctor import deepspeed, env, gpus, quant, shims, smoke, versions
 from gemma_run.doctor.base import Check, CheckResult, DoctorContext, Finding
-from gemma_run.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 

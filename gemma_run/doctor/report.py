@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gemma_run.context import write_json
+from gemma_run.app.context import write_json
 from gemma_run.doctor.base import STATUSES, CheckResult
 
 MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "skip"}

@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import open_dict
 
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.doctor.base import DoctorContext, Finding, gpu_count
-from gemma_run.errors import GemmaRunError
 
 PROMPT = "The capital of France is"
 TRAIN_TEXT = "The quick brown fox jumps over the lazy dog. Gemma is a family of lightweight open models."
@@ -36,13 +36,14 @@ def _compose_model(name: str) -> Any:
             from hydra import compose
 
             return compose(config_name="config", overrides=[f"model={name}"]).model
-        from gemma_run.api import compose as api_compose
+        from gemma_run.app.api import compose as api_compose
 
         return api_compose([f"model={name}"]).model
     except Exception as e:  # Hydra's MissingConfigException and friends
         raise GemmaRunError(f"task.model={name!r} is neither a model option nor a checkpoint directory: "
                             f"{str(e).splitlines()[0]}", key="task.model",
-                            fix="task.model=<an option of conf/model/, e.g. tiny_gemma3> or task.model=/dir/of/ckpt",
+                            fix="task.model=<a model option (gemma-run --info), e.g. tiny_gemma3> or "
+                                "task.model=/dir/of/ckpt",
                             ) from e
 
 

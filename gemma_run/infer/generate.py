@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.infer.prompts import PromptItem
 from gemma_run.infer.stats import TimingStreamer
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run import sharegpt
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
+from gemma_run.chat import sharegpt
 
 ROLES = ("system", "user", "assistant", "model")
 
@@ -48,7 +48,7 @@ class PromptItem:
 
 def read_prompts(cfg: DictConfig) -> list[PromptItem]:
     """Every prompt of the run, in input order. Raises the problems found, all of them at once."""
-    from gemma_run.errors import raise_all
+    from gemma_run.app.errors import raise_all
 
     items, problems = collect(cfg)
     raise_all(problems)

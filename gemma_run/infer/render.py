@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.chat import join_system
-from gemma_run.errors import GemmaRunError
 from gemma_run.infer.prompts import PromptItem
 
 log = logging.getLogger(__name__)

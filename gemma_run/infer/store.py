@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.infer.prompts import PromptItem
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_run import parallel
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
+from gemma_run.distributed import parallel
 from gemma_run.loading import architecture, checkpoint, checks, compat, placement, quantization, random_weights
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def _tp_kwargs(cfg: Any, path: Path) -> dict[str, Any]:
     refused when this process was not started by torchrun or the checkpoint's heads do not split."""
     import json
 
-    from gemma_run import env
+    from gemma_run.app import env
 
     world = int(env.get("WORLD_SIZE", "1") or 1)
     if env.get("RANK") is None or world < 2:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 # Checkpoint keys of the language model inside a multimodal Gemma 3 -> the keys of Gemma3ForCausalLM.
 # Hub checkpoints use `language_model.model.*`; transformers 5's in-memory names are `model.language_model.*`.

@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from gemma_run.errors import GemmaRunError, raise_all
+from gemma_run.app.errors import GemmaRunError, raise_all
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gemma_run.context import RunContext
+from gemma_run.app.context import RunContext
 from gemma_run.loading import architecture, placement
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 
 def torch_dtype(name: str):  # -> torch.dtype
@@ -90,7 +90,7 @@ TORCHAO_QPARAMS = ("tinygemm", "hqq")
 
 def torchao_problems(quant_cfg: Any) -> list[GemmaRunError]:
     """Config errors of quant=int4 found without importing anything (run by the Validate plugin)."""
-    from gemma_run.errors import ConfigError
+    from gemma_run.app.errors import ConfigError
 
     problems: list[GemmaRunError] = []
     if quant_cfg.group_size not in TORCHAO_GROUP_SIZES:

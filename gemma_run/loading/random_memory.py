@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.loading import compat, placement, random_weights
 
 log = logging.getLogger(__name__)

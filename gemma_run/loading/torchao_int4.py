@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 from gemma_run.loading import random_weights
 from gemma_run.planning.devices import cpu_memory, detect_gpus, parse_gpus, parse_size
 from gemma_run.planning.memory import quant_from

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.planning import devices, kv, memory, params, skeleton, training
 from gemma_run.planning.memory import DTYPE_BYTES, Quant
 from gemma_run.planning.training import TrainSpec

@@ -10,8 +10,8 @@ import logging
 
 from omegaconf import OmegaConf
 
-from gemma_run.context import RunContext
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.context import RunContext
+from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 

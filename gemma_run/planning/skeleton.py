@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 
 def build(config: dict[str, Any], text_only: bool, dtype: str = "bfloat16"):  # -> transformers.PreTrainedModel

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.planning.memory import Quant
 from gemma_run.planning.plan import PlanInputs, make_plan, with_changes
 

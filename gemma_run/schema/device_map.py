@@ -15,7 +15,7 @@ class Strategy(Enum):
     single = "single"  # everything on `device`
     cpu = "cpu"
     explicit = "explicit"  # the user's `map` of module name -> device
-    tp = "tp"  # tensor-parallel over the processes of launcher=torchrun (gemma_run/parallel.py)
+    tp = "tp"  # tensor-parallel over the processes of launcher=torchrun (gemma_run/distributed/parallel.py)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Keys whose values are what a user types rather than config: free text, and paths on this machine.
 
-Free-text keys take any text verbatim from the command line (gemma_run/free_text.py); every other key keeps
+Free-text keys take any text verbatim from the command line (gemma_run/app/free_text.py); every other key keeps
 Hydra's override grammar. Path keys holding a relative path are read relative to the directory gemma-run was
-started in, also when ``hydra.job.chdir=true`` runs the job in its run dir (gemma_run/start_dir.py).
+started in, also when ``hydra.job.chdir=true`` runs the job in its run dir (gemma_run/app/start_dir.py).
 """
 
 from __future__ import annotations

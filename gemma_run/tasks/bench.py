@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from gemma_run.app.context import write_json
     from gemma_run.bench import bandwidth, report
-    from gemma_run.context import write_json
     from gemma_run.infer.stats import reset_peak_memory
     from gemma_run.loading import load
     from gemma_run.planning.devices import parse_size

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _device() -> str | None:
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from gemma_run.context import write_json
+    from gemma_run.app.context import write_json
     from gemma_run.loading import checkpoint, load_tokenizer
     from gemma_run.training import flops, trainer, zero_choice
 

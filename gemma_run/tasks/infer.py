@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 from gemma_run.infer.prompts import PromptItem, collect, read_prompts
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    from gemma_run import parallel
+    from gemma_run.distributed import parallel
 
     if parallel.is_tp(cfg):
         return _launch(cfg, run_dir)
@@ -45,11 +45,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _launch(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """device_map=tp: the same run on every rank of launcher=torchrun (gemma_run.worker -> run_here); rank 0's
-    result comes back. A random model is built here first, once, not by every rank at the same time."""
+    """device_map=tp: the same run on every rank of launcher=torchrun (gemma_run.distributed.worker -> run_here);
+    rank 0's result comes back. A random model is built here first, once, not by every rank at the same time."""
     import torch
 
-    from gemma_run.launch import launch, write_config
+    from gemma_run.distributed.launch import launch, write_config
     from gemma_run.loading import checkpoint
 
     read_prompts(cfg)  # a bad prompt file fails here, not in every rank
@@ -89,7 +89,7 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool,
     import torch
     from tqdm import tqdm
 
-    from gemma_run import parallel
+    from gemma_run.distributed import parallel
     from gemma_run.infer import generate as gen
     from gemma_run.infer.render import render, render_image_chat
     from gemma_run.infer.stats import TimingStreamer, Totals, peak_memory, reset_peak_memory

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 
 def validate(cfg: DictConfig) -> list[GemmaRunError]:

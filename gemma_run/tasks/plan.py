@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 
 def validate(cfg: DictConfig) -> list[GemmaRunError]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _check_same_settings(cfg: DictConfig, run_dir: Path) -> None:
     """resume composes the config again from the command line: refuse one that changed the schedule."""
     from omegaconf import OmegaConf
 
-    from gemma_run.launch import CONFIG
+    from gemma_run.distributed.launch import CONFIG
 
     saved_path = run_dir / CONFIG
     if not cfg.resume or not saved_path.is_file():
@@ -142,7 +142,7 @@ def _diff(old: Any, new: Any, key: str) -> list[str]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    from gemma_run.launch import launch, write_config
+    from gemma_run.distributed.launch import launch, write_config
     from gemma_run.loading import choose_dtype
     from gemma_run.training import data, merge, trainer, zero_choice
 

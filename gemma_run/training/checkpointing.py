@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 log = logging.getLogger(__name__)
 

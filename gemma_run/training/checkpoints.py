@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_run.context import write_json
+from gemma_run.app.context import write_json
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 log = logging.getLogger(__name__)
 

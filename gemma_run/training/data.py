@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.chat import join_system
-from gemma_run.errors import GemmaRunError
 from gemma_run.training import records as rec
 
 log = logging.getLogger(__name__)

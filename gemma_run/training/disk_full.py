@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.training import checkpoints
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -78,7 +78,7 @@ def _overrides(run_dir: Path) -> list[str]:
 
 def resume_command(run_dir: Path) -> str:
     """`gemma-run <this run's overrides> resume=<run dir>`, secrets redacted."""
-    from gemma_run.redact import redact_config
+    from gemma_run.app.redact import redact_config
 
     dropped = ("resume=", "hydra.run.dir=", "hydra.output_subdir=")
     kept = [o for o in redact_config(_overrides(run_dir)) if not o.lstrip("+~").startswith(dropped)]

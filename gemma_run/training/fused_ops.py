@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def infer_command(cfg: DictConfig, merged: Path) -> str:
     the architecture either way), or none when the base itself was a model.path."""
     if cfg.model.path:
         return f"gemma-run task=infer model.path={merged}"
-    from gemma_run.validation import option_file
+    from gemma_run.app.validation import option_file
 
     group = option_file("model")[0] or cfg.model.name
     weights = " model.weights=pretrained" if cfg.model.weights.name == "random" else ""

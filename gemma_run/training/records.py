@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_run import sharegpt
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
+from gemma_run.chat import sharegpt
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")

@@ -1,7 +1,7 @@
 """One training process: the HF Trainer built from the run config, on the model from the one loading path.
 
 Runs the same way in-process (launcher=local) and in every rank started by torchrun or the deepspeed launcher
-(gemma_run.worker). Rank 0 alone writes the adapter, the loss log and the curve; the Trainer does the rest.
+(gemma_run.distributed.worker). Rank 0 alone writes the adapter, the loss log and the curve; the Trainer does the rest.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run import env
-from gemma_run.errors import GemmaRunError
+from gemma_run.app import env
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.training import checkpoints, data, deepspeed_config, disk_full, logs
 from gemma_run.training import lora as lora_setup
 
@@ -172,7 +172,7 @@ def train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None = None,
 
     ``callbacks``: more Trainer callbacks (task=bench_train's step timer); ``save=False`` writes no adapter.
     Library console output (the Trainer's loss dicts, DeepSpeed's log) goes to stderr, not stdout."""
-    from gemma_run.quiet import stdout_to_stderr
+    from gemma_run.app.quiet import stdout_to_stderr
 
     with stdout_to_stderr():
         return _train(cfg, run_dir, resume_from=resume_from, checked=checked, callbacks=callbacks, save=save)

@@ -10,11 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_run.context import RunContext
-from gemma_run.errors import GemmaRunError
-from gemma_run.plugins import build_pipeline
-from gemma_run.run_lock import owns_run_dir
-from gemma_run.validation import prepare
+from gemma_run.app.context import RunContext
+from gemma_run.app.errors import GemmaRunError
+from gemma_run.app.plugins import build_pipeline
+from gemma_run.app.run_lock import owns_run_dir
+from gemma_run.app.validation import prepare
 
 log = logging.getLogger("gemma_run")
 
@@ -25,8 +25,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     Raises :class:`GemmaRunError` for problems the user can fix (after recording them in result.json).
     """
-    from gemma_run.quiet import quiet_optional_imports
-    from gemma_run.writable import check as check_writable
+    from gemma_run.app.quiet import quiet_optional_imports
+    from gemma_run.app.writable import check as check_writable
 
     quiet_optional_imports()
     run_dir = Path(run_dir)
@@ -63,7 +63,7 @@ def hydra_job(cfg: DictConfig) -> dict[str, Any] | None:
     """The body of the Hydra app: run in Hydra's output dir; a user error is one message, not a traceback.
 
     In a sweep a failed job is recorded (result.json, its log) and the sweep goes on; the summary at the end
-    lists it with its error and makes the exit code non-zero (gemma_run.callbacks.SweepSummary).
+    lists it with its error and makes the exit code non-zero (gemma_run.sweep.callbacks.SweepSummary).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

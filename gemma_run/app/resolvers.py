@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from gemma_run.errors import ConfigError
+from gemma_run.app.errors import ConfigError
 
 # The fresh dirs run_dir returned: the LockRunDir callback claims each (a second run started in the same second
 # gets DIR_2), so two default runs never share a dir. A dir the user chose or a resumed one is kept as given.

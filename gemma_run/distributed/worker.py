@@ -1,4 +1,4 @@
-"""The entry point of each launched rank: ``python -m gemma_run.worker <run_dir> [--resume-from DIR]``.
+"""The entry point of each launched rank: ``python -m gemma_run.distributed.worker <run_dir> [--resume-from DIR]``.
 
 It reads the config the launching process resolved (never composes its own), exports the env group, applies the
 shims, and trains (task=infer with device_map=tp: generates). Rank 0 alone writes the result (and the first
@@ -22,8 +22,8 @@ def read_config(run_dir: Path) -> DictConfig:
 
     Secret env values are [REDACTED] in the file: they are left out here, since this process inherited them
     from the launching one (exporting the placeholder would replace the real value)."""
-    from gemma_run.env import REDACTED
-    from gemma_run.launch import CONFIG
+    from gemma_run.app.env import REDACTED
+    from gemma_run.distributed.launch import CONFIG
     from gemma_run.schema.config import RunConfig
 
     saved = OmegaConf.load(run_dir / CONFIG)
@@ -34,18 +34,18 @@ def read_config(run_dir: Path) -> DictConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gemma_run.worker")
+    parser = argparse.ArgumentParser(prog="gemma_run.distributed.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume-from", type=Path, default=None)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="passed by the deepspeed launcher; ignored (LOCAL_RANK is in the environment)")
     args = parser.parse_args(argv)
 
-    from gemma_run import env
-    from gemma_run.context import RunContext, write_json
-    from gemma_run.errors import GemmaRunError
-    from gemma_run.launch import ERROR, RESULT
-    from gemma_run.plugins import ApplyShims, ExportEnv
+    from gemma_run.app import env
+    from gemma_run.app.context import RunContext, write_json
+    from gemma_run.app.errors import GemmaRunError
+    from gemma_run.app.plugins import ApplyShims, ExportEnv
+    from gemma_run.distributed.launch import ERROR, RESULT
 
     rank = int(env.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -53,9 +53,9 @@ def _device_map(cfg: DictConfig) -> list[GemmaRunError]:
     if d.strategy.name == "explicit" and not d.map:
         return [ConfigError("device_map=explicit needs a map of module -> device", key="device_map.map",
                             fix="'+device_map.map={model.embed_tokens:0,model.layers:0,model.norm:0,lm_head:0}'")]
-    from gemma_run.parallel import validate as tp_problems
+    from gemma_run.distributed.parallel import validate as tp_problems
 
-    return tp_problems(cfg)  # device_map=tp: launcher, quant, head counts (gemma_run/parallel.py)
+    return tp_problems(cfg)  # device_map=tp: launcher, quant, head counts (gemma_run/distributed/parallel.py)
 
 
 def _generation(cfg: DictConfig) -> list[GemmaRunError]:
@@ -129,7 +129,7 @@ def unknown_keys(cfg: DictConfig) -> list[GemmaRunError]:
     """
     from omegaconf import OmegaConf
 
-    from gemma_run.precheck import nearest_key
+    from gemma_run.app.precheck import nearest_key
 
     added = _walk_added(cfg, "")
     if not added:
@@ -203,7 +203,7 @@ CHECKS = (unknown_keys, _model, _quant, _device_map, _generation)
 def prepare(cfg: DictConfig) -> dict:
     """Before any plugin: every mandatory value is set, and a loaded ``model.path`` becomes the run's model (its
     config.json and name, gemma_run.loading.checkpoint.adopt). Returns result.json's model keys."""
-    from gemma_run.errors import raise_all
+    from gemma_run.app.errors import raise_all
     from gemma_run.loading.checkpoint import adopt
 
     raise_all(missing_values(cfg))

@@ -15,8 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_run import env
-from gemma_run.errors import ConfigError, GemmaRunError
+from gemma_run.app import env
+from gemma_run.app.errors import ConfigError, GemmaRunError
 
 # The sizes transformers' plan splits over the ranks (colwise q/k/v/gate/up, rowwise o/down).
 SPLIT_SIZES = ("num_attention_heads", "num_key_value_heads", "intermediate_size")

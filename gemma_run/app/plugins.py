@@ -1,7 +1,7 @@
 """The built-in plugins. Each is one step of the pipeline, called with the run's context, in `order`.
 
 A user's plugin is a class named by `_target_` under `plugins:`; it is instantiated with the entry's keys
-(less `order`) and called as ``plugin(ctx)`` with the :class:`~gemma_run.context.RunContext`.
+(less `order`) and called as ``plugin(ctx)`` with the :class:`~gemma_run.app.context.RunContext`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 
 from hydra.utils import get_method
 
-from gemma_run import env as env_vars
-from gemma_run.context import RunContext
-from gemma_run.errors import ConfigError, GemmaRunError, raise_all
+from gemma_run.app import env as env_vars
+from gemma_run.app.context import RunContext
+from gemma_run.app.errors import ConfigError, GemmaRunError, raise_all
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class Validate:
     """Every problem in the config found without importing anything heavy, reported together."""
 
     def __call__(self, ctx: RunContext) -> None:
-        from gemma_run.validation import validate
+        from gemma_run.app.validation import validate
 
         raise_all(validate(ctx.cfg))
 

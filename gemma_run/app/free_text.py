@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.schema.user_input import FREE_TEXT
 
 _OVERRIDE = re.compile(r"(\+{0,2})([A-Za-z_][\w.]*)=(.*)", re.DOTALL)

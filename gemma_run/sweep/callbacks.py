@@ -1,4 +1,4 @@
-"""Hydra callbacks (configured under hydra.callbacks in conf/config.yaml)."""
+"""Hydra callbacks (configured under hydra.callbacks in gemma_run/conf/config.yaml)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 def _rewrite(path: Path) -> None:
     if path.is_file():
-        from gemma_run.redact import redact_config
+        from gemma_run.app.redact import redact_config
 
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(redact_config(data))))
@@ -38,15 +38,15 @@ class RedactSecrets(Callback):
 class LockRunDir(Callback):
     """Before Hydra creates the run dir and writes its config there: a fresh default dir is claimed (a second run
     started in the same second gets TIME_2, never the first one's dir), and the run dir is locked for this process,
-    so a second live run in it is refused, naming the first, before it writes anything (gemma_run/run_lock.py)."""
+    so a second live run in it is refused, naming the first, before it writes anything (gemma_run/app/run_lock.py)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         import sys
 
         from omegaconf import read_write
 
-        from gemma_run import resolvers, run_lock
-        from gemma_run.errors import GemmaRunError
+        from gemma_run.app import resolvers, run_lock
+        from gemma_run.app.errors import GemmaRunError
 
         run_dir = str(config.hydra.run.dir)
         if run_dir in resolvers.FRESH:

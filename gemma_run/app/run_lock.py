@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ def claim(base: str | Path) -> Path:
 
 def _command() -> str:
     """This process's command line as typed (sys.argv may have been rewritten since), secrets redacted."""
-    from gemma_run.redact import redact_text
+    from gemma_run.app.redact import redact_text
 
-    argv = list(getattr(sys, "orig_argv", sys.argv))  # python [-m gemma_run.cli | .../gemma-run] args...
+    argv = list(getattr(sys, "orig_argv", sys.argv))  # python [-m gemma_run.app.cli | .../gemma-run] args...
     for i, arg in enumerate(argv):
-        if Path(arg).name in ("gemma-run", "cli.py") or (arg == "gemma_run.cli" and argv[i - 1] == "-m"):
+        if Path(arg).name in ("gemma-run", "cli.py") or (arg == "gemma_run.app.cli" and argv[i - 1] == "-m"):
             argv = ["gemma-run", *argv[i + 1:]]
             break
     return redact_text(shlex.join(argv))

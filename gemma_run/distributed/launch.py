@@ -1,8 +1,8 @@
 """Multi-process launch: the resolved config written once, then torchrun or the deepspeed launcher on the worker.
 
-Each rank runs ``python -m gemma_run.worker <run_dir>``, which reads that file: no rank composes a config of its
-own (each would make its own timestamped run dir), and every rank trains from the same values. This process
-waits, then reads the result rank 0 wrote; a failed rank's error comes back as this run's error.
+Each rank runs ``python -m gemma_run.distributed.worker <run_dir>``, which reads that file: no rank composes a
+config of its own (each would make its own timestamped run dir), and every rank trains from the same values. This
+process waits, then reads the result rank 0 wrote; a failed rank's error comes back as this run's error.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_run.context import write_json
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.context import write_json
+from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def write_config(cfg: DictConfig, run_dir: Path) -> Path:
 
     Secret env values are written as [REDACTED]: the ranks inherit them from this process's environment
     (the env plugin exported them here), and read_config drops the redacted entries."""
-    from gemma_run.redact import redact_config
+    from gemma_run.app.redact import redact_config
 
     path = run_dir / CONFIG
     tmp = path.with_name(f".{path.name}.tmp")
@@ -41,7 +41,7 @@ def write_config(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def worker_args(run_dir: Path, resume_from: Path | None) -> list[str]:
-    args = ["-m", "gemma_run.worker", str(run_dir)]
+    args = ["-m", "gemma_run.distributed.worker", str(run_dir)]
     return args + (["--resume-from", str(resume_from)] if resume_from else [])
 
 
@@ -57,7 +57,7 @@ def command(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> list[st
             cmd += [f"--node_rank={la.node_rank}", f"--master_addr={la.master_addr}",
                     f"--master_port={la.master_port}"]
         return cmd + worker_args(run_dir, resume_from)
-    # the deepspeed launcher: --module runs `python -m gemma_run.worker`; it adds --local_rank, which the
+    # the deepspeed launcher: --module runs `python -m gemma_run.distributed.worker`; it adds --local_rank, which the
     # worker accepts and ignores (LOCAL_RANK is in its environment too)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_addr={la.master_addr}",
            f"--master_port={la.master_port}"]

@@ -1,6 +1,6 @@
 """Secret values kept out of everything a run writes or prints: one rule, applied everywhere.
 
-A secret is the value of an environment variable whose name looks like a credential (``gemma_run.env.is_secret``:
+A secret is the value of an environment variable whose name looks like a credential (``gemma_run.app.env.is_secret``:
 HF_TOKEN, WANDB_API_KEY, ...). It reaches a run only through ``env.vars``, so it can appear in three shapes:
 a config's ``vars`` mapping, an override (``+env.vars.HF_TOKEN=hf_...``) inside a string (overrides.yaml,
 hydra.job.override_dirname, Hydra's "#0 : ..." sweep lines, a command line), and a log line. Each is redacted here.
@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from gemma_run.env import REDACTED, is_secret
+from gemma_run.app.env import REDACTED, is_secret
 
 # env.vars.NAME=value inside a string. The value runs to the end of the override: up to the next `key=` (after a
 # comma or whitespace, as in override_dirname or a logged command line), a line end, or the end of the text. So a

@@ -87,7 +87,7 @@ def nearest_key(cfg: DictConfig, dotted: str) -> str | None:
     return best[1] if best[0] >= 0.75 else None
 
 
-# Free-text keys never fail to parse (gemma_run/free_text.py quotes them); another key's odd value needs quotes.
+# Free-text keys never fail to parse (gemma_run/app/free_text.py quotes them); another key's odd value needs quotes.
 _PARSE_FIX = ("""quote the value for Hydra inside the shell's quotes: key="'a value, with commas'" (prompt, """
               "system_prompt and generation.stop take any text as it is); a sweep is -m key=a,b")
 
@@ -100,7 +100,7 @@ def precheck(argv: list[str]) -> None:
         return
     from hydra.errors import HydraException
 
-    from gemma_run.api import compose
+    from gemma_run.app.api import compose
 
     try:
         runs = expand(overrides)
@@ -116,8 +116,8 @@ def precheck(argv: list[str]) -> None:
 
 def _refuse_unknown_keys(cfg: DictConfig) -> None:
     """A `+key=value` that no schema has would be ignored: refuse it with the nearest real key (exit 2)."""
-    from gemma_run.errors import Problems
-    from gemma_run.validation import unknown_keys
+    from gemma_run.app.errors import Problems
+    from gemma_run.app.validation import unknown_keys
 
     problems = unknown_keys(cfg)
     if problems:
@@ -130,8 +130,8 @@ def _unknown_override(error: Exception, run: list[str], config_dir: str | None) 
     `+key` form, would add a key nothing reads); the `+key` form only where the key's parent is an open map."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    from gemma_run.api import compose
-    from gemma_run.validation import schema_fields
+    from gemma_run.app.api import compose
+    from gemma_run.app.validation import schema_fields
 
     cause = error.__cause__
     key = str(getattr(cause, "full_key", "") or "")
@@ -154,7 +154,7 @@ def _unknown_override(error: Exception, run: list[str], config_dir: str | None) 
 
 
 def _explain(error: Exception, run: list[str], config_dir: str | None) -> str:
-    from gemma_run.api import compose
+    from gemma_run.app.api import compose
 
     unknown = _unknown_override(error, run, config_dir)
     if unknown:

@@ -18,7 +18,8 @@ CONFIG_MODULE = "gemma_run.conf"
 
 def setup() -> None:
     """Register the schemas and resolvers (idempotent, cheap: no torch)."""
-    from gemma_run import resolvers, schema
+    from gemma_run import schema
+    from gemma_run.app import resolvers
 
     schema.register()
     resolvers.register()
@@ -44,7 +45,7 @@ def compose(overrides: list[str] | None = None, config_dir: str | Path | None = 
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_run.free_text import verbatim
+    from gemma_run.app.free_text import verbatim
 
     setup()
     overrides = env_var_overrides(verbatim(list(overrides or []), keep_quoted=True))
@@ -57,6 +58,6 @@ def compose(overrides: list[str] | None = None, config_dir: str | Path | None = 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run a composed config in ``run_dir`` through the plugin pipeline; returns the result dict."""
-    from gemma_run.pipeline import run as run_pipeline
+    from gemma_run.app.pipeline import run as run_pipeline
 
     return run_pipeline(cfg, run_dir)

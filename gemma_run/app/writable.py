@@ -11,9 +11,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_run.errors import GemmaRunError
+from gemma_run.app.errors import GemmaRunError
 
-# which Hydra key places the dir, and what it defaults to (conf/config.yaml)
+# which Hydra key places the dir, and what it defaults to (gemma_run/conf/config.yaml)
 KEYS = {
     "run": ("hydra.run.dir", "outputs/DATE/TIME under the directory you run gemma-run in"),
     "sweep": ("hydra.sweep.dir", "multirun/DATE/TIME under the directory you run gemma-run in"),
@@ -48,8 +48,8 @@ def check(path: str | Path, mode: str = "run", resume: str | None = None) -> Non
 
 
 class CheckRunDir(Callback):
-    """A Hydra callback (conf/config.yaml), run before Hydra creates the run dir (or the sweep dir) and saves its
-    config there: a dir that cannot be written is one message naming it and the key that moves it."""
+    """A Hydra callback (gemma_run/conf/config.yaml), run before Hydra creates the run dir (or the sweep dir) and
+    saves its config there: a dir that cannot be written is one message naming it and the key that moves it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.run.dir, "run", OmegaConf.select(config, "resume"))

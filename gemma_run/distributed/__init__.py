@@ -1,0 +1,1 @@
+"""Several processes: the launch (torchrun / the deepspeed launcher), the worker entry, tensor parallel."""
