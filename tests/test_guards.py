@@ -21,7 +21,7 @@ GiB = 2**30
 # --- checkpoints: what resume accepts ------------------------------------------------------------------------------
 
 def _checkpoint(out: Path, step: int, marked: bool = True) -> Path:
-    from gemma_run.training import checkpoints
+    from gemma_run.training import checkpoint_integrity as checkpoints
 
     ckpt = out / f"checkpoint-{step}"
     ckpt.mkdir(parents=True)
@@ -33,7 +33,7 @@ def _checkpoint(out: Path, step: int, marked: bool = True) -> Path:
 
 
 def test_resume_skips_a_checkpoint_whose_file_changed_but_kept_its_size(tmp_path: Path) -> None:
-    from gemma_run.training.checkpoints import find_resume
+    from gemma_run.training.checkpoint_integrity import find_resume
 
     out = tmp_path / "run"
     _checkpoint(out, 2)
@@ -49,7 +49,7 @@ def test_resume_skips_a_checkpoint_whose_file_changed_but_kept_its_size(tmp_path
 
 
 def test_resume_skips_a_checkpoint_without_its_completion_marker(tmp_path: Path) -> None:
-    from gemma_run.training.checkpoints import find_resume
+    from gemma_run.training.checkpoint_integrity import find_resume
 
     out = tmp_path / "run"
     _checkpoint(out, 2)

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_dirs
 
 from gemma_run.app.errors import GemmaRunError
-from gemma_run.training import records
+from gemma_run.training import data_files as records
 
 CONVERSATIONS = [
     {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Say hi"},

@@ -113,7 +113,7 @@ def test_json_parquet_and_saved_dataset_read_alike(tmp_path: Path):
     from datasets import Dataset
 
     from gemma_run.app.errors import GemmaRunError
-    from gemma_run.training import records
+    from gemma_run.training import data_files as records
 
     rows = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}]
     (tmp_path / "r.json").write_text(json.dumps(rows))

@@ -20,7 +20,7 @@ GiB = 2**30
 
 def test_parse_and_count():
     from gemma_run.app.errors import ConfigError
-    from gemma_run.training import checkpointing as ck
+    from gemma_run.training import activation_checkpointing as ck
 
     assert [ck.parse(v) for v in ("all", "AUTO", 12, "0", "0.5", "1.0")] == ["all", "auto", 12, 0, 0.5, 1.0]
     assert [ck.count(ck.parse(v), 34) for v in ("all", "12", "0.5", "0.1", "1.0", "0")] == [34, 12, 17, 4, 34, 0]
@@ -33,7 +33,7 @@ def test_parse_and_count():
 
 
 def test_config_check_names_the_key(compose_cfg):
-    from gemma_run.training import checkpointing as ck
+    from gemma_run.training import activation_checkpointing as ck
 
     assert ck.check(compose_cfg(["task=train"])) == []  # all, the default
     assert ck.check(compose_cfg(["task=train", "train.checkpoint_layers=auto"])) == []
@@ -46,7 +46,7 @@ def _mlp_calls(model) -> list[int]:
     """Forward + backward of one batch; how often each decoder layer's MLP ran (2: recomputed in backward)."""
     import torch
 
-    from gemma_run.training import checkpointing as ck
+    from gemma_run.training import activation_checkpointing as ck
 
     layers = ck.decoder_layers(model)
     calls = [0] * len(layers)
@@ -63,7 +63,7 @@ def _mlp_calls(model) -> list[int]:
 def test_chosen_layers_recompute_and_the_others_do_not(compose_cfg):
     """Under peft, after transformers enabled checkpointing on every layer (as the Trainer does)."""
     from gemma_run.loading import load
-    from gemma_run.training import checkpointing as ck
+    from gemma_run.training import activation_checkpointing as ck
     from gemma_run.training import lora
 
     cfg = compose_cfg(["task=train", *FOUR_LAYERS])
@@ -111,7 +111,7 @@ def test_partial_checkpointing_trains_as_full(compose_cfg, tmp_path: Path):
 
 def test_auto_arithmetic():
     from gemma_run.planning import kv
-    from gemma_run.training import checkpointing as ck
+    from gemma_run.training import activation_checkpointing as ck
 
     # Gemma 3 4B at 2048 x 4 tokens, bf16, LoRA on all 7 projections with dropout
     shape = kv.Shape(hidden=2560, intermediate=10240, layers=34, heads=8, kv_heads=4, head_dim=256, vocab=262208,
@@ -150,7 +150,7 @@ def test_auto_reads_the_gpu_and_the_cap(compose_cfg, monkeypatch):
     """auto on the tiny model at 8 x 2048 tokens, with the CUDA memory figures faked: the GPU's free memory or
     train.gpu_memory_cap bounds it; DeepSpeed and no GPU checkpoint every layer."""
     from gemma_run.loading import load
-    from gemma_run.training import checkpointing as ck
+    from gemma_run.training import activation_checkpointing as ck
     from gemma_run.training import lora
 
     def cfg_with(*extra):
@@ -246,7 +246,7 @@ def test_all_leaves_a_model_without_per_layer_switches_to_the_trainer(compose_cf
     import torch
 
     from gemma_run.app.errors import GemmaRunError
-    from gemma_run.training import checkpointing as ck
+    from gemma_run.training import activation_checkpointing as ck
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     choice = ck.choose(compose_cfg(["task=train", "train.gradient_checkpointing=true"]), model, "chunked")

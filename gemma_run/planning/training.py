@@ -62,16 +62,6 @@ def lora_params_by_unit(model: Any, unit_list: list[Unit], spec: TrainSpec) -> d
     return counts
 
 
-def check_targets(model: Any, spec: TrainSpec) -> list[str]:
-    """Target module names that match no Linear of the model (peft would refuse them)."""
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
-    return [t for t in spec.target_modules if t != "all-linear" and not any(_targets_module(n, (t,), None)
-                                                                             for n in linear)]
-
-
 @dataclass
 class StateBytes:
     """Bytes of the trainable state of ``params`` parameters on one rank's GPU and in CPU memory."""

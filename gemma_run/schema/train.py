@@ -45,10 +45,9 @@ class TrainConfig:
     eval_steps: int | None = None  # null: evaluate when saving (only when there is eval data)
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
     # With gradient_checkpointing: how many decoder layers recompute (the first ones; the last keep their
-    # activations, gemma_run/training/checkpointing.py says why). all | N | a fraction (0.5) | auto: as few as the
-    # GPU's memory (train.gpu_memory_cap, else what is free) allows, all where it cannot tell (CPU, DeepSpeed).
-    # Default all: on an H100 (4B LoRA, 2048 x 4) auto kept 21 of 34 layers whole at 35 GiB and ran slower
-    # (7,363 tok/s) than every layer checkpointed (8,274 at 11 GiB); docs/benchmarks.md.
+    # activations; training/activation_checkpointing.py says why). all | N | a fraction (0.5) | auto: as few as
+    # the GPU's memory (train.gpu_memory_cap, else what is free) allows, all where it cannot tell (CPU, DeepSpeed).
+    # Default all: keeping layers whole measured slower on a GPU (docs/benchmarks.md).
     checkpoint_layers: str = "all"
     # Where checkpoints, the adapter and logs go; null: the run dir.
     output_dir: str | None = None

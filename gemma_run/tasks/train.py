@@ -65,9 +65,9 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
     if ds.stage > 0 or la.kind.name == "deepspeed":
         need(importlib.util.find_spec("deepspeed") is not None, "deepspeed is not installed", "deepspeed",
              "pip install 'gemma-run[deepspeed]' (or deepspeed=none launcher=torchrun)")
-    from gemma_run.training import checkpointing
+    from gemma_run.training import activation_checkpointing
 
-    problems += checkpointing.check(cfg)
+    problems += activation_checkpointing.check(cfg)
     return problems
 
 
@@ -85,16 +85,16 @@ def _check_writable(out: Path) -> None:
 
 
 def _resume_point(cfg: DictConfig, out: Path) -> tuple[Path | None, list[dict[str, str]]]:
-    from gemma_run.training import checkpoints, logs
+    from gemma_run.training import checkpoint_integrity, logs
 
     if not cfg.resume:
-        found = checkpoints.checkpoints(out)
+        found = checkpoint_integrity.checkpoints(out)
         if found:
             raise GemmaRunError(f"{out} already holds checkpoints ({found[0][1].name}, ...) of an earlier run",
                                 key="train.output_dir", fix=f"resume={out} to continue it, or choose another "
                                 "train.output_dir (nothing was overwritten)")
         return None, []
-    point = checkpoints.find_resume(out)
+    point = checkpoint_integrity.find_resume(out)
     if point.checkpoint is not None:
         logs.cut(out / logs.LOSSES, point.step)
     elif (out / logs.LOSSES).exists():

@@ -121,7 +121,7 @@ def apply(choice: Choice, model: Any) -> Choice:
     if not choice.on:
         log.info("compiled layers: none (%s)", choice.why)
         return choice
-    from gemma_run.training.checkpointing import decoder_layers
+    from gemma_run.training.activation_checkpointing import decoder_layers
 
     try:
         layers = decoder_layers(model)

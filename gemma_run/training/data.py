@@ -14,7 +14,7 @@ from typing import Any
 
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.chat import join_system
-from gemma_run.training import records as rec
+from gemma_run.training import data_files as rec
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_run.app.errors import GemmaRunError
-from gemma_run.training import checkpoints
+from gemma_run.training import checkpoint_integrity
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FULL_TEXT = ("No space left on device", "StorageFull", "Disk quota exceeded")
@@ -48,8 +48,8 @@ def _fmt(n: float) -> str:
 def checkpoint_bytes(out: Path, model: Any) -> tuple[int, str]:
     """(bytes, how known): the newest checkpoint's size, else an estimate from the trainable parameters
     (their weights plus AdamW's two fp32 states each)."""
-    for _step, ckpt in checkpoints.checkpoints(out):
-        if checkpoints.problem(ckpt) is None:
+    for _step, ckpt in checkpoint_integrity.checkpoints(out):
+        if checkpoint_integrity.problem(ckpt) is None:
             return _size(ckpt), f"the size of {ckpt.name}"
     trainable = [p for p in model.parameters() if p.requires_grad] if model is not None else []
     estimate = sum(getattr(p, "ds_numel", p.numel()) * (p.element_size() + 8) for p in trainable) + 2**20
@@ -58,7 +58,8 @@ def checkpoint_bytes(out: Path, model: Any) -> tuple[int, str]:
 
 def last_good(out: Path) -> Path | None:
     """The newest checkpoint whose completion marker matches its files (nothing is moved)."""
-    return next((ckpt for _step, ckpt in checkpoints.checkpoints(out) if checkpoints.problem(ckpt) is None), None)
+    return next((ckpt for _step, ckpt in checkpoint_integrity.checkpoints(out)
+                 if checkpoint_integrity.problem(ckpt) is None), None)
 
 
 def _overrides(run_dir: Path) -> list[str]:

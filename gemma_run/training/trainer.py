@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from gemma_run.app import env
 from gemma_run.app.errors import GemmaRunError
-from gemma_run.training import checkpoints, data, deepspeed_config, disk_full, logs
+from gemma_run.training import checkpoint_integrity, data, deepspeed_config, disk_full, logs
 from gemma_run.training import lora as lora_setup
 
 log = logging.getLogger(__name__)
@@ -183,11 +183,11 @@ def _train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None, checked:
     import torch
 
     from gemma_run.loading import checkpoint, choose_dtype, load, load_tokenizer
-    from gemma_run.training import checkpointing, compile_layers, fused_ops, memory_cap
+    from gemma_run.training import activation_checkpointing, compile_layers, fused_ops, memory_cap
 
     rank, local_rank, world_size = world()
     # bad values fail now, not after loading
-    checkpointing.parse(cfg.train.checkpoint_layers)
+    activation_checkpointing.parse(cfg.train.checkpoint_layers)
     fused_ops.check_early(cfg.train.fused_ops, str(cfg.model.config.get("model_type", "")))
     compiled = compile_layers.choose(cfg.train.compile_layers, fused_ops.asked(cfg.train.fused_ops),
                                      cuda=torch.cuda.is_available(), deepspeed=int(cfg.deepspeed.stage) > 0)
@@ -227,10 +227,10 @@ def _train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None, checked:
         prepared.add_token_type_ids()
     kernel, kernel_why = _loss_kernel(cfg, model)
     log.info("loss: %s (%s)", kernel, kernel_why)
-    ckpt: dict[str, Any] = {}  # the checkpointed layers, chosen when training begins (checkpointing.callback)
+    ckpt: dict[str, Any] = {}  # the checkpointed layers, chosen as training begins (activation_checkpointing.callback)
     try:
         result = _fit(cfg, args, model, tokenizer, prepared, out, resume_from, rank, kernel,
-                      [checkpointing.callback(cfg, model, kernel, ckpt), *(callbacks or [])], save)
+                      [activation_checkpointing.callback(cfg, model, kernel, ckpt), *(callbacks or [])], save)
     except Exception as e:  # a full disk (checkpoint, loss log, adapter) becomes one message with the way back
         full = None if isinstance(e, GemmaRunError) else disk_full.as_user_error(e, out, Path(run_dir), model)
         if full is None:
@@ -240,7 +240,7 @@ def _train(cfg: DictConfig, run_dir: Path, *, resume_from: Path | None, checked:
         fused.restore()
         compiled.finish()
     if "choice" in ckpt:
-        read = checkpointing.checkpointed(model) if cfg.train.gradient_checkpointing else None
+        read = activation_checkpointing.checkpointed(model) if cfg.train.gradient_checkpointing else None
         if read is not None:  # read back from the layers after training: what really ran
             ckpt["choice"].checkpointed = read
         result.update(ckpt["choice"].record())
@@ -283,7 +283,7 @@ def _fit(cfg: DictConfig, args: Any, model: Any, tokenizer: Any, prepared: data.
     trainer = loss_hook.trainer_class(kernel)(
         model=model, args=args, train_dataset=prepared.train, eval_dataset=prepared.eval,
         data_collator=prepared.collator, processing_class=tokenizer,
-        callbacks=[checkpoints.completion_callback(), logs.loss_callback(loss_path), logs.log_at_saves(),
+        callbacks=[checkpoint_integrity.completion_callback(), logs.loss_callback(loss_path), logs.log_at_saves(),
                    logs.schedule_callback(cfg, warnings), *callbacks])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
