@@ -34,17 +34,20 @@ def unwritable(path: Path, error: OSError, mode: str = "run", resume: str | None
     return GemmaRunError(f"cannot write the {what} {path}: {reason}", key=key, fix=fix)
 
 
-def check(path: str | Path, mode: str = "run", resume: str | None = None) -> None:
-    """Create ``path`` (parents too) and write and remove a probe file in it; raise :func:`unwritable`'s
-    error when that fails."""
-    path = Path(path)
+def try_write(path: Path) -> None:
+    """Create ``path`` (parents too) and write and remove a probe file in it; the OSError when that fails."""
     probe = path / f".write-test-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+
+
+def check(path: str | Path, mode: str = "run", resume: str | None = None) -> None:
+    """:func:`try_write` ``path``; raise :func:`unwritable`'s error when that fails."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
+        try_write(Path(path))
     except OSError as e:
-        raise unwritable(path, e, mode, resume) from None
+        raise unwritable(Path(path), e, mode, resume) from None
 
 
 class CheckRunDir(Callback):

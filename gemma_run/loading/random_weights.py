@@ -105,19 +105,25 @@ def storage(model_cfg: Any, arch: Any, disk_dir: Path) -> str:
 def builds_in_memory(model_cfg: Any, cache_dir: str | Path) -> bool:
     """Whether loading ``model_cfg`` builds its random weights in memory (as :func:`ensure_random_checkpoint`
     decides), found without building anything: the planner adds that build's transient."""
-    from omegaconf import OmegaConf
 
     from gemma_run.loading.checkpoint import uses_random
 
     if not uses_random(model_cfg):
         return False
-    config = OmegaConf.to_container(model_cfg.config, resolve=True) if OmegaConf.is_config(model_cfg.config) \
-        else dict(model_cfg.config)
-    target = checkpoint_dir(cache_dir, model_cfg.name, config, model_cfg.seed, model_cfg.tokenizer_vocab_size,
-                            model_cfg.text_only)
+    config, target = _config_and_dir(model_cfg, cache_dir)
     if (target / COMPLETE).is_file() and model_cfg.random_storage.name != "memory":
         return False
     return storage(model_cfg, architecture_config(config, model_cfg.text_only), target) == "memory"
+
+
+def _config_and_dir(model_cfg: Any, cache_dir: str | Path) -> tuple[dict[str, Any], Path]:
+    """The model group's architecture as a plain dict, and the cache dir of its random checkpoint."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(model_cfg.config, resolve=True) if OmegaConf.is_config(model_cfg.config) \
+        else dict(model_cfg.config)
+    return config, checkpoint_dir(cache_dir, model_cfg.name, config, model_cfg.seed, model_cfg.tokenizer_vocab_size,
+                                  model_cfg.text_only)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -132,12 +138,7 @@ def ensure_random_checkpoint(model_cfg: Any, cache_dir: str | Path) -> Path:
     With in-memory storage (see :func:`storage`) the directory holds the config, generation config and
     tokenizer only (marked by IN_MEMORY); :func:`gemma_run.loading.load` builds the weights itself.
     """
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(model_cfg.config, resolve=True) if OmegaConf.is_config(model_cfg.config) \
-        else dict(model_cfg.config)
-    target = checkpoint_dir(cache_dir, model_cfg.name, config, model_cfg.seed, model_cfg.tokenizer_vocab_size,
-                            model_cfg.text_only)
+    config, target = _config_and_dir(model_cfg, cache_dir)
     if (target / COMPLETE).is_file() and model_cfg.random_storage.name != "memory":
         return target
     arch = architecture_config(config, model_cfg.text_only)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +72,10 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
 
 def _check_writable(out: Path) -> None:
     """Fail now, not at the first checkpoint an hour in."""
-    probe = out / f".write-test-{uuid.uuid4().hex[:8]}"
+    from gemma_run.app.writable import try_write
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
+        try_write(out)
     except OSError as e:
         raise GemmaRunError(f"cannot write into the output dir {out}: {e.strerror}", key="train.output_dir",
                             fix="choose a writable train.output_dir (default: the run dir), or fix its "
