@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_dirs
+from helpers.runs import run_dirs
 from omegaconf import OmegaConf
 
 FAST = ("generation.max_new_tokens=2",)
@@ -160,3 +160,15 @@ def test_unparsable_value_of_another_key_names_the_quoting(cli) -> None:
     assert _first_line(proc).startswith("error: cannot parse the overrides: LexerNoViableAltException")
     assert """fix: quote the value for Hydra inside the shell's quotes: key="'a value, with commas'\"""" in proc.stderr
     assert "objective" in proc.stderr
+
+
+@pytest.mark.parametrize("text", ["Use ${HOME}", "a \\${x} b", "\\\\${y}", "plain, (text) [x] {z} = 'q'"])
+def test_ranks_read_free_text_as_given(compose_cfg, tmp_path: Path, text: str) -> None:
+    """Every rank of a launched run reads the resolved config the launcher wrote: a prompt keeps its text."""
+    from gemma_run.distributed.launch import write_config
+    from gemma_run.distributed.worker import read_config
+
+    cfg = compose_cfg([f"prompt={text}", f"system_prompt={text}"])
+    write_config(cfg, tmp_path)
+    read = read_config(tmp_path)
+    assert read.prompt == text and read.system_prompt == text

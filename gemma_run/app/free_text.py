@@ -24,9 +24,14 @@ _BEFORE_INTERPOLATION = re.compile(r"(\\*)\$\{")
 _BEFORE_QUOTE = re.compile(r"(\\*)('|\Z)")
 
 
+def escape_interpolation(text: str) -> str:
+    """``text`` as an OmegaConf string value that reads back as ``text`` exactly (``${...}`` kept literal)."""
+    return _BEFORE_INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text)
+
+
 def quote(text: str) -> str:
     """``text`` as one single-quoted Hydra value that OmegaConf reads back as ``text`` exactly (no interpolation)."""
-    escaped = _BEFORE_INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text)
+    escaped = escape_interpolation(text)
     escaped = _BEFORE_QUOTE.sub(lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), escaped)
     return f"'{escaped}'"
 

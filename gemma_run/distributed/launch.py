@@ -35,9 +35,24 @@ def write_config(cfg: DictConfig, run_dir: Path) -> Path:
 
     path = run_dir / CONFIG
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(redact_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
+    resolved = redact_config(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    tmp.write_text(OmegaConf.to_yaml(_literal(resolved)))
     tmp.replace(path)
     return path
+
+
+def _literal(node: Any) -> Any:
+    """Resolved values kept as they are when read back: a ``${...}`` inside a value (a prompt's text) is escaped, so
+    the ranks' OmegaConf does not take it for an interpolation."""
+    from gemma_run.app.free_text import escape_interpolation
+
+    if isinstance(node, str):
+        return escape_interpolation(node)
+    if isinstance(node, list):
+        return [_literal(item) for item in node]
+    if isinstance(node, dict):
+        return {key: _literal(value) for key, value in node.items()}
+    return node
 
 
 def worker_args(run_dir: Path, resume_from: Path | None) -> list[str]:
