@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -48,24 +46,3 @@ def cli(cache_dir: Path, tmp_path: Path):
 
     return _cli
 
-
-def run_dirs(root: Path) -> list[Path]:
-    """The run dirs under root/outputs (DATE/TIME), oldest first."""
-    return sorted(p for p in (root / "outputs").glob("*/*") if p.is_dir())
-
-
-def has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run these on the device machine)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_dirs
+from helpers.runs import REPO, run_dirs
 from omegaconf import OmegaConf
 
 CONF = REPO / "gemma_run" / "conf"

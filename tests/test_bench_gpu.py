@@ -12,6 +12,7 @@ import gc
 import json
 
 import pytest
+from helpers.run_if import RunIf
 
 CASES = {"bf16": "quant=none", "4bit": "quant=4bit"}
 BASE = ["task=bench", "model=gemma3_4b", "model.weights=random", "device_map=auto", "task.prompt_tokens=[128]",
@@ -36,7 +37,7 @@ def table():
     print(json.dumps(ROWS, indent=1, default=str))
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, bnb=True)
 @pytest.mark.parametrize("case", list(CASES))
 def test_bench_gemma3_4b(compose_cfg, tmp_path, case):
     import torch

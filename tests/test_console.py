@@ -3,14 +3,14 @@ missing plot is one line saying how to get it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from helpers.run_if import RunIf
 
-NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+NEEDS_DEEPSPEED = RunIf(deepspeed=True)
 TRAIN = ["task=train", "train.max_steps=2", "train.logging_steps=1", "train.max_seq_length=128"]
 
 

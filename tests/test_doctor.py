@@ -8,7 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_dirs
+from helpers.run_if import RunIf
+from helpers.runs import run_dirs
 
 from gemma_run.doctor import registry, report, versions
 from gemma_run.doctor.base import CheckResult, DoctorContext, Finding
@@ -60,10 +61,9 @@ def test_missing_model_fails_the_smoke_checks_and_exits_1(cli, tmp_path: Path) -
     assert result["status"] == "failed" and result["doctor"]["failed"] == ["smoke.load"]
 
 
+@RunIf(bnb=True)  # the fake shadows an installed bitsandbytes: the check reads its metadata
 def test_broken_library_fails_its_check(cli, tmp_path: Path) -> None:
     """An installed bitsandbytes that cannot import (a wrong native build) is a failure, not a warning."""
-    if not versions.installed("bitsandbytes"):
-        pytest.skip("bitsandbytes is not installed here (its metadata makes the fake count as installed)")
     fake = tmp_path / "fake"
     (fake / "bitsandbytes").mkdir(parents=True)
     (fake / "bitsandbytes" / "__init__.py").write_text(
@@ -218,7 +218,7 @@ def test_nothing_heavy_imported_by_the_registry() -> None:
     assert out.strip() == "[]"
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1)
 def test_full_suite_on_gpu(cli, tmp_path: Path) -> None:
     """The whole doctor on a GPU machine; prints the console table and report.md (put them in the note)."""
     p = cli("task=test", timeout=1200)

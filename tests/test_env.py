@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run_dirs
+from helpers.runs import run_dirs
 
 from gemma_run.app.env import REDACTED, export, is_secret
 

@@ -12,16 +12,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_dirs
+from helpers.data import write_jsonl
+from helpers.runs import REPO, run_dirs
 
 from gemma_run.app.errors import GemmaRunError
 
 TRAIN = ["task=train", "train.max_steps=2", "train.logging_steps=1", "train.max_seq_length=128"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture

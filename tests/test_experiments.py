@@ -73,7 +73,7 @@ def test_unknown_preset_is_refused(cli) -> None:
 
 @pytest.mark.slow
 def test_decode_preset_runs_on_the_tiny_model(cli, tmp_path: Path) -> None:
-    from conftest import run_dirs
+    from helpers.runs import run_dirs
 
     proc = cli("+experiment=bench/decode_4b", *SMALL_DECODE, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -86,7 +86,7 @@ def test_decode_preset_runs_on_the_tiny_model(cli, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_training_baseline_preset_runs_on_the_tiny_model(cli, tmp_path: Path) -> None:
-    from conftest import run_dirs
+    from helpers.runs import run_dirs
 
     proc = cli("+experiment=bench/train_4b_lora_baseline", *SMALL_TRAIN, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,13 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.decode import LONG, check_streaming, generate_tokens
 
 from gemma_run import run
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.infer import generate as gen
-from gemma_run.infer.stats import TimingStreamer
-
-LONG = "the cat sat on the mat and looked at the dog " * 3  # > 16 tokens: past the tiny model's sliding window
 
 
 def _first_new(row: list[int], start: int) -> int:
@@ -52,21 +50,6 @@ def bf16(cache_dir: Path):
     return loaded
 
 
-def _run(loaded, prompts: list[str], engine: gen.Engine, new: int = 32, **extra):
-    import torch
-
-    from gemma_run import compose
-
-    tok = loaded.tokenizer
-    stop = list(extra.pop("stop", []))
-    g = compose([f"generation.max_new_tokens={new}"]).generation
-    kwargs = {**gen.generation_kwargs(g, loaded.model, tok, chat=False, engine=engine), **extra}
-    ids = [tok(p)["input_ids"] for p in prompts]
-    outs, _ = gen.generate_batch(loaded.model, tok, ids, device=torch.device("cpu"), kwargs=kwargs,
-                                 stop=stop, streamer=TimingStreamer(), engine=engine)
-    return outs
-
-
 @pytest.mark.parametrize(("compiled", "attention"), [(False, None), (True, None), (False, "decode"), (True, "decode")],
                          ids=["eager-step", "compiled-step", "eager-step-decode-attention",
                               "compiled-step-decode-attention"])
@@ -79,10 +62,10 @@ def test_fast_engine_gives_generates_greedy_tokens_in_bf16(bf16, compiled: bool,
 
     prompts = [LONG, "hello there"]
     assert len(bf16.tokenizer(LONG)["input_ids"]) > 16
-    ref = _run(bf16, prompts, gen.HF, min_new_tokens=32)
+    ref = generate_tokens(bf16, prompts, gen.HF, min_new_tokens=32)
     name = decode_attention.register() if attention else None
     engine = gen.Engine("fast", compiled, True, "test", attention=name)
-    fast = _run(bf16, prompts, engine, min_new_tokens=32)
+    fast = generate_tokens(bf16, prompts, engine, min_new_tokens=32)
     assert bf16.model.config._attn_implementation == "sdpa"  # the model's own is back after the steps
     assert [o.new_tokens for o in fast] == [32, 32]
     assert [o.completion for o in fast] == [o.completion for o in ref]
@@ -93,8 +76,8 @@ def test_fast_engine_gives_generates_greedy_tokens_in_bf16(bf16, compiled: bool,
         plain = bf16.model.generate(**batch, max_new_tokens=32, min_new_tokens=32, do_sample=False,
                                     pad_token_id=tok.pad_token_id)[:, batch["input_ids"].shape[1]:].tolist()
     eos = _eos_from(plain, 4, 8)
-    ref = _run(bf16, prompts, gen.HF, min_new_tokens=4, eos_token_id=[eos])
-    fast = _run(bf16, prompts, engine, min_new_tokens=4, eos_token_id=[eos])
+    ref = generate_tokens(bf16, prompts, gen.HF, min_new_tokens=4, eos_token_id=[eos])
+    fast = generate_tokens(bf16, prompts, engine, min_new_tokens=4, eos_token_id=[eos])
     assert (ref[0].stopped_by, ref[0].new_tokens) == ("eos", plain[0].index(eos) + 1)
     assert [(o.new_tokens, o.stopped_by, o.completion) for o in fast] == [
         (o.new_tokens, o.stopped_by, o.completion) for o in ref]
@@ -111,13 +94,13 @@ def test_fast_engine_stops_at_eos_and_stop_strings_as_generate_does(bf16) -> Non
     k = next(i for i in range(2, len(new)) if new[i] not in new[:i])  # a token first produced at step k
     fast = gen.Engine("fast", False, True, "test")
     for engine in (gen.HF, fast):
-        (out,) = _run(bf16, [LONG], engine, new=24, eos_token_id=[new[k]])
+        (out,) = generate_tokens(bf16, [LONG], engine, new=24, eos_token_id=[new[k]])
         assert (out.new_tokens, out.stopped_by) == (k + 1, "eos"), engine
     # a stop string: the text of that token, which first appears with it
     stop = tok.decode([new[k]], skip_special_tokens=True).strip() or tok.decode(new[k:k + 2]).strip()
     assert stop
-    ref = _run(bf16, [LONG], gen.HF, new=24, stop=[stop], stop_strings=[stop], tokenizer=tok)
-    got = _run(bf16, [LONG], fast, new=24, stop=[stop])
+    ref = generate_tokens(bf16, [LONG], gen.HF, new=24, stop=[stop], stop_strings=[stop], tokenizer=tok)
+    got = generate_tokens(bf16, [LONG], fast, new=24, stop=[stop])
     assert ref[0].stopped_by == "stop_string"
     assert (got[0].completion, got[0].stopped_by) == (ref[0].completion, "stop_string")
 
@@ -174,7 +157,7 @@ def test_greedy_step_picks_on_the_device_as_the_host_loop_does(bf16, compiled: b
     assert sessions[True].picker is not None and sessions[False].picker is None
     stop = tok.decode(plain[0, 6:8]).strip()
     assert stop
-    got = _run(bf16, [LONG], gen.Engine("fast", compiled, True, "test"), new=24, stop=[stop])
+    got = generate_tokens(bf16, [LONG], gen.Engine("fast", compiled, True, "test"), new=24, stop=[stop])
     assert got[0].stopped_by == "stop_string" and stop not in got[0].completion
 
 
@@ -195,9 +178,9 @@ def test_an_eos_made_at_exactly_min_new_tokens_ends_the_row(bf16, engine: str) -
     k = _first_new(plain, 6)
     chosen = {"hf": gen.HF, "fast-device-pick": gen.Engine("fast", False, True, "test"),
               "fast-host-pick": gen.Engine("fast", False, True, "test", pick=False)}[engine]
-    (at,) = _run(bf16, [LONG], chosen, new=24, eos_token_id=[plain[k]], min_new_tokens=k)
+    (at,) = generate_tokens(bf16, [LONG], chosen, new=24, eos_token_id=[plain[k]], min_new_tokens=k)
     assert (at.new_tokens, at.stopped_by) == (k + 1, "eos")
-    (held,) = _run(bf16, [LONG], chosen, new=24, eos_token_id=[plain[k]], min_new_tokens=k + 1)
+    (held,) = generate_tokens(bf16, [LONG], chosen, new=24, eos_token_id=[plain[k]], min_new_tokens=k + 1)
     assert held.new_tokens > k + 1
 
 
@@ -235,14 +218,14 @@ def test_fast_engine_sampling_is_seeded_and_top_k_1_is_greedy(bf16) -> None:
     fast = gen.Engine("fast", False, True, "test")
     sample = {"do_sample": True, "temperature": 0.9, "top_p": 0.9, "top_k": 50, "min_new_tokens": 16}
     torch.manual_seed(3)
-    a = _run(bf16, [LONG], fast, new=16, **sample)
+    a = generate_tokens(bf16, [LONG], fast, new=16, **sample)
     torch.manual_seed(3)
-    b = _run(bf16, [LONG], fast, new=16, **sample)
+    b = generate_tokens(bf16, [LONG], fast, new=16, **sample)
     torch.manual_seed(4)
-    c = _run(bf16, [LONG], fast, new=16, **sample)
+    c = generate_tokens(bf16, [LONG], fast, new=16, **sample)
     assert a[0].completion == b[0].completion != c[0].completion
-    one = _run(bf16, [LONG], fast, new=16, **{**sample, "top_k": 1})
-    greedy = _run(bf16, [LONG], fast, new=16, min_new_tokens=16)
+    one = generate_tokens(bf16, [LONG], fast, new=16, **{**sample, "top_k": 1})
+    greedy = generate_tokens(bf16, [LONG], fast, new=16, min_new_tokens=16)
     assert one[0].completion == greedy[0].completion
 
 
@@ -396,43 +379,3 @@ def test_streamed_tokens_are_the_returned_ones_and_a_finished_batch_stops(bf16) 
     0's new tokens up to its EOS (padding after it, if anything), and a batch whose rows have all ended stops at
     the next look instead of running to max_new_tokens."""
     check_streaming(bf16, graph=False)
-
-
-def check_streaming(loaded, graph: bool) -> None:
-    """The streaming and early-stop checks on ``loaded``'s device (a GPU looks one look later: fast.Lookout)."""
-    import torch
-
-    from gemma_run.infer import fast
-
-    class Collect:
-        def __init__(self) -> None:
-            self.parts: list[list[int]] = []
-
-        def put(self, value) -> None:
-            assert value.device.type == "cpu"
-            self.parts.append(value.reshape(-1).tolist())
-
-    tok, model, device = loaded.tokenizer, loaded.model, loaded.input_device
-    ids = tok(LONG, return_tensors="pt")["input_ids"].to(device)
-    mask = torch.ones_like(ids)
-    kwargs = {"max_new_tokens": 60, "do_sample": False, "eos_token_id": [], "pad_token_id": tok.pad_token_id}
-    with torch.inference_mode():
-        plain = fast.generate(model, ids, mask, kwargs, compile=False, graph=graph)[0, ids.shape[1]:].tolist()
-        eos = plain[20]  # a token of the greedy run taken as EOS: row 0 ends at its first appearance
-        end = plain.index(eos) + 1
-        seen = Collect()
-        got = fast.generate(model, ids, mask, {**kwargs, "eos_token_id": [eos]}, compile=False, graph=graph,
-                            streamer=seen)[0, ids.shape[1]:].tolist()
-    assert seen.parts[0] == ids[0].tolist()  # the prompt first, as generate() streams it
-    streamed = [t for part in seen.parts[1:] for t in part]
-    assert streamed[:end] == got[:end] == plain[:end]
-    assert all(t == tok.pad_token_id for t in streamed[end:])  # after EOS only padding, if anything
-    assert all(t == tok.pad_token_id for t in got[end:])
-    key = (1, 256, False, True, graph and device.type == "cuda", None, True)
-    steps = model._gemma_run_sessions[key].steps_run
-    with torch.inference_mode():
-        fast.generate(model, ids, mask, {**kwargs, "eos_token_id": [plain[0]]}, compile=False, graph=graph)
-    ran = model._gemma_run_sessions[key].steps_run - steps
-    # every row ended at the first token: stopped at the first look (on a GPU, the look after: it sees the
-    # previous look's copy)
-    assert ran < fast.CHECK_EVERY * (2 if device.type == "cuda" else 1)

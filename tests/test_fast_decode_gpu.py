@@ -6,11 +6,12 @@ teacher-forced) at >= 99% of the positions it generated."""
 from __future__ import annotations
 
 import pytest
+from helpers.run_if import RunIf
 
 from gemma_run.infer import generate as gen
 from gemma_run.infer.stats import TimingStreamer
 
-pytestmark = pytest.mark.gpu
+pytestmark = RunIf(gpus=1)
 
 
 def _generate(loaded, ids: list[list[int]], engine: gen.Engine, new: int):
@@ -79,7 +80,7 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
 def test_streaming_and_early_stop_through_the_lookout_on_a_gpu(compose_cfg) -> None:
     """On a GPU the loop looks at finished rows and streams without waiting for the GPU (fast.Lookout: one look
     later): the streamed tokens are still exactly the returned ones, and a finished batch stops within two looks."""
-    from test_fast_decode import check_streaming
+    from helpers.decode import check_streaming
 
     from gemma_run.loading import load
 
@@ -118,7 +119,8 @@ def _dequantize_in_place(model) -> int:
     return count
 
 
-@pytest.mark.parametrize("quant", ["int4", "4bit"])
+@pytest.mark.parametrize("quant", [pytest.param("int4", marks=RunIf(torchao=True)),
+                                   pytest.param("4bit", marks=RunIf(bnb=True))])
 def test_fast_4bit_top1_agrees_with_dequantized_reference(compose_cfg, quant: str) -> None:
     """The fast path as the defaults run it: compiled, recorded, projections fused (int4: stacked tinygemm
     weights); the reference: the model's own 4-bit weights (put back by unfuse) dequantized, eager."""

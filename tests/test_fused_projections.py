@@ -9,6 +9,7 @@ import copy
 from pathlib import Path
 
 import pytest
+from helpers.run_if import RunIf
 
 from gemma_run.infer import fused_projections as fp
 
@@ -101,7 +102,7 @@ def test_compiled_forward_runs_one_product_per_group(tiny) -> None:
 def test_fast_engine_with_fused_projections_gives_generates_tokens(cache_dir: Path) -> None:
     """bf16, a left-padded batch whose long prompt passes the sliding window: the fast engine on the fused model
     (eager and compiled step) gives generate()'s greedy tokens on the model as loaded."""
-    from test_fast_decode import LONG, _run
+    from helpers.decode import LONG, generate_tokens
 
     from gemma_run import compose
     from gemma_run.infer import generate as gen
@@ -110,9 +111,10 @@ def test_fast_engine_with_fused_projections_gives_generates_tokens(cache_dir: Pa
     loaded = load(compose([f"cache_dir={cache_dir}", "model.dtype=bfloat16"]))
     loaded.tokenizer.padding_side = "left"
     prompts = [LONG, "hello there"]
-    ref = _run(loaded, prompts, gen.HF, min_new_tokens=32)
+    ref = generate_tokens(loaded, prompts, gen.HF, min_new_tokens=32)
     for compiled in (False, True):
-        fast = _run(loaded, prompts, gen.Engine("fast", compiled, True, "test", fuse=True), min_new_tokens=32)
+        engine = gen.Engine("fast", compiled, True, "test", fuse=True)
+        fast = generate_tokens(loaded, prompts, engine, min_new_tokens=32)
         assert loaded.model.__dict__[fp.MARK] == 2 * loaded.model.config.num_hidden_layers
         assert [o.completion for o in fast] == [o.completion for o in ref], compiled
 
@@ -229,7 +231,7 @@ def test_int4_linears_that_cannot_stack_are_left_alone() -> None:
     assert fp.fuse(Mlp(_int4_linear(64, 256), _int4_linear(128, 256))) == 1
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, torchao=True)
 def test_gpu_int4_stacked_gives_torchaos_logits_bit_for_bit(compose_cfg) -> None:
     """On CUDA (tinygemm): the tiny model in int4 gives the same logits, bit for bit, with its projections
     stacked (64 inputs stored as 128, not torchao's 1024), and again once unfused."""
@@ -250,7 +252,7 @@ def test_gpu_int4_stacked_gives_torchaos_logits_bit_for_bit(compose_cfg) -> None
     assert torch.equal(got, ref) and torch.equal(again, ref)
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, torchao=True)
 def test_gpu_single_int4_linear_without_padding_gives_torchaos_product() -> None:
     """quant.lm_head=int4's output layer: one torchao int4 linear held unpadded (320 inputs stored as 384, not
     1024) computes what torchao computes, bit for bit."""

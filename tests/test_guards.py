@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import run_dirs
+from helpers.runs import run_dirs
 
 from gemma_run.app.errors import GemmaRunError
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_dirs
+from helpers.runs import run_dirs
 
 FAST = "generation.max_new_tokens=4"
 

@@ -12,6 +12,7 @@ import gc
 import json
 
 import pytest
+from helpers.run_if import RunIf
 
 PROMPT = "Explain what a transformer is step by step. " * 12  # ~130 tokens with the random model's tokenizer
 NEW = 32
@@ -71,7 +72,7 @@ def built(cache_dir, tmp_path_factory):
     return path
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, bnb=True)
 @pytest.mark.parametrize("case", list(CASES))
 def test_gemma3_4b_quant_and_split(compose_cfg, built, tmp_path, case):
     import torch

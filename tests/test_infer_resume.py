@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_dirs
+from helpers.runs import run_dirs
 
 N_PROMPTS = 200
 

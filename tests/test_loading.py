@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers.run_if import RunIf
 from omegaconf import OmegaConf
 
 from gemma_run.app.errors import GemmaRunError
@@ -264,10 +265,10 @@ def test_4bit_on_an_avx512_bf16_cpu_needs_output_sizes_divisible_by_32():
     quantization.check_cpu_4bit(_quant(bits=8), skeleton, flags={"avx512_bf16"})  # 8-bit has no such limit
 
 
+@RunIf(deepspeed=True)
 def test_skeleton_is_never_built_as_zero3_weights(compose_cfg):
     """With a ZeRO-3 config registered (as TrainingArguments(deepspeed=...) does), the meta skeleton used for
     checks and plans is still a plain module tree, and the registration is intact afterwards."""
-    pytest.importorskip("deepspeed")
     from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
 
     from gemma_run.loading import architecture

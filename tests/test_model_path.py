@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers.runs import run_dirs
 
 from gemma_run.app.errors import GemmaRunError
-from tests.conftest import run_dirs
 
 # A Gemma 3 text model of 3.74 M parameters: four times the tiny default's width, twice its layers.
 CKPT_CONFIG = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.runs import run_dirs
 from omegaconf import OmegaConf
 
 from gemma_run.planning import devices, kv, memory, params, skeleton, training
@@ -13,7 +14,6 @@ from gemma_run.planning.memory import Quant
 from gemma_run.planning.plan import PlanInputs, make_plan, with_changes
 from gemma_run.planning.suggest import suggest
 from gemma_run.planning.training import TrainSpec
-from tests.conftest import run_dirs
 
 GiB = 2**30
 

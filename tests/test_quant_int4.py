@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from helpers.run_if import RunIf
 from omegaconf import OmegaConf
 
 from gemma_run.app.errors import GemmaRunError
@@ -168,7 +169,7 @@ def test_plan_of_27b_int4_sits_between_nf4_and_int8(compose_cfg) -> None:
     assert plan["quant"] == "int4" and plan["quantized_modules"] == 62 * 7 and plan["fits"]
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, torchao=True)
 def test_gpu_random_4b_int4_in_memory_loads_generates_and_matches_the_plan(compose_cfg) -> None:
     import time
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers.run_if import RunIf
+from helpers.runs import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 QUANTS = {"none": ["quant=none"], "4bit": ["quant=4bit"], "8bit": ["quant=8bit"],
           "int4": ["quant=int4", "quant.group_size=64"]}
 # tiny_gemma3 made wider and deeper (63.2M parameters, 16 layers): a build whose whole model (253 MB in the fp32 a
@@ -218,8 +218,9 @@ def _gpu_case(compose_cfg, overrides: list[str]) -> dict:
     return row
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("quant", [["quant=none"], ["quant=4bit"], ["quant=int4"]])
+@RunIf(gpus=1)
+@pytest.mark.parametrize("quant", [["quant=none"], pytest.param(["quant=4bit"], marks=RunIf(bnb=True)),
+                                   pytest.param(["quant=int4"], marks=RunIf(torchao=True))])
 def test_gpu_random_4b_in_memory(compose_cfg, quant: list[str]) -> None:
     row = _gpu_case(compose_cfg, ["model=gemma3_4b", *quant])
     total = sum(row["bytes_per_device"].values())
@@ -227,8 +228,9 @@ def test_gpu_random_4b_in_memory(compose_cfg, quant: list[str]) -> None:
     assert row["peak_gib"] < total / 2**30 + 2
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("quant", [["quant=4bit"], ["quant=int4"]])
+@RunIf(gpus=1)
+@pytest.mark.parametrize("quant", [pytest.param(["quant=4bit"], marks=RunIf(bnb=True)),
+                                   pytest.param(["quant=int4"], marks=RunIf(torchao=True))])
 def test_gpu_random_27b_quantized_in_memory_on_one_gpu(compose_cfg, quant: list[str]) -> None:
     """27B bf16 (54 GB) is never built whole: quantized unit by unit it is ~15-18 GiB on one GPU, and the load's
     peak stays within a few GiB of that (one decoder layer in bf16 and the quantizer's scratch)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.runs import REPO
 
 README = REPO / "README.md"
 PLACEHOLDER = "outputs/DATE/TIME"

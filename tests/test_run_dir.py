@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.runs import REPO
 
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.app.run_lock import LOCK

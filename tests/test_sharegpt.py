@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_dirs
+from helpers.data import write_jsonl
+from helpers.runs import run_dirs
 
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.training import data_files as records
@@ -18,11 +19,6 @@ CONVERSATIONS = [
     {"system": "You count.", "conversations": [{"from": "human", "value": "Count"}, {"from": "gpt", "value": "1 2"},
                                                {"from": "human", "value": "More"}, {"from": "gpt", "value": "3"}]},
 ]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_sharegpt_records_become_chat_messages(tmp_path: Path) -> None:

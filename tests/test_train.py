@@ -13,23 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_dirs
-
-WORDS = "the quick brown fox jumps over the lazy dog a model runs on the GPUs you have".split()
-FAST = ["train.logging_steps=1", "train.max_seq_length=128"]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
+from helpers.data import WORDS, alpaca_rows, write_jsonl
+from helpers.runs import FAST, lora_b_norm, losses, run_dirs, train_api
 
 
 @pytest.fixture
 def alpaca(tmp_path: Path) -> Path:
-    rnd = random.Random(0)
-    rows = [{"instruction": f"Count to {i % 5 + 1}", "input": "" if i % 2 else "slowly",
-             "output": " ".join(rnd.choices(WORDS, k=6))} for i in range(32)]
-    return write_jsonl(tmp_path / "alpaca.jsonl", rows)
+    return write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows())
 
 
 @pytest.fixture
@@ -41,26 +31,6 @@ def chat(tmp_path: Path) -> Path:
                           {"role": "user", "content": "again"},
                           {"role": "assistant", "content": " ".join(rnd.choices(WORDS, k=3))}]} for i in range(16)]
     return write_jsonl(tmp_path / "chat.jsonl", rows)
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "losses.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-def lora_b_norm(adapter: Path) -> float:
-    """LoRA's B matrices start at zero: a norm above zero means the adapter was trained and saved whole."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(adapter / "adapter_model.safetensors")
-    assert any("lora_A" in k for k in tensors) and any("lora_B" in k for k in tensors)
-    return float(sum(t.float().norm() for k, t in tensors.items() if "lora_B" in k))
-
-
-def train_api(compose_cfg, run_dir: Path, *overrides: str) -> dict:
-    from gemma_run import run
-
-    return run(compose_cfg(["task=train", *FAST, *overrides]), run_dir)
 
 
 # ---------------------------------------------------------------- data

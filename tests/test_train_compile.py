@@ -7,10 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_train import FAST, alpaca, losses, train_api  # noqa: F401  (alpaca: the fixture)
+from helpers.data import alpaca_rows, write_jsonl
+from helpers.runs import losses, train_api
 
 from gemma_run.app.errors import ConfigError
 from gemma_run.training import compile_layers, fused_ops
+
+
+@pytest.fixture
+def alpaca(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows())
 
 
 def test_auto_compiles_on_a_cuda_gpu_without_deepspeed_only() -> None:
@@ -35,7 +41,7 @@ def test_fused_ops_auto_gives_way_to_compiled_layers() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_layers_train_the_uncompiled_curve(compose_cfg, alpaca: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_compiled_layers_train_the_uncompiled_curve(compose_cfg, alpaca: Path, tmp_path: Path) -> None:
     """4 LoRA steps with every layer checkpointed, no dropout: the compiled layers' losses and trained adapter
     are the uncompiled run's (fp32 on CPU, up to the order inductor sums in)."""
     from safetensors.torch import load_file

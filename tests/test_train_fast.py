@@ -167,7 +167,7 @@ def test_gpu_memory_cap_is_the_planned_gpu_size(compose_cfg):
 
 @pytest.mark.slow
 def test_bench_train_end_to_end(cli, tmp_path: Path):
-    from conftest import run_dirs
+    from helpers.runs import run_dirs
 
     proc = cli("task=bench_train", "train.max_seq_length=64", "train.per_device_batch_size=2", "task.steps=3",
                "task.warmup_steps=1", timeout=240)

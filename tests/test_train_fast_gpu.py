@@ -12,11 +12,12 @@ import random
 from pathlib import Path
 
 import pytest
+from helpers.run_if import RunIf
 
 WORDS = "the quick brown fox jumps over the lazy dog a model runs on the GPUs you have".split()
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, liger=True)
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_liger_matches_reference_and_chunked(softcap):
     import torch
@@ -46,7 +47,7 @@ def test_liger_matches_reference_and_chunked(softcap):
         assert rel < 2e-2  # bf16 gradients: the reference rounds its logits' gradient to bf16 too
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, liger=True)
 def test_loss_curve_fast_vs_reference_gemma3_1b(compose_cfg, tmp_path: Path):
     from gemma_run import run
 

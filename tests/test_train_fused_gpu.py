@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-import pytest
+from helpers.run_if import RunIf
 
 WORDS = "the quick brown fox jumps over the lazy dog a model runs on the GPUs you have".split()
 LAYERS_1B = 26
@@ -36,7 +36,7 @@ def _loss_and_grads(model, ids):
     return out.loss.float().item(), grads
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, liger=True)
 def test_liger_patches_every_norm_and_mlp_and_matches(compose_cfg):
     import torch
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
@@ -74,7 +74,7 @@ def test_liger_patches_every_norm_and_mlp_and_matches(compose_cfg):
     assert worst < 5e-2  # bf16 activations: each op rounds at different points
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, liger=True)
 def test_loss_curve_fused_vs_torch_ops_gemma3_1b(compose_cfg, tmp_path: Path):
     from gemma_run import run
 
@@ -101,7 +101,7 @@ def test_loss_curve_fused_vs_torch_ops_gemma3_1b(compose_cfg, tmp_path: Path):
     assert worst < 1e-2
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1)
 def test_auto_checkpointing_stays_inside_its_budget(compose_cfg, tmp_path: Path):
     """1B at 2048 x 4 tokens inside a 12 GiB cap: some layers keep their activations, the peak stays inside."""
     from gemma_run import run

@@ -13,13 +13,13 @@ import json
 import random
 from pathlib import Path
 
-import pytest
-from conftest import run_dirs
+from helpers.run_if import RunIf
+from helpers.runs import run_dirs
 
 SEQ, BATCH, STEPS = 2048, 4, 8
 
 
-@pytest.mark.gpu
+@RunIf(gpus=1, deepspeed=True, bnb=True)
 def test_qlora_zero3_gemma3_4b(cli, tmp_path: Path):
     rnd = random.Random(0)
     words = "the quick brown fox jumps over the lazy dog a model runs on the GPUs you have".split()
