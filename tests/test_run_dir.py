@@ -42,7 +42,7 @@ def holder_of(lock: Path, timeout: float = 120) -> int | None:
 
 def hold_in_child(run_dir: Path) -> subprocess.Popen:
     """Another process holding ``run_dir``'s lock (as a live gemma-run does) until it is killed."""
-    code = ("import sys, time; from gemma_run import run_lock; run_lock.acquire(sys.argv[1]); "
+    code = ("import sys, time; from gemma_run.app import run_lock; run_lock.acquire(sys.argv[1]); "
             "print('held', flush=True); time.sleep(300)")
     child = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
