@@ -1,8 +1,7 @@
 """The GPUs' clocks, power and throttling when a bench ran, read from nvidia-smi.
 
-Why: the same int4 decode configurations measured 7-11% apart on different H100s, two of which had the same copy
-bandwidth (2,588 and 2,587 GB/s; docs/benchmarks.md, fifth session). tinygemm's batch-1 kernels compute a 16-row
-tile for one row, so the SM clock may count, and a card held below its boost clock (power cap, temperature, an
+Why: the same decode configuration can run at different speeds on two cards of one kind with the same copy
+bandwidth. tinygemm's batch-1 kernels compute a 16-row tile for one row, so the SM clock may count, and a card held below its boost clock (power cap, temperature, an
 application clock) reads its weights slower than its memory allows. ``task=bench`` records this next to its
 figures, so rows from different machines can be told apart.
 """

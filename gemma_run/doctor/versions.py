@@ -4,7 +4,7 @@ The matrix (docs/doctor.md explains each number):
   floor    the oldest version gemma-run runs on (below: fail)
   clean    the oldest version with no known trap (between floor and clean: warn, naming the trap)
   tested   the newest minor release tried (above: warn, untested)
-Python 3.10 and transformers 4.53 / torch 2.2 are the seeds' old stack, proven by scripts/old_stack/.
+Python 3.10 and transformers 4.53 / torch 2.2 are the oldest supported stack, proven by scripts/old_stack/.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A decode step recorded once as a CUDA graph and replayed per token.
 
-A batch-1 decode step is a thousand small kernels; launched one by one from Python they cost 45-95 ms a token
-whatever the model's size (issue 7's measurements), ten times the time the GPU needs to read the weights. A CUDA
+A batch-1 decode step is a thousand small kernels; launched one by one from Python they cost tens of milliseconds a
+token whatever the model's size (docs/benchmarks.md), many times the time the GPU needs to read the weights. A CUDA
 graph launches them all in one call. Recording the graph ourselves, rather than through inductor's
 ``triton.cudagraphs``, serves three cases with one mechanism:
 

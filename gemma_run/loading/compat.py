@@ -10,8 +10,8 @@ from functools import cache
 @cache
 def dtype_kwarg() -> str:
     """The name of from_pretrained/from_config's dtype argument: ``dtype`` from transformers 4.56 (5.x still
-    accepts ``torch_dtype`` with a deprecation warning), ``torch_dtype`` before. transformers 4.53 (the seeds'
-    stack) passes an unknown ``dtype=`` on to the model's __init__: ``TypeError: Gemma3ForCausalLM.__init__()
+    accepts ``torch_dtype`` with a deprecation warning), ``torch_dtype`` before. transformers 4.53 (the oldest
+    supported) passes an unknown ``dtype=`` on to the model's __init__: ``TypeError: Gemma3ForCausalLM.__init__()
     got an unexpected keyword argument 'dtype'``."""
     import transformers
     from packaging.version import Version

@@ -1,8 +1,8 @@
 """Schemas of fine-tuning: ``train``, ``data``, ``lora`` (keys of the run) and the ``deepspeed`` and
 ``launcher`` groups, plus the ``train`` and ``merge`` task options.
 
-The names mirror the seeds' training flags (per-device batch size, gradient accumulation, ...) so the seeds'
-command maps onto overrides one to one (docs/train.md).
+The names mirror the usual hand-written training script's flags (per-device batch size, gradient accumulation,
+...) so such a command maps onto overrides one to one (docs/train.md).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class TrainConfig:
     # Where checkpoints, the adapter and logs go; null: the run dir.
     output_dir: str | None = None
     # auto: sdpa unless the model softcaps attention logits (Gemma 2: eager); eager | sdpa | flash_attention_2
-    # force one. The seeds' setup was eager (gemma_run/training/attention.py says why auto is safe).
+    # force one (gemma_run/training/attention.py says why auto is safe).
     attn_implementation: str = "auto"
     # How the loss is computed (gemma_run/training/loss.py): none = the model's logits of every token (fp32 over
     # a 262k vocabulary: 8.6 GB at 4 x 2048 tokens), chunked = the same loss 256 tokens at a time in torch,
@@ -107,7 +107,7 @@ class LoraConfig:
     bias: str = "none"
     # QLoRA: peft's prepare_model_for_kbit_training upcasts every unquantized weight to fp32, the frozen embedding
     # (262k x hidden: +2.7 GB at 4B, +5.6 GB at 27B) and so the residual stream too. false casts the embedding
-    # back to bf16 (gemma_run/training/lora.py); true is the seeds' setup.
+    # back to bf16 (gemma_run/training/lora.py); true is peft's own behaviour.
     fp32_embeddings: bool = False
 
 

@@ -3,13 +3,13 @@
 Symptom: ``AttributeError: module 'torch' has no attribute 'get_default_device'`` from code that calls it
 without checking torch's version: transformers 5.x's ``from_pretrained`` calls it unconditionally (it needs
 torch >= 2.6, so only a stack mixing versions hits this), and so do user scripts and other libraries written
-against torch >= 2.3 (the seeds' scripts carried a patch for it).
-Trigger: torch < 2.3 (the seeds' torch 2.2) with such a caller. Checked on the seeds' stack (torch 2.2.2 +
+against torch >= 2.3 (hand-written scripts carry a patch for it).
+Trigger: torch < 2.3 (e.g. torch 2.2) with such a caller. Checked on the oldest supported stack (torch 2.2.2 +
 transformers 4.53.3, scripts/old_stack/): transformers 4.52-4.57 only call it on torch >= 2.3 and 4.49-4.51
 never, so there the shim is applied (the attribute is missing) but loading does not depend on it.
 Upstream: torch added the function in https://github.com/pytorch/pytorch/pull/116014 (torch 2.3).
 
-The seeds patched it to return a hard-coded ``cuda:0``, which puts models on the wrong device whenever
+Hand-written scripts patch it to return a hard-coded ``cuda:0``, which puts models on the wrong device whenever
 ``torch.set_default_device`` or a ``with torch.device(...)`` block chose another. This version returns what
 torch 2.3's own function returns: the device of a new empty tensor, which honours both.
 """

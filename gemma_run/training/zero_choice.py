@@ -6,7 +6,7 @@ training of Gemma 3 4B on an H100 (docs/stack.md), 2.8x slower. So:
 
 - no GPU: no DeepSpeed (the planner checks CPU memory; DeepSpeed would add its CPU accelerator's overhead);
 - one process whose plan fits its GPU: no DeepSpeed;
-- several processes: ZeRO-3 (weights, gradients and optimizer state split over them: the seeds' 27B on 3 GPUs);
+- several processes: ZeRO-3 (weights, gradients and optimizer state split over them: a 27B on 3 GPUs);
 - one process that does not fit: ZeRO-3 with CPU offload when that plan fits (slow but runs), else none, and
   the preflight refuses the run with its suggestions.
 
