@@ -1,9 +1,9 @@
 """The GPUs' clocks, power and throttling when a bench ran, read from nvidia-smi.
 
 Why: the same decode configuration can run at different speeds on two cards of one kind with the same copy
-bandwidth. tinygemm's batch-1 kernels compute a 16-row tile for one row, so the SM clock may count, and a card held below its boost clock (power cap, temperature, an
-application clock) reads its weights slower than its memory allows. ``task=bench`` records this next to its
-figures, so rows from different machines can be told apart.
+bandwidth. tinygemm's batch-1 kernels compute a 16-row tile for one row, so the SM clock may count, and a card held
+below its boost clock (power cap, temperature, an application clock) reads its weights slower than its memory
+allows. ``task=bench`` records this next to its figures, so rows from different machines can be told apart.
 """
 
 from __future__ import annotations
