@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.templates import without_system_role
 
 from gemma_run.infer.prompts import PromptItem
 from gemma_run.infer.render import render
@@ -36,15 +37,8 @@ def test_infer_keeps_both_system_messages_in_order(tiny_tokenizer):
 
 
 def test_infer_template_without_system_role_keeps_both(tiny_tokenizer):
-    tok = tiny_tokenizer
-    saved = tok.chat_template
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
-                         "{{ raise_exception('System role not supported') }}{% endif %}"
-                         "[{{ m['role'] }}]{{ m['content'] }}{% endfor %}")
-    try:
+    with without_system_role(tiny_tokenizer) as tok:
         text = render(PromptItem(0, "prompts.jsonl:1", messages=TWO_SYSTEMS), tok, chat=True, system_prompt=None)
-    finally:
-        tok.chat_template = saved
     assert text == "[user]Answer in French.\n\nBe brief.\n\nHi"
 
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers.templates import without_system_role
 from omegaconf import OmegaConf
 
 from gemma_run import run
@@ -133,15 +134,8 @@ def test_chat_system_prompt_folded_into_first_user_turn(tiny_tokenizer):
 
 
 def test_chat_template_without_system_role_gets_it_folded(tiny_tokenizer):
-    tok = tiny_tokenizer
-    saved = tok.chat_template
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
-                         "{{ raise_exception('System role not supported') }}{% endif %}"
-                         "[{{ m['role'] }}]{{ m['content'] }}{% endfor %}")
-    try:
+    with without_system_role(tiny_tokenizer) as tok:
         text = render(PromptItem(0, "prompt", prompt="Hi"), tok, chat=True, system_prompt="Sys")
-    finally:
-        tok.chat_template = saved
     assert text == "[user]Sys\n\nHi"
 
 
