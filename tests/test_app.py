@@ -61,7 +61,8 @@ def test_wheel_ships_the_configs(tmp_path: Path) -> None:
 
 def test_optional_libraries_import_noise_stays_out_of_the_console(cli) -> None:
     """torchao (installed for quant=int4) logs failed optional extensions and a pytree deprecation at import on
-    every run; none is actionable, so gemma_run.app.quiet keeps them out, and the run's own log still shows."""
+    every run; none is actionable, so the patch logging.quiet_optional_imports keeps them out, and the run's own
+    log still shows."""
     proc = cli("prompt=hi", "generation.max_new_tokens=4")
     assert proc.returncode == 0, proc.stderr
     for noise in ("Failed to load", "register_constant", "Detected no triton"):

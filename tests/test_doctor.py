@@ -127,18 +127,20 @@ def test_version_traps_between_libraries(monkeypatch) -> None:
 
 
 def test_shim_needed_but_not_applied_fails(monkeypatch) -> None:
-    import gemma_run.shims as shims_pkg
     from gemma_run.doctor.shims import shims_check
-    from gemma_run.shims.base import Shim
+    from gemma_run.patches import registry
+    from gemma_run.patches.base import Patch
 
     state = {"applied": False}
-    fake = Shim(name="fake.shim", symptom="boom", trigger="lib < 1", upstream="https://example.invalid",
-                needed=lambda: None if state["applied"] else "lib 0.9 here", apply=lambda: state.update(applied=True),
-                is_applied=lambda: state["applied"])
-    monkeypatch.setattr(shims_pkg, "SHIMS", [fake])
+    fake = Patch(name="fake.shim", phase="process_start", symptom="boom", trigger="lib < 1",
+                 upstream="https://example.invalid", needed=lambda **_: None if state["applied"] else "lib 0.9 here",
+                 apply=lambda **_: state.update(applied=True), undo=lambda **_: state.update(applied=False),
+                 is_applied=lambda **_: state["applied"])
+    monkeypatch.setattr(registry, "PATCHES", [fake])
+    monkeypatch.setattr(registry, "APPLIED", {})
     f = shims_check(None)
     assert f.status == "fail" and "fake.shim" in f.finding and "plugins.shims" in f.fix
-    shims_pkg.apply_all([fake])
+    registry.apply_all([fake])
     f = shims_check(None)
     assert f.status == "pass" and "fake.shim applied (lib < 1)" in f.finding
 

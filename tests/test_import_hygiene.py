@@ -31,7 +31,7 @@ def test_no_heavy_imports(args: list[str], tmp_path) -> None:
 
 def test_importing_the_package_is_light() -> None:
     code = "import sys, gemma_run, gemma_run.app.cli, gemma_run.app.pipeline, gemma_run.app.plugins, " \
-           f"gemma_run.shims; print([m for m in {HEAVY!r} if m in sys.modules])"
+           f"gemma_run.patches, gemma_run.patches.registry; print([m for m in {HEAVY!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "[]"
 

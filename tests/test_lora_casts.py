@@ -1,5 +1,5 @@
-"""LoRA under the Trainer's bf16 autocast: skipping peft's input casts (lora.skip_input_casts) gives the same loss
-and adapter gradients, and the training run turns it on only where autocast is what meets the dtypes."""
+"""LoRA under the Trainer's bf16 autocast: skipping peft's input casts (the patch peft.cast_input_dtype) gives the
+same loss and adapter gradients, and the training run turns it on only where autocast is what meets the dtypes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Shims, each tested against the old library simulated in a subprocess (the attribute removed)."""
+"""Process-start patches (the shims plugin's step), each tested against the old library simulated in a subprocess
+(the attribute removed)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 OLD_TORCH = """
 import json, torch
 del torch.get_default_device          # what torch < 2.3 looks like
-import gemma_run.shims as shims      # importing applies nothing
+import gemma_run.patches as shims    # importing applies nothing
 out = {"after_import": hasattr(torch, "get_default_device")}
 first = shims.apply_all()
 second = shims.apply_all()
-out["first"] = [r.status for r in first]
-out["second"] = [r.status for r in second]
+out["first"] = [r.status for r in first if r.name == "torch.get_default_device"]
+out["second"] = [r.status for r in second if r.name == "torch.get_default_device"]
 out["default"] = str(torch.get_default_device())
 torch.set_default_device("meta")
 out["after_set_default_device"] = str(torch.get_default_device())
@@ -45,8 +46,9 @@ def test_get_default_device_shim_behaves_like_torch() -> None:
 
 
 def test_get_default_device_shim_not_applied_when_torch_has_it() -> None:
-    out = _run("import json, torch, gemma_run.shims as s; f = torch.get_default_device; r = s.apply_all(); "
-               "print(json.dumps({'s': [x.status for x in r], 'same': torch.get_default_device is f}))")
+    out = _run("import json, torch, gemma_run.patches as s; f = torch.get_default_device; r = s.apply_all(); "
+               "print(json.dumps({'s': [x.status for x in r if x.name == 'torch.get_default_device'], "
+               "'same': torch.get_default_device is f}))")
     assert out == {"s": ["not needed"], "same": True}
 
 
@@ -63,7 +65,7 @@ try:
     unshimmed = "loaded"
 except AttributeError as e:
     unshimmed = "AttributeError"
-import gemma_run.shims as shims
+import gemma_run.patches as shims
 shims.apply_all()
 loaded = load(cfg)
 print(json.dumps({{"unshimmed": unshimmed, "device": str(loaded.input_device)}}))

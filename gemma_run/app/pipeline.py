@@ -25,10 +25,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     Raises :class:`GemmaRunError` for problems the user can fix (after recording them in result.json).
     """
-    from gemma_run.app.quiet import quiet_optional_imports
     from gemma_run.app.writable import check as check_writable
+    from gemma_run.patches import registry
 
-    quiet_optional_imports()
+    registry.apply_one("logging.quiet_optional_imports")  # before anything imports torchao
     run_dir = Path(run_dir)
     check_writable(run_dir, resume=cfg.get("resume"))  # a read-only path: one message naming hydra.run.dir
     ctx = RunContext(cfg=cfg, run_dir=run_dir)

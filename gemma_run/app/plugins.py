@@ -50,10 +50,11 @@ class ExportEnv:
 
 
 class ApplyShims:
-    """Apply the version-gated compatibility shims this stack needs."""
+    """Apply the process-start patches this stack needs (gemma_run.patches; the later phases are applied where
+    the run reaches them: loading, peft, generation)."""
 
     def __call__(self, ctx: RunContext) -> None:
-        from gemma_run.shims import apply_all
+        from gemma_run.patches import apply_all
 
         reports = apply_all()
         ctx.result["shims"] = {r.name: r.status for r in reports}

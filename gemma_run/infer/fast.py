@@ -127,8 +127,10 @@ def fuse_projections(model: Any) -> int:
 
     if fused_projections.MARK in model.__dict__:
         return fused_count(model)
+    from gemma_run.patches import registry
+
     model.__dict__.pop("_gemma_run_sessions", None)
-    count = fused_projections.fuse(model)
+    count = registry.apply_one("model.fused_projections", model=model).value
     log.info("fused %d groups of projections (q/k/v, gate/up) for the decode step", count)
     return count
 

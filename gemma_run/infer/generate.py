@@ -53,8 +53,10 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
     if wanted == "model" or (wanted is None and not engine.compile):
         return engine
     from gemma_run.infer import decode_attention
+    from gemma_run.patches import registry
 
-    return replace(engine, attention=decode_attention.register())
+    registry.apply_one("transformers.attention.gemma_run_decode")  # idempotent
+    return replace(engine, attention=decode_attention.NAME)
 
 
 def _choose_loop(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> Engine:

@@ -73,21 +73,6 @@ class Choice:
             log.info("compiled layers: %d graph(s) for %d layers, no graph breaks", self.graphs, self.layers)
 
 
-# The layers' one compiled frame has a graph per variant: sliding or global mask, static or shape-generic,
-# training or evaluation (grad mode), checkpointed or not (train.checkpoint_layers). torch's default of 8
-# variants a frame can be passed, after which it runs the rest uncompiled with only a warning.
-RECOMPILE_LIMIT = 32
-
-
-def _allow_variants() -> None:
-    import torch._dynamo
-
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
-    if getattr(config, name) < RECOMPILE_LIMIT:
-        setattr(config, name, RECOMPILE_LIMIT)
-
-
 def _counters() -> tuple[int, dict[str, int]]:
     from torch._dynamo.utils import counters
 
@@ -132,7 +117,9 @@ def apply(choice: Choice, model: Any) -> Choice:
         log.warning("compiled layers: none (%s)", choice.why)
         return choice
     choice._before = _counters()
-    _allow_variants()
+    from gemma_run.patches import registry
+
+    registry.apply_one("torch._dynamo.recompile_limit", compiled=True)  # more variants than torch's 8
     for layer in layers:
         layer.compile()
     choice.layers = len(layers)

@@ -113,7 +113,7 @@ def check_early(value: Any, config_model_type: str) -> None:
         choose(value, SimpleNamespace(config=SimpleNamespace(model_type=config_model_type)))
 
 
-def _count(model: Any) -> dict[str, int]:
+def count_liger(model: Any) -> dict[str, int]:
     """Liger's modules in the model, by the name Liger gives the ones it patched in place."""
     out: dict[str, int] = {}
     for m in model.modules():
@@ -124,26 +124,15 @@ def _count(model: Any) -> dict[str, int]:
 
 
 def apply(value: Any, model: Any, zero3: bool = False, compiled: bool = False) -> Applied:
-    """Resolve ``train.fused_ops`` and patch ``model`` (a transformers model, before or after peft) in place."""
+    """Resolve ``train.fused_ops`` and patch ``model`` (a transformers model, before or after peft) in place
+    (the patch ``liger_kernel.gemma``, gemma_run.patches.liger_gemma)."""
     kind, why = choose(value, model, zero3, compiled)
     if kind == "none":
         log.info("fused ops: none (%s)", why)
         return Applied(kind, why)
-    from liger_kernel.transformers import monkey_patch
+    from gemma_run.patches import registry
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    fn_name, module_name = SUPPORTED[model_type(model)]
-    module = importlib.import_module(module_name)
-    saved = {module_name: dict(vars(module))}
-    act = getattr(base.config.get_text_config(), "hidden_activation", None) or \
-        getattr(base.config.get_text_config(), "hidden_act", None)
-    geglu = act == TANH_GELU
-    switches = dict(rope=True, rms_norm=True, geglu=geglu, cross_entropy=False, fused_linear_cross_entropy=False)
-    if fn_name == "apply_liger_kernel_to_gemma3":
-        switches["layer_norm"] = False  # the SigLIP vision tower stays as it is
-    getattr(monkey_patch, fn_name)(model=base, **switches)
-    if not geglu:
-        why += f" (no geglu: the activation is {act}, Liger's GeGLU is the tanh approximation)"
-    applied = Applied(kind, why, _count(base), saved)
-    log.info("fused ops: liger (%s): %s", why, applied.modules)
-    return applied
+    report = registry.apply_one("liger_kernel.gemma", model=model, why=why)
+    if report.value is None:  # already patched: nothing more to undo here
+        return Applied(kind, f"{why} (already applied)", count_liger(model))
+    return report.value

@@ -51,7 +51,7 @@ def apply(model: Any, lora_cfg: Any, *, quantized: bool, sharded: bool, gradient
     are partitioned placeholders that this preparation would touch, so there only the input grads are enabled,
     as TRL does for sharded QLoRA. ``autocast``: the model trains under torch's bf16/fp16 autocast (the
     Trainer's mixed precision without DeepSpeed), so the adapters' input casts are skipped
-    (:func:`skip_input_casts`).
+    (the patch ``peft.cast_input_dtype``, gemma_run.patches.peft_input_casts).
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -66,33 +66,10 @@ def apply(model: Any, lora_cfg: Any, *, quantized: bool, sharded: bool, gradient
     if not lora_cfg.enabled:
         return model
     model = get_peft_model(model, peft_config(lora_cfg))
-    if autocast:
-        skip_input_casts(model)
+    from gemma_run.patches import registry
+
+    registry.apply_one("peft.cast_input_dtype", model=model, autocast=autocast)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora: %d trainable of %d parameters (%.3f%%), r=%d alpha=%d", trainable, total,
              100 * trainable / max(total, 1), lora_cfg.r, lora_cfg.alpha)
     return model
-
-
-def skip_input_casts(model: Any) -> int:
-    """Turn off peft's cast of each adapter layer's input to the adapter's dtype; returns how many layers.
-
-    peft keeps the adapters in fp32 and casts every LoRA layer's input to that dtype before the dropout (its
-    bitsandbytes layers, QLoRA's, already skip the cast under autocast). Under the Trainer's bf16 autocast this
-    doubles work for nothing:
-    - the bf16 activation is copied to fp32;
-    - the dropout runs on fp32;
-    - autocast casts the result back to bf16 for the adapter's matrix product.
-    These copies and the fp32 dropout were ~18% of the device time of a LoRA step on an H100 (random
-    gemma3_4b, 2048 x 4, r=16 on every linear layer; ``task=bench_train task.profile=true``, docs/train.md).
-    Under autocast the product runs in bf16 either way, so without dropout the numbers are the same to the bit;
-    with dropout its masks are drawn on bf16 instead of fp32 (other random numbers, the same distribution; a
-    bf16 dropout rounds the scaled value once, as the cast back did). Only for autocast: without it (fp32
-    training; DeepSpeed's bf16, which casts the adapters to bf16 itself) peft's cast is what makes the dtypes meet.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and hasattr(m, "cast_input_dtype_enabled")]
-    for m in layers:
-        m.cast_input_dtype_enabled = False
-    return len(layers)

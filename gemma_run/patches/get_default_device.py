@@ -16,12 +16,12 @@ torch 2.3's own function returns: the device of a new empty tensor, which honour
 
 from __future__ import annotations
 
-from gemma_run.shims.base import Shim
+from gemma_run.patches.base import Patch
 
 _MARK = "_gemma_run_shim"
 
 
-def _needed() -> str | None:
+def _needed(**_) -> str | None:
     import torch
 
     if hasattr(torch, "get_default_device"):
@@ -36,7 +36,7 @@ def _get_default_device():
     return torch.tensor([]).device
 
 
-def _apply() -> None:
+def _apply(**_) -> None:
     import torch
 
     if not hasattr(torch, "get_default_device"):
@@ -44,18 +44,27 @@ def _apply() -> None:
         torch.get_default_device = _get_default_device
 
 
-def _is_applied() -> bool:
+def _is_applied(**_) -> bool:
     import torch
 
     return getattr(getattr(torch, "get_default_device", None), _MARK, False)
 
 
-SHIM = Shim(
+def _undo(**_) -> None:
+    import torch
+
+    if _is_applied():
+        del torch.get_default_device
+
+
+PATCH = Patch(
     name="torch.get_default_device",
+    phase="process_start",
     symptom="AttributeError: module 'torch' has no attribute 'get_default_device' when loading a model",
     trigger="torch < 2.3 with a caller that does not check the torch version",
     upstream="https://github.com/pytorch/pytorch/pull/116014",
     needed=_needed,
     apply=_apply,
+    undo=_undo,
     is_applied=_is_applied,
 )
