@@ -126,7 +126,7 @@ def test_bad_torchao_keys_fail_validation(compose_cfg) -> None:
 
 
 def test_packing_follows_the_device(compose_cfg) -> None:
-    from gemma_run.loading import torchao_int4
+    from gemma_run.quant import torchao as torchao_int4
 
     q = compose_cfg(["quant=int4"]).quant
     assert torchao_int4.packing(q, on_cuda=True) == "tile_packed_to_4d"
@@ -256,7 +256,7 @@ def test_lm_head_int4_on_cuda_is_quantized_in_row_chunks_then_stacked(compose_cf
     import torchao.quantization as tq
     from torchao.quantization import Int4TilePackedTo4dTensor
 
-    from gemma_run.loading import torchao_int4
+    from gemma_run.quant import torchao as torchao_int4
 
     def fake_quantize(linear, config) -> None:
         w = linear.weight.detach()  # row i holds the value i
