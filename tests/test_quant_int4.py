@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.planning import memory, params, skeleton
+from gemma_run.quant import from_cfg
 
 INT4 = ["quant=int4", "quant.group_size=64"]  # the tiny model's Linears take 64 or 128 inputs
 
@@ -37,8 +38,7 @@ def _real_bytes(model) -> int:
 
 def _planned(cfg, on_gpu: bool) -> tuple[int, set[str]]:
     q = cfg.quant
-    spec = memory.quant_from(q.backend.name, q.bits, q.quant_type.value, q.double_quant, list(q.skip_modules),
-                             q.group_size, on_gpu)
+    spec = from_cfg(q).planner_quant(on_gpu)
     sk = skeleton.build(OmegaConf.to_container(cfg.model.config), True)
     quantized = memory.quantized_modules(sk, spec)
     dtype = "bfloat16" if on_gpu else str(cfg.model.dtype)

@@ -11,12 +11,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
-class QuantBackend(Enum):
-    none = "none"
-    bitsandbytes = "bitsandbytes"
-    torchao = "torchao"  # int4 weight-only (tinygemm kernels): quant=int4
-
-
 class QuantType(Enum):
     nf4 = "nf4"
     fp4 = "fp4"
@@ -28,7 +22,7 @@ class QuantConfig:
 
     _target_: str = "gemma_run.quant.none.NoQuant"  # the backend class: what the other keys mean
     name: str = "none"
-    backend: QuantBackend = QuantBackend.none  # informational: must name the _target_ class's backend
+    backend: str = "none"  # must be the _target_ class's name: none | bitsandbytes | torchao | a new backend's
     bits: int = 16  # 16 (no quantization), 8 or 4
     # Modules kept unquantized. Empty: the backend's default (the output layer, lm_head). A list REPLACES that
     # default, so name lm_head in it too to keep it unquantized: [lm_head, vision_tower]
@@ -46,7 +40,7 @@ class BitsAndBytesQuantConfig(QuantConfig):
     """quant=8bit|4bit|fp4: bitsandbytes (LLM.int8() or NF4/FP4)."""
 
     _target_: str = "gemma_run.quant.bitsandbytes.BitsAndBytes"
-    backend: QuantBackend = QuantBackend.bitsandbytes
+    backend: str = "bitsandbytes"
     bits: int = 4
     quant_type: QuantType = QuantType.nf4  # 4-bit only
     double_quant: bool = True  # 4-bit only: quantize the block scales too (~0.4 bit/param saved)
@@ -61,7 +55,7 @@ class TorchAoQuantConfig(QuantConfig):
     """quant=int4: torchao int4 weight-only (tinygemm kernels)."""
 
     _target_: str = "gemma_run.quant.torchao.TorchAoInt4"
-    backend: QuantBackend = QuantBackend.torchao
+    backend: str = "torchao"
     bits: int = 4
     # Weights per bf16 scale+zero pair; every quantized Linear's in_features must be a multiple of it.
     # 32, 64 or 128 (CPU kernels), also 256 on CUDA.
