@@ -72,3 +72,11 @@ QUANT_SCHEMAS: dict[str, type] = {
     "base_quant_bitsandbytes": BitsAndBytesQuantConfig,
     "base_quant_torchao": TorchAoQuantConfig,
 }
+
+
+def schema_for(target: str | None) -> type:
+    """The schema of a quant group whose ``_target_`` is ``target`` (QuantConfig for quant=none or a new backend)."""
+    for schema in QUANT_SCHEMAS.values():
+        if schema._target_ == target:
+            return schema
+    return QuantConfig
