@@ -84,7 +84,7 @@ def int4_linears(weights: dict) -> dict[str, Any]:
     import torch
     from torchao.quantization import quantize_
 
-    from gemma_run.loading.torchao_int4 import ao_config
+    from gemma_run.quant.torchao import ao_config
 
     config = ao_config(int4_quant_cfg(), on_cuda=True)
     out = {}
@@ -137,10 +137,10 @@ def gemlite_layer(weights: dict, group: int, stacked: bool = False) -> tuple[Pro
 
 
 def int4_output_layer(head: Any) -> Any:
-    """The output layer quantized by quant.lm_head=int4's own code (gemma_run.loading.torchao_int4)."""
+    """The output layer quantized by quant.lm_head=int4's own code (gemma_run.quant.torchao)."""
     import torch
 
-    from gemma_run.loading.torchao_int4 import quantize_output_layer
+    from gemma_run.quant.torchao import quantize_output_layer
 
     class Model(torch.nn.Module):  # the two methods quantize_output_layer uses
         def __init__(self, linear: Any) -> None:

@@ -209,7 +209,7 @@ def test_cpu_4bit_fix_names_every_module_once() -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from gemma_run.loading import quantization
+    from gemma_run.quant import bitsandbytes as quantization
 
     def quant(skip: list[str]):
         return OmegaConf.create({"backend": {"name": "bitsandbytes"}, "bits": 4, "skip_modules": skip})

@@ -14,7 +14,8 @@ from helpers.run_if import RunIf
 from omegaconf import OmegaConf
 
 from gemma_run.app.errors import GemmaRunError
-from gemma_run.loading import checkpoint, checks, choose_dtype, load, placement, quantization
+from gemma_run.loading import checkpoint, checks, choose_dtype, load, placement
+from gemma_run.quant import bitsandbytes as quantization
 
 # --- where the weights are ---------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from gemma_run.planning.memory import Quant
 from gemma_run.planning.plan import PlanInputs, make_plan, with_changes
 from gemma_run.planning.suggest import suggest
 from gemma_run.planning.training import TrainSpec
+from gemma_run.quant import from_cfg
 
 GiB = 2**30
 
@@ -63,7 +64,7 @@ def test_weight_bytes_equal_a_real_bitsandbytes_model(compose_cfg, quant: str) -
         if getattr(t, "SCB", None) is not None:
             real += memory._r(t.SCB.numel() * 4)
     q = cfg.quant
-    spec = memory.quant_from(q.backend.name, q.bits, q.quant_type.value, q.double_quant, list(q.skip_modules))
+    spec = from_cfg(q).planner_quant()
     sk = skeleton.build(OmegaConf.to_container(cfg.model.config), True)
     quantized = memory.quantized_modules(sk, spec)
     planned = sum(memory.unit_bytes(u, spec, quantized, "bfloat16") for u in params.units(sk))

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.planning import memory, params, skeleton
+from gemma_run.quant import from_cfg
 
 INT4 = ["quant=int4", "quant.group_size=64"]  # the tiny model's Linears take 64 or 128 inputs
 
@@ -37,8 +38,7 @@ def _real_bytes(model) -> int:
 
 def _planned(cfg, on_gpu: bool) -> tuple[int, set[str]]:
     q = cfg.quant
-    spec = memory.quant_from(q.backend.name, q.bits, q.quant_type.value, q.double_quant, list(q.skip_modules),
-                             q.group_size, on_gpu)
+    spec = from_cfg(q).planner_quant(on_gpu)
     sk = skeleton.build(OmegaConf.to_container(cfg.model.config), True)
     quantized = memory.quantized_modules(sk, spec)
     dtype = "bfloat16" if on_gpu else str(cfg.model.dtype)
@@ -126,7 +126,7 @@ def test_bad_torchao_keys_fail_validation(compose_cfg) -> None:
 
 
 def test_packing_follows_the_device(compose_cfg) -> None:
-    from gemma_run.loading import torchao_int4
+    from gemma_run.quant import torchao as torchao_int4
 
     q = compose_cfg(["quant=int4"]).quant
     assert torchao_int4.packing(q, on_cuda=True) == "tile_packed_to_4d"
@@ -256,7 +256,7 @@ def test_lm_head_int4_on_cuda_is_quantized_in_row_chunks_then_stacked(compose_cf
     import torchao.quantization as tq
     from torchao.quantization import Int4TilePackedTo4dTensor
 
-    from gemma_run.loading import torchao_int4
+    from gemma_run.quant import torchao as torchao_int4
 
     def fake_quantize(linear, config) -> None:
         w = linear.weight.detach()  # row i holds the value i

@@ -34,18 +34,12 @@ def _model(cfg: DictConfig) -> list[GemmaRunError]:
 
 
 def _quant(cfg: DictConfig) -> list[GemmaRunError]:
-    q = cfg.quant
-    allowed = {"none": (16,), "bitsandbytes": (8, 4), "torchao": (4,)}[q.backend.name]
-    if q.bits not in allowed:
-        return [ConfigError(f"quant.bits={q.bits} does not exist for quant.backend={q.backend.name}",
-                            key="quant.bits", fix=f"quant.bits={allowed[0]} (or pick quant=none|8bit|4bit|fp4|int4)")]
-    from gemma_run.loading.quantization import torchao_problems
+    from gemma_run import quant
 
-    if q.backend.name != "torchao" and q.lm_head != "keep":
-        return [ConfigError(f"quant.lm_head={q.lm_head} is quant=int4's option (torchao); quant={q.name} keeps the "
-                            "output layer in the model's dtype", key="quant.lm_head",
-                            fix="quant=int4 quant.lm_head=int4, or quant.lm_head=keep")]
-    return torchao_problems(q) if q.backend.name == "torchao" else []
+    try:
+        return quant.from_cfg(cfg.quant).problems()
+    except GemmaRunError as e:  # a _target_ that does not import
+        return [e]
 
 
 def _device_map(cfg: DictConfig) -> list[GemmaRunError]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gemma_run import quant
 from gemma_run.app import env
 from gemma_run.app.errors import ConfigError, GemmaRunError
 
@@ -67,7 +68,7 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
         problems.append(ConfigError(
             f"device_map=tp needs one process per GPU, but launcher={la.name} starts {world}", key="launcher",
             fix="launcher=torchrun launcher.nproc_per_node=<GPUs> (2 or more), or device_map=auto for one process"))
-    if cfg.quant.backend.name != "none":
+    if not quant.from_cfg(cfg.quant).tensor_parallel:
         problems.append(ConfigError(f"device_map=tp cannot shard quant={cfg.quant.name} weights (bitsandbytes and "
                                     "torchao weights are not tensor-parallel)", key="quant",
                                     fix="quant=none (bf16 weights, split over the GPUs), or device_map=balanced "

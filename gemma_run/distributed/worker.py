@@ -25,12 +25,15 @@ def read_config(run_dir: Path) -> DictConfig:
     from gemma_run.app.env import REDACTED
     from gemma_run.distributed.launch import CONFIG
     from gemma_run.schema.config import RunConfig
+    from gemma_run.schema.quant import schema_for
 
     saved = OmegaConf.load(run_dir / CONFIG)
     variables = saved.get("env", {}).get("vars") or {}
     for name in [k for k, v in variables.items() if v == REDACTED]:
         del variables[name]
-    return OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+    typed = OmegaConf.structured(RunConfig)
+    typed.quant = OmegaConf.structured(schema_for(saved.get("quant", {}).get("_target_")))  # its backend's keys
+    return OmegaConf.merge(typed, saved)
 
 
 def main(argv: list[str] | None = None) -> int:

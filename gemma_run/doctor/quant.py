@@ -82,7 +82,7 @@ def int4_errors(device: str, seed: int = 0) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from torchao.quantization import quantize_
 
-    from gemma_run.loading.torchao_int4 import ao_config
+    from gemma_run.quant.torchao import ao_config
 
     g = torch.Generator().manual_seed(seed)
     lin = torch.nn.Linear(256, 256, bias=False, dtype=torch.bfloat16)

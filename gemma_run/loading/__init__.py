@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gemma_run import quant
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.distributed import parallel
-from gemma_run.loading import architecture, checkpoint, checks, compat, placement, quantization, random_weights
+from gemma_run.loading import architecture, checkpoint, checks, compat, placement, random_weights
+from gemma_run.quant.bitsandbytes import torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
     plan = architecture.plan(path, cfg.model.text_only, cfg.model.trust_remote_code)
     dtype = choose_dtype(cfg.model, cfg.quant, plan.model_type)
     kwargs: dict[str, Any] = {
-        compat.dtype_kwarg(): quantization.torch_dtype(dtype),  # torch_dtype= on transformers < 4.56
+        compat.dtype_kwarg(): torch_dtype(dtype),  # torch_dtype= on transformers < 4.56
         "use_safetensors": not cfg.model.allow_pickle,
         "trust_remote_code": cfg.model.trust_remote_code,
         **plan.kwargs,
@@ -110,17 +112,11 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
     elif device_map is not None:
         kwargs["device_map"] = device_map
     on_cpu = _all_on_cpu(kwargs.get("device_map"))
-    qconfig = quantization.build(cfg.quant, plan.model_type, on_cuda=not on_cpu, dtype=dtype)
+    backend = quant.from_cfg(cfg.quant)
+    qconfig = backend.transformers_config(plan.model_type, on_cuda=not on_cpu, dtype=dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-    if cfg.quant.backend.name == "torchao":
-        from gemma_run.loading import torchao_int4
-
-        torchao_int4.check_group_size(cfg.quant, architecture.skeleton(path, plan, cfg.model.trust_remote_code))
-    elif qconfig is not None and cfg.quant.bits == 4 and on_cpu:
-        # the skeleton is built on every CPU (the check itself applies to AVX512-BF16 ones), so the same code
-        # runs whichever CPU the tests run on
-        quantization.check_cpu_4bit(cfg.quant, architecture.skeleton(path, plan, cfg.model.trust_remote_code))
+    backend.check_model(lambda: architecture.skeleton(path, plan, cfg.model.trust_remote_code), on_cuda=not on_cpu)
     tokenizer = load_tokenizer(path, cfg.model)
     processor = load_processor(path, cfg.model) if plan.multimodal else None
     tp = "distributed_config" in kwargs or "tp_plan" in kwargs
@@ -134,10 +130,7 @@ def load(cfg: Any, *, device_map: Any = "config") -> Loaded:
         cls = architecture.model_class(plan)
         model = _from_pretrained(lambda: cls.from_pretrained(path, **kwargs), quiet=plan.kind == "text_only")
     model.eval()
-    if cfg.quant.backend.name == "torchao" and cfg.quant.lm_head == "int4":
-        from gemma_run.loading import torchao_int4
-
-        torchao_int4.quantize_output_layer(model, cfg.quant, on_cuda=not on_cpu)
+    backend.after_load(model, on_cuda=not on_cpu)
     loaded = Loaded(model=model, tokenizer=tokenizer, path=path, dtype=dtype,
                     load_seconds=round(time.perf_counter() - start, 3),
                     bytes_per_device=placement.bytes_per_device(model), kind=plan.kind, processor=processor)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gemma_run import quant
 from gemma_run.app.context import RunContext
 from gemma_run.loading import architecture, placement
 
@@ -19,7 +20,7 @@ def device_map_kwargs(cfg: Any, path: Any = None, plan: Any = None) -> dict[str,
     """
     kwargs = placement.build(cfg.device_map)
     placement.check_devices(kwargs["device_map"], kwargs.get("max_memory"))
-    placement.check_offload(kwargs["device_map"], kwargs.get("offload_folder"), cfg.quant.backend.name != "none")
+    placement.check_offload(kwargs["device_map"], kwargs.get("offload_folder"), quant.from_cfg(cfg.quant).quantized)
     if cfg.device_map.strategy.name == "explicit":
         if path is None:
             from gemma_run.loading import checkpoint

@@ -10,10 +10,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gemma_run import quant as backends
 from gemma_run.app.errors import ConfigError, GemmaRunError
 from gemma_run.loading import random_weights
 from gemma_run.planning.devices import cpu_memory, detect_gpus, parse_gpus, parse_size
-from gemma_run.planning.memory import quant_from
 from gemma_run.planning.plan import PlanInputs
 from gemma_run.planning.training import TrainSpec
 
@@ -99,8 +99,7 @@ def from_cfg(cfg: DictConfig, mode: str) -> tuple[PlanInputs, dict[str, Any]]:
     strategy = "balanced" if dm.strategy.name == "tp" else dm.strategy.name
     on_gpu = bool(gpu_list) and strategy != "cpu" and not (strategy == "single" and dm.device == "cpu")
     q = cfg.quant
-    quant = quant_from(q.backend.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules),
-                       int(q.group_size), on_gpu, str(q.get("lm_head", "keep")))
+    quant = backends.from_cfg(q).planner_quant(on_gpu)
     cpu_cap = dm.max_memory.get("cpu") if dm.max_memory else None
     cpu_cap = cpu_cap or _sel(cfg, "plan.cpu_memory", None)
     ctx = _sel(cfg, "plan.context", None)

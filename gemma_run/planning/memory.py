@@ -65,7 +65,7 @@ def quantized_modules(model: Any, quant: Quant) -> set[str]:
     if quant.mode == "none":
         return set()
     if quant.mode == "int4":
-        from gemma_run.loading.torchao_int4 import DEFAULT_SKIP, quantized_linears
+        from gemma_run.quant.torchao import DEFAULT_SKIP, quantized_linears
 
         return set(quantized_linears(model, list(quant.skip_modules) or list(DEFAULT_SKIP)))
     from torch import nn

@@ -89,7 +89,7 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
 
 def _int4_output_layer(p: PlanInputs, model: Any, units: list[params.Unit], wbytes: dict[str, int],
                        tied: bool) -> int:
-    """quant.lm_head=int4 (gemma_run.loading.torchao_int4.quantize_output_layer): the output layer's int4 bytes
+    """quant.lm_head=int4 (gemma_run.quant.torchao.quantize_output_layer): the output layer's int4 bytes
     join its unit (tied: the embedding's, whose table stays; else they replace the lm_head's weight). Returns
     the bytes a decode step no longer reads (the tied table)."""
     head = model.get_output_embeddings()

@@ -13,7 +13,7 @@ from gemma_run.schema.device_map import DeviceMapConfig
 from gemma_run.schema.env import EnvConfig
 from gemma_run.schema.model import ModelConfig
 from gemma_run.schema.plan import PlanTaskConfig
-from gemma_run.schema.quant import QuantConfig
+from gemma_run.schema.quant import QUANT_SCHEMAS, QuantConfig
 from gemma_run.schema.tasks import BenchTaskConfig, InferTaskConfig, TestTaskConfig
 from gemma_run.schema.train import (
     BenchTrainTaskConfig,
@@ -54,6 +54,8 @@ def register() -> None:
     cs.store(name="base_config", node=RunConfig)
     for group, schema in GROUP_SCHEMAS.items():
         cs.store(group=group, name=f"base_{group}", node=schema)
+    for name, schema in QUANT_SCHEMAS.items():  # one per quant backend, each extending base_quant
+        cs.store(group="quant", name=name, node=schema)
     for name, schema in TASK_SCHEMAS.items():
         cs.store(group="task", name=f"base_{name}", node=schema)
     _registered = True

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gemma_run import quant
 from gemma_run.app.errors import ConfigError, GemmaRunError
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,13 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
          "deepspeed=zero2 or deepspeed=zero3")
     need(not ds.offload_params or ds.stage == 3, "deepspeed.offload_params needs ZeRO stage 3",
          "deepspeed.offload_params", "deepspeed=zero3_offload")
-    need(cfg.lora.enabled or cfg.quant.backend.name == "none", "a quantized model cannot be fully fine-tuned "
+    backend = quant.from_cfg(cfg.quant)
+    need(cfg.lora.enabled or not backend.quantized, "a quantized model cannot be fully fine-tuned "
          "(its weights are frozen integers)", "lora.enabled", "lora.enabled=true (QLoRA), or quant=none")
-    need(cfg.quant.backend.name != "torchao", "quant=int4 (torchao) is an inference format: transformers does not "
-         "train through torchao's int4 weights", "quant", "quant=4bit (bitsandbytes NF4: QLoRA)")
-    need(not (cfg.quant.bits == 8 and ds.stage == 3), "8-bit weights cannot be sharded by ZeRO-3", "quant",
+    need(backend.trains, f"quant={cfg.quant.name} ({backend.name}) is an inference format: transformers does not "
+         f"train through {backend.name}'s {cfg.quant.name} weights", "quant", "quant=4bit (bitsandbytes NF4: QLoRA)")
+    need(not backend.trains or backend.zero3_sharding or ds.stage != 3,
+         f"{cfg.quant.bits}-bit weights cannot be sharded by ZeRO-3", "quant",
          "quant=4bit (QLoRA stores 4-bit weights in the training dtype for ZeRO-3), or deepspeed=zero2")
     local = la.kind.name == "local"
     need(not local or (la.nproc_per_node == 1 and la.nnodes == 1), f"launcher=local runs one process, but "

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gemma_run import quant
 from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def merge(cfg: DictConfig, adapter: Path, out: Path, *, replace: bool = False) -
     if not replace and out.exists() and any(out.iterdir()):
         raise GemmaRunError(f"{out} already exists and is not empty", key="task.output_dir",
                             fix="choose another output dir or remove that one")
-    base_cfg = _unquantized(cfg) if cfg.quant.backend.name != "none" else cfg
+    base_cfg = _unquantized(cfg) if quant.from_cfg(cfg.quant).quantized else cfg
     if base_cfg is not cfg:
         log.info("merge: loading the base unquantized (quant=%s was for training only)", cfg.quant.name)
     loaded = load(base_cfg, device_map=None)

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gemma_run import quant
 from gemma_run.app import env
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.training import checkpoint_integrity, data, deepspeed_config, disk_full, logs
@@ -66,10 +67,10 @@ def _load_cfg(cfg: DictConfig, dtype: str, stage: int) -> DictConfig:
     attn, why = attention.choose(cfg.train.attn_implementation, cfg.model)
     log.info("attention: %s (%s)", attn, why)
     out.model.attn_implementation = attn
-    if cfg.quant.bits == 4 and stage == 3 and cfg.quant.quant_storage != dtype:
-        log.info("QLoRA + ZeRO-3: quant.quant_storage %s -> %s (ZeRO shards tensors of the training dtype)",
-                 cfg.quant.quant_storage, dtype)
-        out.quant.quant_storage = dtype
+    for key, value in (quant.from_cfg(cfg.quant).zero3_overrides(dtype) if stage == 3 else {}).items():
+        log.info("QLoRA + ZeRO-3: quant.%s %s -> %s (ZeRO shards tensors of the training dtype)",
+                 key, cfg.quant[key], value)
+        out.quant[key] = value
     return out
 
 

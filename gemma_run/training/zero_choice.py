@@ -21,6 +21,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gemma_run import quant
+
 log = logging.getLogger(__name__)
 
 GiB = 2**30
@@ -57,7 +59,7 @@ def decide(cfg: DictConfig) -> tuple[int, bool, bool, str]:
     if plain["fits"]:
         return 0, False, False, (f"one GPU suffices ({_gpu_need(plain)}): ZeRO-3 on one GPU costs "
                                  f"~{ONE_GPU_SLOWDOWN}x speed for no memory gain")
-    quantized = cfg.quant.backend.name != "none"
+    quantized = quant.from_cfg(cfg.quant).quantized
     offload, _ = _plan(cfg, train_zero_stage=3, train_world=1, train_offload_optimizer=True,
                        train_offload_params=not quantized)
     if offload["fits"]:

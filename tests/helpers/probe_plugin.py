@@ -40,6 +40,6 @@ class CpuFlags:
         self.flags = set(flags)
 
     def __call__(self, ctx) -> None:
-        from gemma_run.loading import quantization
+        from gemma_run.quant import bitsandbytes as quantization
 
         quantization.cpu_flags = lambda: set(self.flags)

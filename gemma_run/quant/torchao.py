@@ -16,9 +16,11 @@ torchao quietly leaves a Linear unquantized when its in_features is not a multip
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gemma_run.app.errors import GemmaRunError
+from gemma_run.quant.base import QuantBackend
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ DEFAULT_SKIP = ("lm_head", "vision_tower", "multi_modal_projector")
 # whole 262,208 x 5376 output at once; 16,384 rows hold ~1.6 GB.
 HEAD_CHUNK_ROWS = 16384
 INSTALL = "pip install torchao==0.18.0 (or pip install 'gemma-run[fast]')"
+TORCHAO_GROUP_SIZES = (32, 64, 128, 256)  # tinygemm's; the CPU layout takes 32, 64, 128
+TORCHAO_PACKING = ("auto", "tile_packed_to_4d", "opaque")
+TORCHAO_QPARAMS = ("tinygemm", "hqq")
 
 
 def check_torchao() -> None:
@@ -177,3 +182,59 @@ def check_group_size(quant_cfg: Any, skeleton: Any) -> None:
             "Linear module(s)): torchao would leave them unquantized", key="quant.group_size",
             fix=(f"quant.group_size={fits[0]}" if fits else "a group size dividing every in_features")
             + f", or keep them unquantized with quant.skip_modules=[lm_head,{name.rsplit('.', 1)[-1]}]")
+
+
+def torchao_problems(quant_cfg: Any) -> list[GemmaRunError]:
+    """Config errors of quant=int4 found without importing anything (run by the Validate plugin)."""
+    from gemma_run.app.errors import ConfigError
+
+    problems: list[GemmaRunError] = []
+    if quant_cfg.group_size not in TORCHAO_GROUP_SIZES:
+        problems.append(ConfigError(f"quant.group_size={quant_cfg.group_size} is not one tinygemm supports",
+                                    key="quant.group_size", fix="quant.group_size=128 (or 32, 64; 256 on CUDA)"))
+    if quant_cfg.packing_format not in TORCHAO_PACKING:
+        problems.append(ConfigError(f"quant.packing_format={quant_cfg.packing_format!r} is not supported",
+                                    key="quant.packing_format", fix="quant.packing_format=auto"))
+    if quant_cfg.lm_head not in ("keep", "int4"):
+        problems.append(ConfigError(f"quant.lm_head={quant_cfg.lm_head!r} is neither keep nor int4",
+                                    key="quant.lm_head", fix="quant.lm_head=keep (or int4)"))
+    if quant_cfg.qparams_algorithm not in TORCHAO_QPARAMS:
+        problems.append(ConfigError(f"quant.qparams_algorithm={quant_cfg.qparams_algorithm!r} is not supported",
+                                    key="quant.qparams_algorithm", fix="quant.qparams_algorithm=tinygemm (or hqq)"))
+    return problems
+
+
+class TorchAoInt4(QuantBackend):
+    """torchao int4 weight-only (tinygemm kernels): an inference format (no training, no ZeRO-3, no TP)."""
+
+    name = "torchao"
+    allowed_bits = (4,)
+
+    @property
+    def trains(self) -> bool:
+        return False  # transformers does not train through torchao's int4 weights
+
+    @property
+    def zero3_sharding(self) -> bool:
+        return False
+
+    def problems(self) -> list:
+        return self.basic_problems() or torchao_problems(self.cfg)
+
+    def transformers_config(self, model_type: str = "", on_cuda: bool | None = None, dtype: str = "bfloat16"):
+        return build(self.cfg, on_cuda, dtype)
+
+    def check_model(self, skeleton: Callable[[], Any], on_cuda: bool) -> None:
+        check_group_size(self.cfg, skeleton())
+
+    def after_load(self, model: Any, on_cuda: bool) -> None:
+        if self.cfg.lm_head == "int4":
+            quantize_output_layer(model, self.cfg, on_cuda=on_cuda)
+
+    def planner_quant(self, on_gpu: bool = True):
+        from gemma_run.planning.memory import quant_from
+
+        q = self.cfg
+        return quant_from(self.name, int(q.bits), "nf4", True, list(q.skip_modules), int(q.group_size), on_gpu,
+                          str(q.lm_head))
+

@@ -1,11 +1,13 @@
-"""The quant group -> a transformers quantization config (one builder for every task)."""
+"""quant=8bit|4bit|fp4: bitsandbytes (LLM.int8(), NF4/FP4) as a :class:`~gemma_run.quant.base.QuantBackend`."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gemma_run.app.errors import GemmaRunError
+from gemma_run.quant.base import QuantBackend
 
 
 def torch_dtype(name: str):  # -> torch.dtype
@@ -51,18 +53,8 @@ def check_bitsandbytes(quant_cfg: Any | None = None, model_type: str = "") -> No
                             key="quant.compute_dtype", fix="quant.compute_dtype=bfloat16 (or float32)")
 
 
-def build(quant_cfg: Any, model_type: str = "", on_cuda: bool | None = None, dtype: str = "bfloat16"):
-    """The quant group -> transformers' BitsAndBytesConfig or TorchAoConfig (None for quant=none).
-
-    ``on_cuda``: whether the weights go to a GPU (torchao's int4 layout depends on it; default: a GPU exists);
-    ``dtype``: the model's dtype (torchao's CUDA int4 layout takes bf16 only).
-    """
-    if quant_cfg.backend.name == "none":
-        return None
-    if quant_cfg.backend.name == "torchao":
-        from gemma_run.loading import torchao_int4
-
-        return torchao_int4.build(quant_cfg, on_cuda, dtype)
+def build(quant_cfg: Any, model_type: str = ""):
+    """The quant group -> transformers' BitsAndBytesConfig."""
     check_bitsandbytes(quant_cfg, model_type)
     quiet_repeated_warnings()
     from transformers import BitsAndBytesConfig
@@ -81,31 +73,6 @@ def build(quant_cfg: Any, model_type: str = "", on_cuda: bool | None = None, dty
         llm_int8_skip_modules=skip,
         llm_int8_enable_fp32_cpu_offload=quant_cfg.cpu_offload,
     )
-
-
-TORCHAO_GROUP_SIZES = (32, 64, 128, 256)  # tinygemm's; the CPU layout takes 32, 64, 128
-TORCHAO_PACKING = ("auto", "tile_packed_to_4d", "opaque")
-TORCHAO_QPARAMS = ("tinygemm", "hqq")
-
-
-def torchao_problems(quant_cfg: Any) -> list[GemmaRunError]:
-    """Config errors of quant=int4 found without importing anything (run by the Validate plugin)."""
-    from gemma_run.app.errors import ConfigError
-
-    problems: list[GemmaRunError] = []
-    if quant_cfg.group_size not in TORCHAO_GROUP_SIZES:
-        problems.append(ConfigError(f"quant.group_size={quant_cfg.group_size} is not one tinygemm supports",
-                                    key="quant.group_size", fix="quant.group_size=128 (or 32, 64; 256 on CUDA)"))
-    if quant_cfg.packing_format not in TORCHAO_PACKING:
-        problems.append(ConfigError(f"quant.packing_format={quant_cfg.packing_format!r} is not supported",
-                                    key="quant.packing_format", fix="quant.packing_format=auto"))
-    if quant_cfg.lm_head not in ("keep", "int4"):
-        problems.append(ConfigError(f"quant.lm_head={quant_cfg.lm_head!r} is neither keep nor int4",
-                                    key="quant.lm_head", fix="quant.lm_head=keep (or int4)"))
-    if quant_cfg.qparams_algorithm not in TORCHAO_QPARAMS:
-        problems.append(ConfigError(f"quant.qparams_algorithm={quant_cfg.qparams_algorithm!r} is not supported",
-                                    key="quant.qparams_algorithm", fix="quant.qparams_algorithm=tinygemm (or hqq)"))
-    return problems
 
 
 class _Once(logging.Filter):
@@ -148,7 +115,7 @@ def check_cpu_4bit(quant_cfg: Any, skeleton: Any, flags: set[str] | None = None)
     block_n`` (measured with bitsandbytes 0.50). Say so before loading, naming every such module in the fix."""
     import torch
 
-    if quant_cfg.backend.name != "bitsandbytes" or quant_cfg.bits != 4:
+    if quant_cfg.bits != 4:
         return
     if "avx512_bf16" not in (cpu_flags() if flags is None else flags):
         return
@@ -165,3 +132,34 @@ def check_cpu_4bit(quant_cfg: Any, skeleton: Any, flags: set[str] | None = None)
             f"to be a multiple of 32; {name} has {size} ({len(bad)} such module(s): {', '.join(kinds)})",
             key="quant", fix="quant=8bit or quant=none on this CPU, run on a GPU, or keep those modules unquantized "
                              f"with 'quant.skip_modules=[{keep}]'")
+
+
+class BitsAndBytes(QuantBackend):
+    """bitsandbytes 8-bit (LLM.int8()) or 4-bit (NF4/FP4, QLoRA's format), by quant.bits."""
+
+    name = "bitsandbytes"
+    allowed_bits = (8, 4)
+
+    @property
+    def zero3_sharding(self) -> bool:
+        return self.cfg.bits == 4  # 4-bit weights are stored in quant_storage, which ZeRO-3 can shard; int8 not
+
+    def transformers_config(self, model_type: str = "", on_cuda: bool | None = None, dtype: str = "bfloat16"):
+        return build(self.cfg, model_type)
+
+    def check_model(self, skeleton: Callable[[], Any], on_cuda: bool) -> None:
+        if self.cfg.bits == 4 and not on_cuda:
+            # the skeleton is built on every CPU (the check itself applies to AVX512-BF16 ones), so the same code
+            # runs whichever CPU the tests run on
+            check_cpu_4bit(self.cfg, skeleton())
+
+    def planner_quant(self, on_gpu: bool = True):
+        from gemma_run.planning.memory import quant_from
+
+        q = self.cfg
+        return quant_from(self.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules))
+
+    def zero3_overrides(self, dtype: str) -> dict[str, Any]:
+        if self.cfg.bits == 4 and self.cfg.quant_storage != dtype:
+            return {"quant_storage": dtype}  # ZeRO shards tensors of the training dtype
+        return {}
