@@ -39,9 +39,18 @@ def _first_line(proc) -> str:
     return proc.stderr.strip().splitlines()[0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("text", PROMPTS.values(), ids=PROMPTS.keys())
-def test_prompt_reaches_the_model_exactly(cli, tmp_path: Path, text: str) -> None:
+def test_prompt_is_composed_exactly(cli, text: str) -> None:
+    """What the run would use (`--cfg job --resolve` parses as a run does, without loading a model)."""
+    proc = cli("--cfg", "job", "--resolve", f"prompt={text}")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["prompt"] == text
+
+
+@pytest.mark.slow
+def test_prompt_reaches_the_model_exactly(cli, tmp_path: Path) -> None:
+    """Every punctuation case above in one prompt, checked where the user looks: generations.jsonl."""
+    text = " | ".join(PROMPTS.values())
     proc = cli(f"prompt={text}", *FAST)
     assert proc.returncode == 0, proc.stderr
     (record,) = _records(_only_run(tmp_path))
