@@ -20,6 +20,9 @@ def table(plan: dict[str, Any], title: str) -> str:
     lines.append("parameters")
     for comp, n in plan["params"].items():
         lines.append(f"  {comp:<22}{_p(n):>14}")
+    if plan.get("moe"):
+        lines.append(f"  {'active per token':<22}{_p(plan['active_params']):>14}  "
+                     f"({plan['moe']['top_k']} of {plan['moe']['experts']} experts)")
     if "trainable_params" in plan:
         lines.append(f"  {'trainable':<22}{_p(plan['trainable_params']):>14}")
     lines.append("")
