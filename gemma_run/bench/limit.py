@@ -1,12 +1,12 @@
 """Bytes one decode step reads, from the planner: the model's weights in the run's quant mode and the KV cache.
 
-A decode step of a batch reads every weight once (the lm_head included; a tied embedding is that same tensor)
-and each sequence's KV cache; a mixture of experts reads only the experts its tokens are routed to (the expected
-share at this batch, ``planning.params.Moe.read_fraction``), and a lookup table such as Gemma 4's per-layer
-embeddings one row per sequence (the plan's ``decode_unread_bytes``). The weights' bytes are the plan's
-(``make_plan``: bitsandbytes' packed weights and scales tensor by tensor); the KV read is
-``planning.kv.kv_bytes`` at each step's context, averaged over the decode steps (prompt + 1 ... prompt + new - 1 tokens). Activations and the logits are not counted: at batch
-sizes where decode is bandwidth-bound they are a rounding error next to the weights.
+A decode step of a batch reads every weight once (the lm_head included; a tied embedding is that same tensor) and
+each sequence's KV cache; a mixture of experts reads only the experts its tokens are routed to (the expected share
+at this batch, ``planning.params.Moe.read_fraction``), and a lookup table such as Gemma 4's per-layer embeddings
+one row per sequence (the plan's ``decode_unread_bytes``). The weights' bytes are the plan's (``make_plan``:
+bitsandbytes' packed weights and scales tensor by tensor); the KV read is ``planning.kv.kv_bytes`` at each step's
+context, averaged over the decode steps (prompt + 1 ... prompt + new - 1 tokens). Activations and the logits are
+not counted: at batch sizes where decode is bandwidth-bound they are a rounding error next to the weights.
 """
 
 from __future__ import annotations
