@@ -42,6 +42,10 @@ def test_parameter_counts_match_the_model_cards(name: str, total: tuple, effecti
     assert total[0] * B <= full["total"] <= total[1] * B
     assert effective[0] * B <= text["total"] - text.get("per_layer_embeddings", 0) <= effective[1] * B
     assert "lm_head" not in text  # tied: counted once, with the embedding
+    if name in ("gemma4_e2b", "gemma4_e4b"):  # the cards: ~150M vision, ~300M audio encoder
+        assert 0.14 * B <= full["vision_tower"] <= 0.18 * B and 0.29 * B <= full["audio_tower"] <= 0.32 * B
+    if name in ("gemma4_31b", "gemma4_26b_a4b"):  # ~550M vision encoder
+        assert 0.54 * B <= full["vision_tower"] <= 0.58 * B and "audio_tower" not in full
 
 
 @pytest.mark.parametrize("name", ["gemma4_e2b", "gemma4_e4b", "gemma4_31b", "gemma4_26b_a4b", "gemma4_12b"])

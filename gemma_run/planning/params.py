@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMPONENTS = ("embeddings", "per_layer_embeddings", "decoder_layers", "final_norm", "lm_head", "vision_tower",
-              "multimodal_projector", "other")
+              "audio_tower", "multimodal_projector", "other")
 _LAYER_INDEX = re.compile(r"\.(?:layers|h|layer)\.(\d+)$")
 
 
@@ -66,8 +66,11 @@ def _component(name: str, module: Any, model: Any, decoder_classes: set[str]) ->
         return "per_layer_embeddings"
     if "vision_tower" in name:
         return "vision_tower"
-    if "multi_modal_projector" in name:
-        return "multimodal_projector"
+    if "audio_tower" in name:
+        return "audio_tower"
+    if "multi_modal_projector" in name or name.rpartition(".")[2] in ("embed_vision", "embed_audio") \
+            or ".embed_vision." in name or ".embed_audio." in name or "vision_embedder" in name:
+        return "multimodal_projector"  # Gemma 4's embedders of image and audio features (the 12B's patch embedder)
     if module is model.get_input_embeddings() or isinstance(module, torch.nn.Embedding):
         return "embeddings"
     if module is model.get_output_embeddings():
