@@ -62,6 +62,7 @@ def test_per_layer_embeddings_are_their_own_component_and_unread_by_decode() -> 
     assert text["per_layer_embeddings"] == 262_144 * 35 * 256  # vocab_size_per_layer_input x layers x width
     plan = make_plan(_inputs("gemma4_e2b"))
     assert plan["decode_unread_bytes"] == 2 * text["per_layer_embeddings"]  # bf16, one row a step is all it reads
+    assert plan["kv_shared_layers"] == 20
 
 
 def test_moe_active_parameters_per_token() -> None:

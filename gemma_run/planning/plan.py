@@ -85,6 +85,7 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
         "weights_bytes_by_dtype": memory.dtype_table(units, model),
         "layer_types": {t: shape.layer_types.count(t) for t in sorted(set(shape.layer_types))},
         "sliding_window": shape.sliding_window,
+        "kv_shared_layers": sum(1 for heads, _ in shape.layer_kv if heads == 0),  # reuse another layer's KV
         "random_build_bytes": _random_build_bytes(p, units, quantized) if p.random_build else 0,
     }
     if p.mode == "train":

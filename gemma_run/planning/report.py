@@ -30,6 +30,8 @@ def table(plan: dict[str, Any], title: str) -> str:
     if plan["mode"] == "infer":
         types = ", ".join(f"{n} {t.removesuffix('_attention')}" for t, n in plan["layer_types"].items())
         window = f", window {plan['sliding_window']}" if plan.get("sliding_window") else ""
+        if plan.get("kv_shared_layers"):
+            window += f"; {plan['kv_shared_layers']} reuse another layer's KV"
         lines.append(f"KV cache       {_g(plan['kv_cache_bytes'])} GiB for {plan['batch']} x {plan['context']} tokens "
                      f"({types} layers{window})")
     else:
