@@ -194,3 +194,19 @@ def test_cli_plan_of_gemma4(cli, tmp_path, args: list[str], total: int, expect: 
     assert expect in out.stdout
     result = json.loads((run_dirs(tmp_path)[-1] / "result.json").read_text())
     assert result["params"]["total"] == total and result["fits"] is True
+
+
+def test_training_flops_count_the_routed_experts_and_each_layers_head_dim() -> None:
+    from gemma_run.training import flops
+
+    from torch import nn
+
+    moe = flops.per_token(model_config("gemma4_26b_a4b"), True, 2048, lora=True, lora_params=0)
+    model = skeleton.build(model_config("gemma4_26b_a4b"), True)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    experts = sum(t.numel for t in params.expert_tensors(params.units(model)))
+    assert moe["matmul_params"] == linear + experts * 8 // 128  # + the 8 of 128 experts a token is routed to
+    dense = flops.per_token(model_config("gemma4_31b"), True, 2048, lora=True, lora_params=0)
+    sliding = 50 * 4 * 32 * 256 * flops._mean_context(2048, 1024)
+    full = 10 * 4 * 32 * 512 * (2048 + 1) / 2
+    assert dense["attention_flops_per_token"] == int(3 * (sliding + full))
