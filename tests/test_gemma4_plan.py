@@ -197,9 +197,9 @@ def test_cli_plan_of_gemma4(cli, tmp_path, args: list[str], total: int, expect: 
 
 
 def test_training_flops_count_the_routed_experts_and_each_layers_head_dim() -> None:
-    from gemma_run.training import flops
-
     from torch import nn
+
+    from gemma_run.training import flops
 
     moe = flops.per_token(model_config("gemma4_26b_a4b"), True, 2048, lora=True, lora_params=0)
     model = skeleton.build(model_config("gemma4_26b_a4b"), True)
