@@ -235,3 +235,36 @@ def test_full_suite_on_gpu(cli, tmp_path: Path) -> None:
     assert by_name["smoke.lora"]["status"] == "pass"
     if len(gen) >= 2:
         assert by_name["gpus.nccl"]["status"] == "pass" and by_name["smoke.spread"]["status"] in ("pass", "warn")
+
+
+@pytest.mark.parametrize(("have", "status", "words"), [
+    ("5.4.0", "fail", ["Gemma 4 (model_type gemma4) needs transformers >= 5.5.0", "5.4.0 is installed"]),
+    ("5.5.1", "warn", ["use_cache=False", "device_map=auto"]),
+    ("5.23.0", "pass", ["Gemma 4 loads and trains"]),
+])
+def test_model_family_against_the_installed_transformers(monkeypatch, compose_cfg, tmp_path: Path, have: str,
+                                                         status: str, words: list[str]) -> None:
+    monkeypatch.setattr(versions, "installed", lambda dist: {"transformers": have}.get(dist, "1.0"))
+    cfg = compose_cfg(["task=test", "task.checks=[versions.model]", "task.model=gemma4_31b"])
+    f = versions.model_family(DoctorContext(cfg, tmp_path))
+    assert f.status == status and all(w in f.finding for w in words), f.finding
+    if status != "pass":
+        assert "transformers>=5.5.3" in f.fix
+    assert versions.model_family(DoctorContext(compose_cfg(["task=test"]), tmp_path)).status == "pass"  # Gemma 3
+    assert "versions.model" in [c.name for c in registry.select(["versions"])[0]]
+
+
+def test_gemma4_on_an_old_transformers_is_one_error_before_loading(monkeypatch, compose_cfg, tmp_path: Path) -> None:
+    from gemma_run import run
+    from gemma_run.app.errors import GemmaRunError
+    from gemma_run.app.validation import validate
+
+    monkeypatch.setattr(versions, "installed", lambda dist: {"transformers": "4.57.1"}.get(dist))
+    cfg = compose_cfg(["model=gemma4_e4b", "model.weights=random", "prompt=hi"])
+    problems = [p for p in validate(cfg) if "transformers" in p.format()]
+    assert len(problems) == 1 and problems[0].key == "model"
+    assert "needs transformers >= 5.5.0" in problems[0].format() and "transformers>=5.5.3" in problems[0].format()
+    with pytest.raises(GemmaRunError, match=r"needs transformers >= 5\.5\.0"):
+        run(cfg, tmp_path)
+    monkeypatch.setattr(versions, "installed", lambda dist: {"transformers": "5.9.0"}.get(dist))
+    assert "transformers >= 5.10.0" in " ".join(p.format() for p in validate(compose_cfg(["model=gemma4_12b"])))

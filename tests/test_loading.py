@@ -288,3 +288,62 @@ def test_skeleton_is_never_built_as_zero3_weights(compose_cfg):
     assert not any(hasattr(p, "ds_id") for p in planned.parameters())
     assert is_deepspeed_zero3_enabled()  # restored
     del ds
+
+
+# --- Gemma 4 multimodal checkpoints --------------------------------------------------------------------------------
+
+TINY_G4_MM = {
+    "model_type": "gemma4",
+    "text_config": {"model_type": "gemma4_text", "vocab_size": 512, "vocab_size_per_layer_input": 512,
+                    "hidden_size": 64, "hidden_size_per_layer_input": 8, "intermediate_size": 128,
+                    "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 1,
+                    "num_global_key_value_heads": 1, "head_dim": 32, "global_head_dim": 64,
+                    "attention_k_eq_v": True, "num_kv_shared_layers": 2,
+                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                    "sliding_window": 16, "max_position_embeddings": 512, "final_logit_softcapping": 30.0},
+    "vision_config": {"model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64,
+                      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
+                      "patch_size": 8, "pooling_kernel_size": 2, "position_embedding_size": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def gemma4_multimodal_dir(tmp_path_factory):
+    """A tiny Gemma 4 multimodal checkpoint (vision tower + language model with per-layer embeddings, KV shared
+    by the last layers, K = V on the global ones) saved as safetensors, with the tiny model's tokenizer."""
+    import torch
+    from transformers import AutoConfig, Gemma4ForConditionalGeneration
+
+    from gemma_run.loading.tokenizer_build import build_tokenizer
+
+    d = tmp_path_factory.mktemp("gemma4_mm")
+    params = dict(TINY_G4_MM)
+    config = AutoConfig.for_model(params.pop("model_type"), **params)
+    torch.manual_seed(0)
+    Gemma4ForConditionalGeneration(config).save_pretrained(d, safe_serialization=True)
+    build_tokenizer(512, d, model_max_length=512)
+    return d
+
+
+def test_gemma4_multimodal_checkpoint_text_only_loads_the_language_model_alone(compose_cfg, gemma4_multimodal_dir):
+    import torch
+    from transformers import Gemma4ForConditionalGeneration
+
+    loaded = load(_cfg_for(compose_cfg, gemma4_multimodal_dir))
+    assert loaded.kind == "text_only" and type(loaded.model).__name__ == "Gemma4ForCausalLM"
+    names = [n for n, _ in loaded.model.named_parameters()]
+    assert not any("vision" in n for n in names)
+    assert any("embed_tokens_per_layer" in n for n in names)  # the per-layer embeddings came with it
+    full = Gemma4ForConditionalGeneration.from_pretrained(gemma4_multimodal_dir, dtype=torch.float32)
+    ids = torch.tensor([[2, 10, 11, 12, 13]])
+    with torch.no_grad():
+        diff = (loaded.model(ids).logits - full(input_ids=ids).logits).abs().max().item()
+    assert diff == 0.0  # the same language model, weight for weight
+
+
+def test_random_weights_of_a_gemma4_multimodal_config_build_text_only(compose_cfg, tmp_path):
+    cfg = compose_cfg([f"cache_dir={tmp_path}"])
+    OmegaConf.update(cfg, "model.config", TINY_G4_MM, merge=False)
+    OmegaConf.update(cfg, "model.name", "tiny_gemma4_mm")
+    loaded = load(cfg)
+    assert type(loaded.model).__name__ == "Gemma4ForCausalLM"

@@ -30,7 +30,21 @@ def _model(cfg: DictConfig) -> list[GemmaRunError]:
     if local_path(m) is None and not m.config.get("model_type"):  # a checkpoint brings its own config.json
         problems.append(ConfigError(f"model {m.name!r} has no config.model_type", key="model.config.model_type",
                                     fix="copy the architecture from the checkpoint's config.json into model.config"))
+    problems.extend(_family(m))
     return problems
+
+
+def _family(m: DictConfig) -> list[GemmaRunError]:
+    """A model family the installed transformers cannot load (Gemma 4 before 5.5): one error, before loading."""
+    from gemma_run.loading.checkpoint import architecture
+    from gemma_run.loading.families import refusal
+
+    try:
+        model_type = str(architecture(m).get("model_type", ""))
+    except GemmaRunError:  # a bad model.path: path_problems reported it
+        return []
+    found = refusal(model_type, key="model")
+    return [found] if found else []
 
 
 def _quant(cfg: DictConfig) -> list[GemmaRunError]:

@@ -19,8 +19,11 @@ from gemma_run import quant
 from gemma_run.app import env
 from gemma_run.app.errors import ConfigError, GemmaRunError
 
-# The sizes transformers' plan splits over the ranks (colwise q/k/v/gate/up, rowwise o/down).
-SPLIT_SIZES = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+# The sizes transformers' plan splits over the ranks (colwise q/k/v/gate/up, rowwise o/down). Gemma 4's global
+# layers have their own KV head count (num_global_key_value_heads, fewer than the sliding layers') and its MoE
+# layers split each expert's width (moe_intermediate_size): every one of them must divide.
+SPLIT_SIZES = ("num_attention_heads", "num_key_value_heads", "num_global_key_value_heads", "intermediate_size",
+               "moe_intermediate_size")
 
 
 def is_tp(cfg: Any) -> bool:

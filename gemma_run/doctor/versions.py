@@ -120,4 +120,28 @@ def _traps(name: str) -> tuple[list[str], list[str]]:
     return traps, broken
 
 
-CHECKS = [(f"versions.{name}", _check(name), f"{name} against the supported matrix") for name in MATRIX]
+def model_family(ctx: DoctorContext) -> Finding:
+    """The selected model's family against the installed transformers (gemma_run.loading.families)."""
+    from gemma_run.doctor.smoke import smoke_cfg
+    from gemma_run.loading import families
+    from gemma_run.loading.checkpoint import architecture
+
+    model_type = str(architecture(smoke_cfg(ctx).model).get("model_type", ""))  # the model or task.model
+    family = families.family_of(model_type)
+    details = {"model_type": model_type, "transformers": installed("transformers")}
+    if family is None:
+        return Finding("pass", f"model_type {model_type}: no family version constraint", details=details)
+    details.update(needs=family.needs, clean=family.clean)
+    refused = families.refusal(model_type)
+    if refused is not None:
+        return Finding("fail", refused.problem, fix=refused.fix, details=details)
+    trap = families.warning(model_type)
+    if trap is not None:
+        return Finding("warn", trap, fix=f"pip install -U 'transformers>={family.clean}'", details=details)
+    return Finding("pass", f"{family.name} loads and trains on transformers {details['transformers']} "
+                   f"(needs >= {family.needs})", details=details)
+
+
+CHECKS = [*((f"versions.{name}", _check(name), f"{name} against the supported matrix") for name in MATRIX),
+          ("versions.model", model_family, "the installed transformers can load and train the selected model's "
+                                            "family (Gemma 4 needs >= 5.5)")]

@@ -1,8 +1,9 @@
 """Which model class a checkpoint directory is loaded as, and its empty skeleton for checking a device map.
 
-Gemma 3 4B/12B/27B checkpoints are multimodal (``model_type: gemma3``: SigLIP vision tower + projector +
-language model). A text-only run (``model.text_only=true``, the default) loads only the language model as
-``Gemma3ForCausalLM``: the vision weights are never read, so they cost neither memory nor load time.
+Gemma 3 4B/12B/27B and every Gemma 4 checkpoint are multimodal (a vision tower, for Gemma 4 E2B/E4B an audio
+tower too, + the language model). A text-only run (``model.text_only=true``, the default) loads only the language
+model with the class ``TEXT_ONLY_CLASSES`` names for the checkpoint's model type (``Gemma3ForCausalLM``,
+``Gemma4ForCausalLM``, ...): the other weights are never read, so they cost neither memory nor load time.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ from typing import Any
 
 from gemma_run.app.errors import GemmaRunError
 
-# Checkpoint keys of the language model inside a multimodal Gemma 3 -> the keys of Gemma3ForCausalLM.
+# Checkpoint keys of the language model inside a multimodal checkpoint -> the keys of its text-only class.
 # Hub checkpoints use `language_model.model.*`; transformers 5's in-memory names are `model.language_model.*`.
 TEXT_ONLY_KEY_MAPPING = {
     r"^language_model\.model\.": "model.",
     r"^model\.language_model\.": "model.",
     r"^language_model\.lm_head\.": "lm_head.",
 }
-MULTIMODAL_TYPES = ("gemma3",)  # model types whose text-only run loads the language model alone
+# Multimodal model types whose text-only run loads the language model alone -> the transformers class that does.
+TEXT_ONLY_CLASSES = {
+    "gemma3": "Gemma3ForCausalLM",
+    "gemma4": "Gemma4ForCausalLM",
+    "gemma4_unified": "Gemma4UnifiedForCausalLM",
+}
+MULTIMODAL_TYPES = tuple(TEXT_ONLY_CLASSES)
 
 
 @dataclass
@@ -73,9 +80,9 @@ def plan(path: Path, text_only: bool, trust_remote_code: bool) -> Plan:
 
 def model_class(p: Plan):  # -> a transformers auto class or model class with from_pretrained/from_config
     if p.kind == "text_only":
-        from transformers import Gemma3ForCausalLM
+        import transformers
 
-        return Gemma3ForCausalLM
+        return getattr(transformers, TEXT_ONLY_CLASSES[p.model_type])
     if p.kind == "image_text":
         from transformers import AutoModelForImageTextToText
 

@@ -46,6 +46,7 @@ def train_spec(cfg: DictConfig) -> TrainSpec:
         lora=bool(_sel(cfg, "lora.enabled", True)),
         lora_r=int(_sel(cfg, "lora.r", 16)),
         target_modules=targets,
+        target_parameters=tuple(_sel(cfg, "lora.target_parameters", None) or ()),
         zero_stage=int(_sel(cfg, "deepspeed.stage", 0)),
         offload_optimizer=bool(_sel(cfg, "deepspeed.offload_optimizer", False)),
         offload_params=bool(_sel(cfg, "deepspeed.offload_params", False)),

@@ -4,6 +4,12 @@ KV cache: per decoder layer, batch x 2 (K and V) x kv_heads x head_dim x tokens 
 layer (Gemma 3: 5 of every 6; Gemma 2: every other one) keeps at most ``sliding_window`` tokens (transformers'
 sliding cache layers), a global layer the whole context.
 
+Gemma 4 varies this per layer (transformers' ``per_layer_config``): its global layers have their own head_dim
+(``global_head_dim``) and KV head count (``num_global_key_value_heads``). With ``attention_k_eq_v`` a global layer
+has no v_proj, but the cache still stores K and V apart (V is K's projection before k_norm and rotary), so it
+counts twice like any other. The last ``num_kv_shared_layers`` layers reuse an earlier layer's K and V and keep
+no cache of their own (transformers gives them a dummy cache layer).
+
 Activations are an estimate from the ops of one decoder layer (see ``layer_forward_bytes``) plus the logits;
 bench/plan_accuracy.py measures how close it is on a GPU.
 """
@@ -32,32 +38,58 @@ class Shape:
     layer_types: tuple[str, ...]  # "full_attention" | "sliding_attention" per layer
     sliding_window: int | None
     logit_softcap: bool
+    # per layer (kv_heads, head_dim) where layers differ (Gemma 4); kv_heads 0: the layer keeps no cache of its own
+    layer_kv: tuple[tuple[int, int], ...] = ()
+
+    def kv_of(self, layer: int) -> tuple[int, int]:
+        """(kv_heads, head_dim) of the cache of layer ``layer`` (kv_heads 0: it reuses another layer's)."""
+        return self.layer_kv[layer] if self.layer_kv else (self.kv_heads, self.head_dim)
 
     @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
+    def q_dim(self) -> int:  # the widest layer's: the activations' peak
+        return self.heads * max([self.head_dim, *(d for _, d in self.layer_kv)])
 
     @property
     def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
+        return max([self.kv_heads * self.head_dim, *(h * d for h, d in self.layer_kv)])
+
+
+def _per_layer(text_cfg: Any) -> list[Any] | None:
+    """transformers' per-layer configs of a heterogeneous model (Gemma 4), whose global config refuses to answer
+    per-layer attributes such as head_dim; None for a uniform model."""
+    per_layer = getattr(text_cfg, "per_layer_config", None)
+    return list(per_layer) if per_layer is not None else None
+
+
+def layer_kv(text_cfg: Any) -> tuple[tuple[int, int], ...]:
+    """(kv_heads, head_dim) of each layer's cache of a heterogeneous model, kv_heads 0 for a layer that reuses
+    another's KV (``kv_sharing_modes`` "reuse"); () for a uniform model."""
+    per_layer = _per_layer(text_cfg)
+    if not per_layer:
+        return ()
+    modes = list(getattr(text_cfg, "kv_sharing_modes", None) or [None] * len(per_layer))
+    return tuple((0 if mode == "reuse" else lc.num_key_value_heads, lc.head_dim)
+                 for lc, mode in zip(per_layer, modes, strict=True))
 
 
 def shape_of(text_cfg: Any) -> Shape:
-    """The :class:`Shape` of a transformers text config (Gemma 2/3, GPT-2, Llama-like)."""
-    g = lambda *names, default=None: next(  # noqa: E731
-        (getattr(text_cfg, n) for n in names if getattr(text_cfg, n, None) is not None), default)
+    """The :class:`Shape` of a transformers text config (Gemma 2/3/4, GPT-2, Llama-like)."""
+    per_layer = _per_layer(text_cfg)
+    first = per_layer[0] if per_layer else text_cfg  # a heterogeneous model's uniform values: its first layer's
+    g = lambda *names, default=None, cfg=text_cfg: next(  # noqa: E731
+        (getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None), default)
     hidden = g("hidden_size", "n_embd")
     layers = g("num_hidden_layers", "n_layer")
     heads = g("num_attention_heads", "n_head")
-    kv_heads = g("num_key_value_heads", default=heads)
-    head_dim = g("head_dim", default=hidden // heads)
+    kv_heads = g("num_key_value_heads", default=heads, cfg=first)
+    head_dim = g("head_dim", default=hidden // heads, cfg=first)
     inter = g("intermediate_size", "n_inner", default=4 * hidden)
     window = g("sliding_window")
     types = tuple(g("layer_types", default=None) or ["full_attention"] * layers)
     if window is None:
         types = tuple("full_attention" for _ in types)
     return Shape(hidden, inter, layers, heads, kv_heads, head_dim, g("vocab_size"), types, window,
-                 bool(g("final_logit_softcapping")))
+                 bool(g("final_logit_softcapping")), layer_kv(text_cfg))
 
 
 def kv_tokens(shape: Shape, layer: int, context: int, static_len: int = 0) -> int:
@@ -71,7 +103,8 @@ def kv_tokens(shape: Shape, layer: int, context: int, static_len: int = 0) -> in
 
 
 def kv_layer_bytes(shape: Shape, layer: int, context: int, batch: int, dtype_bytes: int, static_len: int = 0) -> int:
-    return batch * 2 * shape.kv_dim * kv_tokens(shape, layer, context, static_len) * dtype_bytes
+    kv_heads, head_dim = shape.kv_of(layer)
+    return batch * 2 * kv_heads * head_dim * kv_tokens(shape, layer, context, static_len) * dtype_bytes
 
 
 def kv_bytes(shape: Shape, context: int, batch: int, dtype_bytes: int, static_len: int = 0) -> int:

@@ -4,6 +4,12 @@ A unit is what accelerate never splits across devices: a module of one of the mo
 classes (a decoder layer, a vision encoder layer), or a leaf module with its own parameters (an embedding, a
 norm, an untied lm_head). Tied weights count once, with the module that owns them first (the input
 embedding), as ``named_parameters`` lists them.
+
+Gemma 4 adds two kinds of weights a decode step does not read whole. Its per-layer embeddings (E2B/E4B:
+``embed_tokens_per_layer``, vocab x layers x 256, more than half of E2B's parameters) are a lookup table: they are
+parameters like any other and transformers places them like any other unit (on a GPU under a device map), but a
+step reads one row per sequence. Its MoE layers (26B-A4B: 128 experts, 8 per token) keep every expert in two 3-D
+tensors (``experts.gate_up_proj``, ``experts.down_proj``) of which a token reads its top-k.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-COMPONENTS = ("embeddings", "decoder_layers", "final_norm", "lm_head", "vision_tower", "multimodal_projector",
-              "other")
+COMPONENTS = ("embeddings", "per_layer_embeddings", "decoder_layers", "final_norm", "lm_head", "vision_tower",
+              "audio_tower", "multimodal_projector", "other")
 _LAYER_INDEX = re.compile(r"\.(?:layers|h|layer)\.(\d+)$")
 
 
@@ -56,10 +62,15 @@ def _no_split(model: Any) -> set[str]:
 def _component(name: str, module: Any, model: Any, decoder_classes: set[str]) -> str:
     import torch
 
+    if name.endswith("embed_tokens_per_layer"):
+        return "per_layer_embeddings"
     if "vision_tower" in name:
         return "vision_tower"
-    if "multi_modal_projector" in name:
-        return "multimodal_projector"
+    if "audio_tower" in name:
+        return "audio_tower"
+    if "multi_modal_projector" in name or name.rpartition(".")[2] in ("embed_vision", "embed_audio") \
+            or ".embed_vision." in name or ".embed_audio." in name or "vision_embedder" in name:
+        return "multimodal_projector"  # Gemma 4's embedders of image and audio features (the 12B's patch embedder)
     if module is model.get_input_embeddings() or isinstance(module, torch.nn.Embedding):
         return "embeddings"
     if module is model.get_output_embeddings():
@@ -125,3 +136,44 @@ def by_component(unit_list: list[Unit]) -> dict[str, int]:
     out = {c: n for c, n in counts.items() if n}
     out["total"] = sum(counts.values())
     return out
+
+
+@dataclass(frozen=True)
+class Moe:
+    """The routed experts of a mixture-of-experts language model."""
+
+    experts: int
+    top_k: int
+
+    def read_fraction(self, batch: int) -> float:
+        """Expected share of the experts a step of ``batch`` tokens reads (each token picks top_k of experts;
+        uniform routing): 1 - (1 - top_k / experts) ** batch. At batch 1: top_k / experts."""
+        return 1.0 - (1.0 - self.top_k / self.experts) ** max(batch, 1)
+
+
+def moe_of(text_cfg: Any) -> Moe | None:
+    """The model's experts (Gemma 4: ``enable_moe_block``, ``num_experts``, ``top_k_experts``), None if dense."""
+    experts = getattr(text_cfg, "num_experts", None)
+    top_k = getattr(text_cfg, "top_k_experts", None) or getattr(text_cfg, "num_experts_per_tok", None)
+    if not experts or not top_k or getattr(text_cfg, "enable_moe_block", True) is False:
+        return None
+    return Moe(int(experts), int(top_k))
+
+
+def expert_tensors(unit_list: list[Unit]) -> list[Tensor]:
+    """The routed experts' weights: the parameters of ``*.experts`` modules (one 3-D tensor per projection)."""
+    return [t for u in unit_list for t in u.tensors if not t.is_buffer and t.module.endswith(".experts")]
+
+
+def per_layer_embedding_tensors(unit_list: list[Unit]) -> list[Tensor]:
+    return [t for u in unit_list if u.component == "per_layer_embeddings" for t in u.tensors if not t.is_buffer]
+
+
+def active_params(unit_list: list[Unit], moe: Moe | None) -> int:
+    """Parameters one token's forward uses: all but the experts it is not routed to (a dense model: all), the
+    per-layer embedding tables and the input embedding counted whole as the published "active" counts do."""
+    total = sum(u.params for u in unit_list)
+    if moe is None:
+        return total
+    experts = sum(t.numel for t in expert_tensors(unit_list))
+    return total - round(experts * (1 - moe.top_k / moe.experts))

@@ -68,15 +68,24 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
         model.get_output_embeddings().weight is model.get_input_embeddings().weight
     counts = params.by_component(units)
     unread = _int4_output_layer(p, model, units, wbytes, tied) if p.quant.mode == "int4" and p.quant.lm_head else 0
+    # a lookup table: a decode step reads one row of the per-layer embeddings (Gemma 4 E2B/E4B), not the table
+    unread += sum(memory.tensor_bytes(t, p.quant, quantized, p.dtype)
+                  for t in params.per_layer_embedding_tensors(units))
+    moe = params.moe_of(skeleton.text_config(model))
     result: dict[str, Any] = {
         "mode": p.mode, "dtype": p.dtype, "quant": p.quant.mode, "params": counts,
         "weights_bytes": sum(wbytes.values()), "tied_embeddings": tied,
         # weights a decode step does not read: the tied table when the output reads its int4 copy
         "decode_unread_bytes": unread,
+        # mixture of experts: the experts' bytes, of which a decode step reads Moe.read_fraction(batch)
+        "moe": {"experts": moe.experts, "top_k": moe.top_k} if moe else None,
+        "expert_bytes": sum(memory.tensor_bytes(t, p.quant, quantized, p.dtype) for t in params.expert_tensors(units)),
+        "active_params": params.active_params(units, moe),
         "quantized_modules": len(quantized) + (1 if p.quant.mode == "int4" and p.quant.lm_head else 0),
         "weights_bytes_by_dtype": memory.dtype_table(units, model),
         "layer_types": {t: shape.layer_types.count(t) for t in sorted(set(shape.layer_types))},
         "sliding_window": shape.sliding_window,
+        "kv_shared_layers": sum(1 for heads, _ in shape.layer_kv if heads == 0),  # reuse another layer's KV
         "random_build_bytes": _random_build_bytes(p, units, quantized) if p.random_build else 0,
     }
     if p.mode == "train":

@@ -20,6 +20,9 @@ def table(plan: dict[str, Any], title: str) -> str:
     lines.append("parameters")
     for comp, n in plan["params"].items():
         lines.append(f"  {comp:<22}{_p(n):>14}")
+    if plan.get("moe"):
+        lines.append(f"  {'active per token':<22}{_p(plan['active_params']):>14}  "
+                     f"({plan['moe']['top_k']} of {plan['moe']['experts']} experts)")
     if "trainable_params" in plan:
         lines.append(f"  {'trainable':<22}{_p(plan['trainable_params']):>14}")
     lines.append("")
@@ -27,6 +30,8 @@ def table(plan: dict[str, Any], title: str) -> str:
     if plan["mode"] == "infer":
         types = ", ".join(f"{n} {t.removesuffix('_attention')}" for t, n in plan["layer_types"].items())
         window = f", window {plan['sliding_window']}" if plan.get("sliding_window") else ""
+        if plan.get("kv_shared_layers"):
+            window += f"; {plan['kv_shared_layers']} reuse another layer's KV"
         lines.append(f"KV cache       {_g(plan['kv_cache_bytes'])} GiB for {plan['batch']} x {plan['context']} tokens "
                      f"({types} layers{window})")
     else:

@@ -5,6 +5,8 @@ Bytes per trainable parameter, as the libraries keep them:
   + AdamW's two moments 8 = 16.
 - Full fine-tuning with the HF Trainer on a bf16 model: gradient 2 + AdamW moments in the parameter's dtype
   2 x 2 (the weight itself is already counted with the model).
+- LoRA on a mixture of experts' 3-D expert tensors (peft's ``target_parameters``, its ParamWrapper): one
+  adapter pair per expert, r x experts x (in + out) parameters a tensor, the same 16 bytes each.
 - DeepSpeed (bf16 mixed precision): bf16 weight 2 + bf16 gradient 2 + fp32 master weight, m and v 12.
   ZeRO-1 partitions the 12 over the N ranks, ZeRO-2 also the gradients, ZeRO-3 also the weights (frozen
   ones included); ``offload_optimizer`` moves the 12 to CPU memory, ``offload_params`` (ZeRO-3) the weights.
@@ -23,6 +25,8 @@ class TrainSpec:
     lora: bool = True
     lora_r: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # peft target_parameters: parameter names (e.g. "experts.gate_up_proj") given LoRA as a whole tensor
+    target_parameters: tuple[str, ...] = ()
     zero_stage: int = 0  # 0: no DeepSpeed
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -59,6 +63,13 @@ def lora_params_by_unit(model: Any, unit_list: list[Unit], spec: TrainSpec) -> d
         owner = next((u for u in names if name == u or name.startswith(u + ".") or u == ""), None)
         if owner is not None:
             counts[owner] += spec.lora_r * (d_in + d_out)
+    for name, param in model.named_parameters():
+        if not any(name == t or name.endswith("." + t) for t in spec.target_parameters):
+            continue
+        experts, d_a, d_b = (1, *param.shape) if param.dim() == 2 else tuple(param.shape)
+        owner = next((u for u in names if name.startswith(u + ".") or u == ""), None)
+        if owner is not None:
+            counts[owner] += spec.lora_r * experts * (d_a + d_b)
     return counts
 
 

@@ -4,6 +4,7 @@ Per token, with N the weights that multiply activations (every Linear, the lm_he
 embedding is a lookup and does no FLOPs):
 - forward: 2N; backward wrt activations: 2N; backward wrt weights: 2N, only for weights that train.
   Full fine-tuning: 6N. LoRA/QLoRA: the base weights are frozen, so 4N, plus 6 x the adapters' parameters.
+  A mixture of experts (Gemma 4 26B-A4B) adds the experts a token is routed to: top_k / experts of their weights.
 - attention scores and their weighted sum: 4 x heads x head_dim x (mean context a query sees) per layer
   forward, x3 with its backward; the mean context is (S+1)/2 for a causal layer of S tokens and
   min(position+1, window) averaged for a sliding one.
@@ -46,13 +47,16 @@ def per_token(model_config: dict[str, Any], text_only: bool, seq: int, *, lora: 
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
-    from gemma_run.planning import kv, skeleton
+    from gemma_run.planning import kv, params, skeleton
 
     model = skeleton.build(model_config, text_only)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear | Conv1D))
+    moe = params.moe_of(skeleton.text_config(model))
+    if moe is not None:  # the experts' 3-D weights are no Linear: a token multiplies by its top_k of them
+        linear += sum(t.numel for t in params.expert_tensors(params.units(model))) * moe.top_k // moe.experts
     shape = kv.shape_of(skeleton.text_config(model))
-    attn_fwd = sum(4 * shape.heads * shape.head_dim * _mean_context(
-        seq, shape.sliding_window if t == "sliding_attention" else None) for t in shape.layer_types)
+    attn_fwd = sum(4 * shape.heads * shape.kv_of(i)[1] * _mean_context(  # the layer's own head_dim (Gemma 4)
+        seq, shape.sliding_window if t == "sliding_attention" else None) for i, t in enumerate(shape.layer_types))
     dense = (4 if lora else 6) * linear
     adapters = 6 * lora_params if lora else 0
     return {"flops_per_token": int(dense + adapters + 3 * attn_fwd), "matmul_params": linear,
