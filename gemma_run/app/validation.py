@@ -6,7 +6,6 @@ may add its own with ``validate(cfg) -> list[GemmaRunError]``.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -210,9 +209,10 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
         return problems  # the other checks read these values
     for check in CHECKS:
         problems.extend(check(cfg))
-    module_name = str(cfg.task._target_).rpartition(".")[0]
+    from gemma_run.tasks import module_of
+
     try:
-        module = importlib.import_module(module_name)
+        module = module_of(cfg.task)
     except ImportError:
         return problems  # Dispatch names the broken target
     task_check = getattr(module, "validate", None)

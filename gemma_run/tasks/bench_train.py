@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gemma_run.app.errors import ConfigError, GemmaRunError
+from gemma_run.distributed import launchers
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
     t = cfg.task
     problems = [ConfigError(f"task.{k}={t[k]} must be >= {low}", key=f"task.{k}", fix=f"task.{k}={fix}")
                 for k, low, fix in (("steps", 1, 6), ("warmup_steps", 0, 2)) if int(t[k]) < low]
-    if cfg.launcher.kind.name != "local":
+    if launchers.from_cfg(cfg.launcher).launches:
         problems.append(ConfigError("task=bench_train runs in this process", key="launcher",
                                     fix="launcher=local (benchmark several processes with task=train)"))
     return problems + [p for p in train.validate(bench_cfg(cfg, "synthetic.jsonl")) if p.key != "launcher"]
