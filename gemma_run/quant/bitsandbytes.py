@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +54,10 @@ def check_bitsandbytes(quant_cfg: Any | None = None, model_type: str = "") -> No
 
 def build(quant_cfg: Any, model_type: str = ""):
     """The quant group -> transformers' BitsAndBytesConfig."""
+    from gemma_run.patches import registry
+
     check_bitsandbytes(quant_cfg, model_type)
-    quiet_repeated_warnings()
+    registry.apply_one("bitsandbytes.repeated_warnings", quant_backend="bitsandbytes")  # once per run, not per token
     from transformers import BitsAndBytesConfig
 
     skip = list(quant_cfg.skip_modules) or None
@@ -73,28 +74,6 @@ def build(quant_cfg: Any, model_type: str = ""):
         llm_int8_skip_modules=skip,
         llm_int8_enable_fp32_cpu_offload=quant_cfg.cpu_offload,
     )
-
-
-class _Once(logging.Filter):
-    """Let each distinct message through once (bitsandbytes logs its cast warning on every matmul call)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = str(record.msg)
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-
-def quiet_repeated_warnings() -> None:
-    """Show bitsandbytes' per-call warnings once per run instead of once per token (idempotent)."""
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _Once) for f in logger.filters):
-        logger.addFilter(_Once())
 
 
 def cpu_flags() -> set[str]:
