@@ -30,9 +30,9 @@ def _real_bytes(model) -> int:
         seen.add(id(t))
         if hasattr(type(t), "__tensor_flatten__"):
             names, _ = t.__tensor_flatten__()
-            total += sum(memory._r(getattr(t, n).numel() * getattr(t, n).element_size()) for n in names)
+            total += sum(memory.rounded(getattr(t, n).numel() * getattr(t, n).element_size()) for n in names)
         else:
-            total += memory._r(t.numel() * t.element_size())
+            total += memory.rounded(t.numel() * t.element_size())
     return total
 
 
@@ -237,7 +237,7 @@ def test_lm_head_int4_quantizes_the_output_layer_keeps_the_table_and_matches_the
     assert 0 < float((a - b).norm() / a.norm()) < 0.2
     plan = make_plan(inputs.from_cfg(cfg, "infer")[0])
     assert plan["weights_bytes"] == _real_bytes(model) and plan["quantized_modules"] == 15
-    assert plan["decode_unread_bytes"] == memory._r(table.numel() * 4)
+    assert plan["decode_unread_bytes"] == memory.rounded(table.numel() * 4)
 
 
 def test_lm_head_int4_is_quant_int4s_option(compose_cfg) -> None:

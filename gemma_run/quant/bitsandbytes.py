@@ -20,6 +20,8 @@ def torch_dtype(name: str):  # -> torch.dtype
             from None
 
 
+BLOCK = 64  # bitsandbytes' 4-bit block size on CUDA (and CPU)
+NESTED_BLOCK = 256  # double quant: blocks of absmax values per fp32 scale
 MIN_CPU_BNB = (0, 45)  # the first bitsandbytes release with a CPU backend for 8-bit and 4-bit
 
 
@@ -133,10 +135,62 @@ class BitsAndBytes(QuantBackend):
             check_cpu_4bit(self.cfg, skeleton())
 
     def planner_quant(self, on_gpu: bool = True):
-        from gemma_run.planning.memory import quant_from
+        from gemma_run.planning.memory import Quant
 
         q = self.cfg
-        return quant_from(self.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules))
+        mode = "int8" if int(q.bits) == 8 else q.quant_type.value
+        return Quant(mode, bool(q.double_quant), tuple(q.skip_modules), backend=self.target())
+
+    # What bitsandbytes 0.45-0.50 keeps for one quantized Linear weight of n = out x in elements (as read from a
+    # quantized model's ``Int8Params.SCB`` and ``Params4bit.quant_state``):
+    # - 8-bit (LLM.int8): the int8 weight (n bytes) + ``SCB``, one fp32 scale per output row (4 x out bytes).
+    # - 4-bit (nf4/fp4): the packed weight (n/2 bytes, whatever ``quant_storage`` dtype holds it) + one absmax per
+    #   block of 64 weights: fp32 (4 bytes) without double quant; with double quant a uint8 per block + one fp32
+    #   per 256 blocks + a 256-entry fp32 code and an fp32 offset. Plus the 16-entry fp32 nf4/fp4 code.
+    # Which modules it quantizes is transformers' decision, reproduced by calling its own functions: every
+    # ``nn.Linear`` (and GPT-2's ``Conv1D``) except ``get_keys_to_not_convert`` (the lm_head, tied weights, the last
+    # module) when no skip list is given, else exactly the skip list, plus ``_keep_in_fp32_modules``. Embeddings,
+    # norms, convolutions and biases keep the model's dtype.
+    planner_modes = {"int8": 8, "nf4": 4, "fp4": 4}
+
+    @classmethod
+    def planned_modules(cls, model: Any, q: Any) -> set[str]:
+        from torch import nn
+        from transformers.pytorch_utils import Conv1D
+
+        # transformers 4.x and 5.x keep these in different modules (gemma_run.loading.compat)
+        from gemma_run.loading.compat import keys_to_not_convert, should_convert_module
+
+        skip = list(q.skip_modules) if q.skip_modules else list(keys_to_not_convert(model))
+        skip += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        return {name for name, module in model.named_modules()
+                if (type(module) is nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skip)}
+
+    @classmethod
+    def planned_weight_bytes(cls, shape: tuple[int, ...], q: Any, dtype: str, module: str = "",
+                             unpadded: bool = False) -> int:
+        import math
+
+        from gemma_run.planning.memory import rounded
+
+        numel, rows = math.prod(shape), (shape[0] if shape else 1)
+        if q.mode == "int8":
+            return rounded(numel) + rounded(rows * 4)  # CB (int8) + SCB (fp32 per row)
+        packed = rounded((numel + 1) // 2)
+        blocks = -(-numel // BLOCK)
+        code = rounded(16 * 4)
+        if not q.double_quant:
+            return packed + rounded(blocks * 4) + code
+        nested = -(-blocks // NESTED_BLOCK)
+        return packed + rounded(blocks) + rounded(nested * 4) + rounded(256 * 4) + rounded(4) + code
+
+    @classmethod
+    def planned_prefill_bytes(cls, q: Any, tokens: int, hidden: int, intermediate: int, largest_weight: int,
+                              dtype_bytes: int) -> int:
+        if q.mode == "int8":  # int8 activations and their outlier columns
+            return tokens * 8 * max(intermediate, hidden)
+        # 4-bit: a multi-token input multiplies by a whole dequantized weight (one token uses the gemv kernel)
+        return largest_weight * dtype_bytes if tokens > 1 else 0
 
     def zero3_overrides(self, dtype: str) -> dict[str, Any]:
         if self.cfg.bits == 4 and self.cfg.quant_storage != dtype:

@@ -232,9 +232,38 @@ class TorchAoInt4(QuantBackend):
             quantize_output_layer(model, self.cfg, on_cuda=on_cuda)
 
     def planner_quant(self, on_gpu: bool = True):
-        from gemma_run.planning.memory import quant_from
+        from gemma_run.planning.memory import Quant
 
         q = self.cfg
-        return quant_from(self.name, int(q.bits), "nf4", True, list(q.skip_modules), int(q.group_size), on_gpu,
-                          str(q.lm_head))
+        return Quant("int4", skip_modules=tuple(q.skip_modules), group_size=int(q.group_size), padded=on_gpu,
+                     lm_head=str(q.lm_head) == "int4", backend=self.target())
+
+    # int4 (tinygemm): 4 bits per weight + one (scale, zero) pair per group of ``group_size`` weights of one row, in
+    # the model's dtype. On CUDA (tile_packed_to_4d) the weight is first padded: in_features to a multiple of 1024,
+    # out_features to 8 (``Int4TilePackedTo4dTensor.from_hp``); the CPU layout (opaque) is not. The fast engine
+    # stacks q/k/v and gate/up (``gemma_run.infer.fused_projections``) and keeps their in_features padded only to
+    # what tinygemm needs (128, or the group size if larger): ``Quant.stacked``. Quantized: every ``nn.Linear`` but
+    # quant.skip_modules (default lm_head, vision tower, projector).
+    planner_modes = {"int4": 4}
+
+    @classmethod
+    def planned_modules(cls, model: Any, q: Any) -> set[str]:
+        return set(quantized_linears(model, list(q.skip_modules) or list(DEFAULT_SKIP)))
+
+    @classmethod
+    def planned_weight_bytes(cls, shape: tuple[int, ...], q: Any, dtype: str, module: str = "",
+                             unpadded: bool = False) -> int:
+        import math
+
+        from gemma_run.infer.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
+        from gemma_run.planning.memory import DTYPE_BYTES, rounded
+
+        rows, cols = shape
+        if q.padded:  # Int4TilePackedTo4dTensor pads before packing, and keeps the padding
+            sibling = q.stacked and module.rsplit(".", 1)[-1] in {n for g in GROUPS for n in g}
+            stacked = rows % TILE_N == 0 and (sibling or unpadded)
+            multiple = math.lcm(128, q.group_size) if stacked else TORCHAO_K_PAD
+            rows, cols = -(-rows // TILE_N) * TILE_N, -(-cols // multiple) * multiple
+        groups = -(-cols // q.group_size)
+        return rounded(rows * cols // 2) + rounded(groups * rows * 2 * DTYPE_BYTES[dtype])
 
