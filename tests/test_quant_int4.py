@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.planning import memory, params, skeleton
 from gemma_run.quant import from_cfg
+from gemma_run.quant.torchao import TorchAoInt4
 
 INT4 = ["quant=int4", "quant.group_size=64"]  # the tiny model's Linears take 64 or 128 inputs
 
@@ -143,18 +144,18 @@ def test_cuda_layout_pads_in_features_to_1024() -> None:
     """Int4TilePackedTo4dTensor pads (out, in) to multiples of (8, 1024) and keeps the padding: Gemma 3 27B's
     q_proj (4096 x 5376) is stored as 4096 x 6144 int4 + 48 groups x 4096 rows x (scale, zero) in bf16."""
     q = memory.Quant("int4", group_size=128)
-    assert memory.int4_weight_bytes((4096, 5376), q, "bfloat16") == 4096 * 6144 // 2 + 48 * 4096 * 2 * 2
+    assert TorchAoInt4.planned_weight_bytes((4096, 5376), q, "bfloat16") == 4096 * 6144 // 2 + 48 * 4096 * 2 * 2
     cpu = memory.Quant("int4", group_size=128, padded=False)
-    assert memory.int4_weight_bytes((4096, 5376), cpu, "bfloat16") == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
+    assert TorchAoInt4.planned_weight_bytes((4096, 5376), cpu, "bfloat16") == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
 
 
 def test_projections_the_fast_engine_stacks_are_counted_without_torchaos_padding() -> None:
     """Stacked (q/k/v, gate/up): in_features padded to 128 only; the others keep torchao's 1024 (1B's down_proj:
     6912 -> 7168)."""
     stacked = memory.Quant("int4", group_size=128, stacked=True)
-    q_proj = memory.int4_weight_bytes((4096, 5376), stacked, "bfloat16", "model.layers.0.self_attn.q_proj")
+    q_proj = TorchAoInt4.planned_weight_bytes((4096, 5376), stacked, "bfloat16", "model.layers.0.self_attn.q_proj")
     assert q_proj == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
-    down = memory.int4_weight_bytes((1152, 6912), stacked, "bfloat16", "model.layers.0.mlp.down_proj")
+    down = TorchAoInt4.planned_weight_bytes((1152, 6912), stacked, "bfloat16", "model.layers.0.mlp.down_proj")
     assert down == 1152 * 7168 // 2 + 56 * 1152 * 2 * 2
 
 
