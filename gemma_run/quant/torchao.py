@@ -3,7 +3,7 @@
 The layout depends on where the weights go, so it is chosen when the model is loaded (``packing_format: auto``):
 - CUDA: ``Int4WeightOnlyConfig(int4_packing_format="tile_packed_to_4d")`` -> ``Int4TilePackedTo4dTensor``,
   multiplied by ``aten._weight_int4pack_mm``. bf16 only; in_features padded to a multiple of 1024 and
-  out_features to 8 (the padding is stored). Measured on an H100 with torch 2.11 (docs/stack.md).
+  out_features to 8 (the padding is stored).
 - CPU: torchao 0.18's ``Int4WeightOnlyConfig`` has no CPU layout (plain/preshuffled need the mslk package,
   plain_int32 and tile_packed_to_4d refuse the CPU). ``PrototypeInt4WeightOnlyConfig`` gives ``Int4OpaqueTensor``,
   multiplied by ``aten._weight_int4pack_mm_for_cpu``: fp32 or bf16, group size 32/64/128, no padding.
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 # better served bf16; tied to the embedding in Gemma) and the multimodal parts (not decode-bound).
 DEFAULT_SKIP = ("lm_head", "vision_tower", "multi_modal_projector")
 # quant.lm_head=int4 quantizes the output layer this many rows at a time on CUDA: torchao's quantization holds
-# transients of ~16 bytes a weight of the padded rows (bf16 copy, int32 codes, ...), 16 GB for gemma3_27b's
-# whole 262,208 x 5376 output at once; 16,384 rows hold ~1.6 GB.
+# transients several times the padded rows' own size (a bf16 copy, int32 codes, ...), which for a whole
+# 262k-vocabulary output would be many GB at once; a chunk of rows bounds them to a small fraction of that.
 HEAD_CHUNK_ROWS = 16384
 INSTALL = "pip install torchao==0.18.0 (or pip install 'gemma-run[fast]')"
 TORCHAO_GROUP_SIZES = (32, 64, 128, 256)  # tinygemm's; the CPU layout takes 32, 64, 128
@@ -113,7 +113,7 @@ def quantize_output_layer(model: Any, quant_cfg: Any, on_cuda: bool) -> None:
     transformers' torchao path leaves it in the model's dtype; a tied one is the input embedding's table, which
     stays as it is for the input lookup (one row a token) while the output reads the int4 copy. On CUDA the
     copy is held as the fast engine holds its stacked projections (``fused_projections``: tinygemm without
-    torchao's in_features padding): gemma3_27b's 262,208 x 5376 output reads 0.75 GB a token instead of 2.8.
+    torchao's in_features padding), so a decode step reads about a quarter of the output layer's bf16 bytes.
     """
     import torch
     from torchao.quantization import quantize_
