@@ -19,12 +19,16 @@ class TaskConfig:
     uses_this_machine: bool = True
     # whether device_map=tp (tensor-parallel inference, one rank per GPU) runs this task
     tensor_parallel: bool = False
+    # what the preflight plans before the task loads anything (gemma_run.planning.preflight): infer | train;
+    # null: the task is not checked
+    plan_as: str | None = None
 
 
 @dataclass
 class InferTaskConfig(TaskConfig):
     name: str = "infer"
     tensor_parallel: bool = True
+    plan_as: str | None = "infer"
 
 
 @dataclass
@@ -48,6 +52,7 @@ class BenchTaskConfig(TaskConfig):
     (docs/bench.md). Every combination of the three lists is measured."""
 
     name: str = "bench"
+    plan_as: str | None = "infer"
     prompt_tokens: list[int] = field(default_factory=lambda: [128])  # synthetic prompts of exactly these lengths
     new_tokens: list[int] = field(default_factory=lambda: [128])  # generated per sequence (EOS is suppressed)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])

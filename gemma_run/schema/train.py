@@ -145,6 +145,7 @@ class LauncherConfig:
 @dataclass
 class TrainTaskConfig(TaskConfig):
     name: str = "train"
+    plan_as: str | None = "train"
 
 
 @dataclass
@@ -153,6 +154,7 @@ class BenchTrainTaskConfig(TaskConfig):
     train.max_seq_length tokens, train.per_device_batch_size of them a micro-batch (as the preflight plans)."""
 
     name: str = "bench_train"
+    plan_as: str | None = "train"
     steps: int = 6  # optimizer steps timed
     warmup_steps: int = 2  # steps run first and not timed (allocator growth, autotune, first-call overheads)
     # Record the timed steps with torch.profiler and write profile.txt beside bench_train.json: the kernels that
