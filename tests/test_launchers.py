@@ -87,3 +87,16 @@ def test_task_target_is_declared_once() -> None:
     for name, schema in TASK_SCHEMAS.items():
         default = {f.name: f.default for f in dataclasses.fields(schema)}["_target_"]
         assert default == "???", f"{schema.__name__} declares _target_ {default!r}; conf/task/{name}.yaml does"
+
+
+def test_task_facts_come_from_the_task_schema(compose_cfg) -> None:
+    """device_map=tp and the preflight read what the task's schema says, not its name."""
+    from gemma_run.app.validation import validate
+
+    cfg = compose_cfg()
+    assert cfg.task.tensor_parallel and cfg.task.plan_as == "infer"
+    train = compose_cfg(["task=train"]).task
+    assert not train.tensor_parallel and train.plan_as == "train"
+    assert compose_cfg(["task=plan"]).task.plan_as is None
+    bad = {p.key: p.problem for p in validate(compose_cfg(["task.plan_as=fit"]))}
+    assert "task.plan_as" in bad and "not infer, train or null" in bad["task.plan_as"]

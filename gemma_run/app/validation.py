@@ -73,6 +73,15 @@ def _generation(cfg: DictConfig) -> list[GemmaRunError]:
     return problems
 
 
+def _task(cfg: DictConfig) -> list[GemmaRunError]:
+    """The task's own facts (schema/tasks.py) that other steps act on."""
+    plan_as = cfg.task.get("plan_as")
+    if plan_as not in (None, "infer", "train"):
+        return [ConfigError(f"task.plan_as={plan_as!r} is not infer, train or null", key="task.plan_as",
+                            fix="task.plan_as=infer (or train; null skips the preflight)")]
+    return []
+
+
 def _walk_added(node: DictConfig, prefix: str) -> list[str]:
     """Dotted keys under ``node`` that no schema declares (only a `+key=value` puts them there). A dict-typed
     field (env.vars, plugins, model.config, device_map.map, ...) is an open map: any key is its own."""
@@ -190,7 +199,7 @@ def missing_values(cfg: DictConfig) -> list[GemmaRunError]:
     return problems
 
 
-CHECKS = (unknown_keys, _model, _quant, _device_map, _generation)
+CHECKS = (unknown_keys, _model, _quant, _device_map, _generation, _task)
 
 
 def prepare(cfg: DictConfig) -> dict:
