@@ -6,7 +6,7 @@ during a 128 + 128-token greedy generation; then LoRA and QLoRA training of gemm
 projection, gradient checkpointing, seq 512, batch 1, AdamW), the peak of the second step (steady state).
 Prints planned vs measured and the error. Targets: <= 5% on weights, <= 10% on peaks. Run on the GPU machine:
 
-    GEMMA_RUN_CACHE=/tmp/gr-cache python bench/plan_accuracy.py            # ~5-8 min on an H100
+    GEMMA_RUN_CACHE=/tmp/gr-cache python bench/plan_accuracy.py            # minutes (docs/benchmarks.md)
     python bench/plan_accuracy.py --models gemma3_4b --quants none         # a subset
 
 Random checkpoints are built and saved first (4B ~8.6 GB, 12B ~24 GB under $GEMMA_RUN_CACHE/random/).

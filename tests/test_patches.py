@@ -103,3 +103,29 @@ def test_the_doctor_lists_every_patch() -> None:
     for r in rows:
         assert r["phase"] in PHASES and r["state"] and "trigger_holds" in r and "applied" in r
     assert all(p.name in f.finding for p in registry.PATCHES)
+
+
+def test_bitsandbytes_repeated_warnings_once_per_message_twice_is_a_no_op_and_undo_removes_it() -> None:
+    import logging
+
+    from gemma_run.patches import bitsandbytes_repeated_warnings as b
+
+    registry.undo(b.PATCH.name)
+    assert registry.apply_one(b.PATCH.name, quant_backend="none").status == "not needed"
+    assert registry.apply_one(b.PATCH.name, quant_backend="bitsandbytes").status == "applied"
+    assert registry.apply_one(b.PATCH.name, quant_backend="bitsandbytes").status == "already applied"
+    logger = logging.getLogger(b.LOGGER)
+    assert len(b._filters()) == 1
+    cast = "MatMul8bitLt: inputs will be cast from %s to float16 during quantization"
+    records = [logger.makeRecord(b.LOGGER, logging.WARNING, __file__, 1, msg, (arg,), None)
+               for msg, arg in ((cast, "torch.bfloat16"), (cast, "torch.float32"), ("another %s", 1))]
+    assert [logger.filter(r) for r in records] == [True, False, True]  # the same message once, whatever its args
+    registry.undo(b.PATCH.name)
+    assert b._filters() == [] and logger.filter(records[1])
+
+
+def test_doctor_lists_the_bitsandbytes_patch() -> None:
+    from gemma_run.doctor.shims import shims_check
+
+    rows = shims_check(None).details["shims"]
+    assert "bitsandbytes.repeated_warnings" in [r["name"] for r in rows]

@@ -55,14 +55,14 @@ def test_weight_bytes_equal_a_real_bitsandbytes_model(compose_cfg, quant: str) -
         if id(t) in seen:
             continue
         seen.add(id(t))
-        real += memory._r(t.numel() * t.element_size())
+        real += memory.rounded(t.numel() * t.element_size())
         qs = getattr(t, "quant_state", None)
         if qs is not None:
-            real += memory._r(qs.absmax.numel() * qs.absmax.element_size()) + memory._r(qs.code.numel() * 4)
+            real += memory.rounded(qs.absmax.numel() * qs.absmax.element_size()) + memory.rounded(qs.code.numel() * 4)
             if qs.nested:
-                real += memory._r(qs.state2.absmax.numel() * 4) + memory._r(qs.state2.code.numel() * 4) + 512
+                real += memory.rounded(qs.state2.absmax.numel() * 4) + memory.rounded(qs.state2.code.numel() * 4) + 512
         if getattr(t, "SCB", None) is not None:
-            real += memory._r(t.SCB.numel() * 4)
+            real += memory.rounded(t.SCB.numel() * 4)
     q = cfg.quant
     spec = from_cfg(q).planner_quant()
     sk = skeleton.build(OmegaConf.to_container(cfg.model.config), True)

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from gemma_run.app.errors import GemmaRunError
 from gemma_run.planning import memory, params, skeleton
 from gemma_run.quant import from_cfg
+from gemma_run.quant.torchao import TorchAoInt4
 
 INT4 = ["quant=int4", "quant.group_size=64"]  # the tiny model's Linears take 64 or 128 inputs
 
@@ -30,9 +31,9 @@ def _real_bytes(model) -> int:
         seen.add(id(t))
         if hasattr(type(t), "__tensor_flatten__"):
             names, _ = t.__tensor_flatten__()
-            total += sum(memory._r(getattr(t, n).numel() * getattr(t, n).element_size()) for n in names)
+            total += sum(memory.rounded(getattr(t, n).numel() * getattr(t, n).element_size()) for n in names)
         else:
-            total += memory._r(t.numel() * t.element_size())
+            total += memory.rounded(t.numel() * t.element_size())
     return total
 
 
@@ -143,18 +144,18 @@ def test_cuda_layout_pads_in_features_to_1024() -> None:
     """Int4TilePackedTo4dTensor pads (out, in) to multiples of (8, 1024) and keeps the padding: Gemma 3 27B's
     q_proj (4096 x 5376) is stored as 4096 x 6144 int4 + 48 groups x 4096 rows x (scale, zero) in bf16."""
     q = memory.Quant("int4", group_size=128)
-    assert memory.int4_weight_bytes((4096, 5376), q, "bfloat16") == 4096 * 6144 // 2 + 48 * 4096 * 2 * 2
+    assert TorchAoInt4.planned_weight_bytes((4096, 5376), q, "bfloat16") == 4096 * 6144 // 2 + 48 * 4096 * 2 * 2
     cpu = memory.Quant("int4", group_size=128, padded=False)
-    assert memory.int4_weight_bytes((4096, 5376), cpu, "bfloat16") == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
+    assert TorchAoInt4.planned_weight_bytes((4096, 5376), cpu, "bfloat16") == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
 
 
 def test_projections_the_fast_engine_stacks_are_counted_without_torchaos_padding() -> None:
     """Stacked (q/k/v, gate/up): in_features padded to 128 only; the others keep torchao's 1024 (1B's down_proj:
     6912 -> 7168)."""
     stacked = memory.Quant("int4", group_size=128, stacked=True)
-    q_proj = memory.int4_weight_bytes((4096, 5376), stacked, "bfloat16", "model.layers.0.self_attn.q_proj")
+    q_proj = TorchAoInt4.planned_weight_bytes((4096, 5376), stacked, "bfloat16", "model.layers.0.self_attn.q_proj")
     assert q_proj == 4096 * 5376 // 2 + 42 * 4096 * 2 * 2
-    down = memory.int4_weight_bytes((1152, 6912), stacked, "bfloat16", "model.layers.0.mlp.down_proj")
+    down = TorchAoInt4.planned_weight_bytes((1152, 6912), stacked, "bfloat16", "model.layers.0.mlp.down_proj")
     assert down == 1152 * 7168 // 2 + 56 * 1152 * 2 * 2
 
 
@@ -237,7 +238,7 @@ def test_lm_head_int4_quantizes_the_output_layer_keeps_the_table_and_matches_the
     assert 0 < float((a - b).norm() / a.norm()) < 0.2
     plan = make_plan(inputs.from_cfg(cfg, "infer")[0])
     assert plan["weights_bytes"] == _real_bytes(model) and plan["quantized_modules"] == 15
-    assert plan["decode_unread_bytes"] == memory._r(table.numel() * 4)
+    assert plan["decode_unread_bytes"] == memory.rounded(table.numel() * 4)
 
 
 def test_lm_head_int4_is_quant_int4s_option(compose_cfg) -> None:

@@ -3,8 +3,8 @@
     GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_train_gpu.py -q -s
 
 The first run builds the random-weight checkpoint into the cache (~16 GB in fp32, a minute or two); the
-training itself is 8 steps of 4 x 2048 tokens. For comparison (stack.md, HF Trainer on the same model):
-LoRA 7,345 tok/s, QLoRA 6,192, QLoRA + ZeRO-3 on one GPU 2,634.
+training itself is 8 steps of 4 x 2048 tokens. The figures to compare with (the HF Trainer on the same model,
+LoRA, QLoRA and QLoRA + ZeRO-3 on one GPU) are in docs/benchmarks.md, "Why the defaults are what they are".
 """
 
 from __future__ import annotations

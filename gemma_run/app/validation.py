@@ -6,7 +6,6 @@ may add its own with ``validate(cfg) -> list[GemmaRunError]``.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -86,6 +85,15 @@ def _generation(cfg: DictConfig) -> list[GemmaRunError]:
                                     "always uses its own static cache", key="generation.cache_implementation",
                                     fix="drop generation.cache_implementation, or generation.engine=hf"))
     return problems
+
+
+def _task(cfg: DictConfig) -> list[GemmaRunError]:
+    """The task's own facts (schema/tasks.py) that other steps act on."""
+    plan_as = cfg.task.get("plan_as")
+    if plan_as not in (None, "infer", "train"):
+        return [ConfigError(f"task.plan_as={plan_as!r} is not infer, train or null", key="task.plan_as",
+                            fix="task.plan_as=infer (or train; null skips the preflight)")]
+    return []
 
 
 def _walk_added(node: DictConfig, prefix: str) -> list[str]:
@@ -205,7 +213,7 @@ def missing_values(cfg: DictConfig) -> list[GemmaRunError]:
     return problems
 
 
-CHECKS = (unknown_keys, _model, _quant, _device_map, _generation)
+CHECKS = (unknown_keys, _model, _quant, _device_map, _generation, _task)
 
 
 def prepare(cfg: DictConfig) -> dict:
@@ -224,9 +232,10 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
         return problems  # the other checks read these values
     for check in CHECKS:
         problems.extend(check(cfg))
-    module_name = str(cfg.task._target_).rpartition(".")[0]
+    from gemma_run.tasks import module_of
+
     try:
-        module = importlib.import_module(module_name)
+        module = module_of(cfg.task)
     except ImportError:
         return problems  # Dispatch names the broken target
     task_check = getattr(module, "validate", None)

@@ -1,7 +1,7 @@
 """The memory bandwidth of the device the model runs on, measured by copying one large tensor into another.
 
-A copy reads every byte once and writes it once, so bandwidth = 2 x bytes / seconds: the same convention as
-stack.md's "copy 3006 GB/s (read+write)" on an H100, which is what the decode limit is measured against.
+A copy reads every byte once and writes it once, so bandwidth = 2 x bytes / seconds (read + write), the
+convention of the copy bandwidths in docs/benchmarks.md; the decode limit is measured against it.
 On a GPU the copies are timed with CUDA events; on the CPU (so CI can run task=bench) with perf_counter.
 """
 

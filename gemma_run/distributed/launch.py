@@ -1,4 +1,5 @@
-"""Multi-process launch: the resolved config written once, then torchrun or the deepspeed launcher on the worker.
+"""Multi-process launch: the resolved config written once, then the ``launcher`` group's command (torchrun, the
+deepspeed launcher: gemma_run.distributed.launchers) on the worker.
 
 Each rank runs ``python -m gemma_run.distributed.worker <run_dir>``, which reads that file: no rank composes a
 config of its own (each would make its own timestamped run dir), and every rank trains from the same values. This
@@ -60,38 +61,6 @@ def worker_args(run_dir: Path, resume_from: Path | None) -> list[str]:
     return args + (["--resume-from", str(resume_from)] if resume_from else [])
 
 
-def command(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> list[str]:
-    """The launcher command line for the `launcher` group."""
-    la = cfg.launcher
-    if la.kind.name == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={la.nproc_per_node}",
-               f"--nnodes={la.nnodes}"]
-        if la.rdzv_endpoint:
-            cmd += ["--rdzv_backend=c10d", f"--rdzv_endpoint={la.rdzv_endpoint}", f"--rdzv_id={la.rdzv_id}"]
-        else:
-            cmd += [f"--node_rank={la.node_rank}", f"--master_addr={la.master_addr}",
-                    f"--master_port={la.master_port}"]
-        return cmd + worker_args(run_dir, resume_from)
-    # the deepspeed launcher: --module runs `python -m gemma_run.distributed.worker`; it adds --local_rank, which the
-    # worker accepts and ignores (LOCAL_RANK is in its environment too)
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", f"--master_addr={la.master_addr}",
-           f"--master_port={la.master_port}"]
-    if la.hostfile:
-        cmd += [f"--hostfile={la.hostfile}", f"--num_nodes={la.nnodes}"]
-    else:
-        cmd += [f"--num_gpus={la.nproc_per_node}", f"--num_nodes={la.nnodes}", f"--node_rank={la.node_rank}"]
-    return [*cmd, "--module", *worker_args(run_dir, resume_from)[1:]]
-
-
-def _remove_shm_buffers(addr: str, port: int) -> None:
-    """The deepspeed launcher leaves its ranks' shared-memory allreduce buffers in /dev/shm; they are named
-    after this run's master address and port, so only this run's are removed."""
-    shm = Path("/dev/shm")
-    if shm.is_dir():
-        for path in shm.glob(f"deepspeed_*_{addr}_{port}_*"):
-            path.unlink(missing_ok=True)
-
-
 def _stdout(what: str) -> int | None:
     """Training ranks print nothing for the user: their stdout (the deepspeed launcher's and DeepSpeed's log,
     the Trainer's loss dicts) joins stderr. Inference ranks keep stdout: rank 0 prints the completions there."""
@@ -103,25 +72,26 @@ def _stdout(what: str) -> int | None:
         return None
 
 
-def launch(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> dict[str, Any]:
-    """Start the processes, wait for them, and return rank 0's result."""
+def launch(cfg: DictConfig, run_dir: Path, resume_from: Path | None, what: str = "training") -> dict[str, Any]:
+    """Start the processes, wait for them, and return rank 0's result. ``what`` the ranks do, "training" (they
+    read the deepspeed group; their stdout joins stderr) or "inference", is said by the task that launches."""
+    from gemma_run.distributed import launchers
     from gemma_run.training import deepspeed_config
 
     run_dir = Path(run_dir)
-    what = "inference" if cfg.task.name == "infer" else "training"
+    launcher = launchers.from_cfg(cfg.launcher)
     ds = deepspeed_config.render(cfg.deepspeed) if what == "training" else None
     if ds is not None:
         write_json(run_dir / "ds_config.json", ds)  # for reading only: every rank renders the same dict
     for name in (RESULT, ERROR):
         (run_dir / name).unlink(missing_ok=True)
-    cmd = command(cfg, run_dir, resume_from)
+    cmd = launcher.command(worker_args(run_dir, resume_from))
     log.info("launch: %s", " ".join(cmd))
     try:
         proc = subprocess.run(cmd, check=False, stdout=_stdout(what))
     finally:
-        if cfg.launcher.kind.name == "deepspeed":
-            _remove_shm_buffers(cfg.launcher.master_addr, cfg.launcher.master_port)
-    if cfg.launcher.node_rank > 0 and not cfg.launcher.hostfile:
+        launcher.after_run(run_dir)
+    if launcher.secondary_node:
         if proc.returncode != 0:
             raise GemmaRunError(f"this node's {what} processes failed (exit {proc.returncode})", key="launcher",
                                 fix="read the first traceback above, and node 0's log")

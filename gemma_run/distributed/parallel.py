@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from gemma_run import quant
 from gemma_run.app import env
 from gemma_run.app.errors import ConfigError, GemmaRunError
+from gemma_run.distributed import launchers
 
 # The sizes transformers' plan splits over the ranks (colwise q/k/v/gate/up, rowwise o/down). Gemma 4's global
 # layers have their own KV head count (num_global_key_value_heads, fewer than the sliding layers') and its MoE
@@ -64,10 +65,10 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
         return []
     problems: list[GemmaRunError] = []
     la, world = cfg.launcher, world_size(cfg)
-    if cfg.task.name != "infer":
+    if not cfg.task.tensor_parallel:
         problems.append(ConfigError(f"device_map=tp is tensor-parallel inference; task={cfg.task.name} does not "
                                     "run it", key="device_map", fix="task=infer, or device_map=auto|balanced"))
-    if la.kind.name != "torchrun" or world < 2:
+    if not launchers.from_cfg(la).tensor_parallel or world < 2:
         problems.append(ConfigError(
             f"device_map=tp needs one process per GPU, but launcher={la.name} starts {world}", key="launcher",
             fix="launcher=torchrun launcher.nproc_per_node=<GPUs> (2 or more), or device_map=auto for one process"))

@@ -1,7 +1,8 @@
 """The entry point of each launched rank: ``python -m gemma_run.distributed.worker <run_dir> [--resume-from DIR]``.
 
 It reads the config the launching process resolved (never composes its own), exports the env group, applies the
-shims, and trains (task=infer with device_map=tp: generates). Rank 0 alone writes the result (and the first
+shims, and runs the task's ``run_rank`` (the module of its ``_target_``: task=train trains, task=infer with
+device_map=tp generates). Rank 0 alone writes the result (and the first
 user-fixable error) for the launcher to read.
 """
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from gemma_run.app.errors import GemmaRunError
     from gemma_run.app.plugins import ApplyShims, ExportEnv
     from gemma_run.distributed.launch import ERROR, RESULT
+    from gemma_run.tasks import rank_entry
 
     rank = int(env.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
@@ -58,14 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ExportEnv()(ctx)
         ApplyShims()(ctx)
-        if cfg.task.name == "infer":  # device_map=tp: every rank generates, rank 0 writes
-            from gemma_run.tasks.infer import run_here
-
-            result = run_here(cfg, args.run_dir, main=rank == 0)
-        else:
-            from gemma_run.training.trainer import train
-
-            result = train(cfg, args.run_dir, resume_from=args.resume_from)
+        result = rank_entry(cfg.task)(cfg, args.run_dir, resume_from=args.resume_from, main=rank == 0)
     except GemmaRunError as e:
         if rank == 0:
             write_json(args.run_dir / ERROR, {"problem": e.problem, "key": e.key, "fix": e.fix})

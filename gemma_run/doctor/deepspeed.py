@@ -20,7 +20,7 @@ def _import_deepspeed() -> tuple[Any, Finding | None]:
     if version is None:
         return None, Finding("warn", "deepspeed is not installed: the deepspeed group (ZeRO) cannot run",
                              fix="pip install 'gemma-run[deepspeed]' (DS_BUILD_CPU_ADAM=1 prebuilds the CPU "
-                                 "optimizer; see docs/stack.md)")
+                                 "optimizer; see docs/train.md)")
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints its accelerator choice
             import deepspeed

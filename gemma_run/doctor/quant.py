@@ -6,8 +6,9 @@ from typing import Any
 
 from gemma_run.doctor.base import DoctorContext, Finding, gpu_count
 
-# nf4 keeps ~9% relative error against the full-precision weight (16 levels a value, block size 64); the
-# kernel against its own dequantized weight differs only by the compute dtype's rounding (bf16: ~0.2-0.5%).
+# Two bounds, far apart on purpose: nf4 stores 16 levels a value (block size 64), so the dequantized weight is
+# coarse against the full-precision one (MAX_QUANT_ERROR leaves room for that), while the kernel against its own
+# dequantized weight differs only by the compute dtype's rounding (MAX_KERNEL_ERROR: a broken kernel is far off).
 MAX_KERNEL_ERROR = 0.02
 MAX_QUANT_ERROR = 0.15
 
@@ -25,7 +26,8 @@ def matmul_4bit_errors(device: str, dtype_name: str, seed: int = 0) -> dict[str,
 
     dtype = getattr(torch, dtype_name)
     g = torch.Generator().manual_seed(seed)
-    # Output 128: a multiple of 32, as the CPU 4-bit kernels of bitsandbytes need (docs/stack.md).
+    # Output 128: a multiple of 32, as the CPU 4-bit kernels of bitsandbytes need (gemma_run.quant.bitsandbytes.
+    # check_cpu_4bit refuses other sizes on such CPUs).
     weight = torch.randn(128, 256, generator=g).to(device=device, dtype=dtype)
     packed, state = F.quantize_4bit(weight, quant_type="nf4", blocksize=64)
     dequant = F.dequantize_4bit(packed, state).float()
@@ -77,7 +79,7 @@ def bnb_check(ctx: DoctorContext) -> Finding:
 
 def int4_errors(device: str, seed: int = 0) -> dict[str, Any]:
     """quant=int4's own layout for ``device`` on a random 256 -> 256 Linear (bf16, group 128): the weight read
-    back through the kernel against the bf16 weight (int4 on Gaussian weights: ~9%)."""
+    back through the kernel against the bf16 weight (16 levels a group: coarse, within MAX_QUANT_ERROR)."""
     import torch
     from omegaconf import OmegaConf
     from torchao.quantization import quantize_

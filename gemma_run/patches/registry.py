@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from gemma_run.patches import (
+    bitsandbytes_repeated_warnings,
     decode_attention,
     dynamo_recompile_limit,
     fused_projections,
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 PATCHES: list[Patch] = [
     quiet_optional_imports.PATCH,
     get_default_device.PATCH,
+    bitsandbytes_repeated_warnings.PATCH,
     liger_gemma.PATCH,
     peft_input_casts.PATCH,
     dynamo_recompile_limit.PATCH,

@@ -145,8 +145,8 @@ def logits_generate_bytes(shape: Shape, batch: int, dtype_bytes: int) -> int:
 
 def logits_train_bytes(shape: Shape, tokens: int, dtype_bytes: int) -> int:
     """Logits of every position and the loss: bf16 logits (kept by the output), the fp32 upcast and the saved
-    log-softmax (fp32), and in backward the bf16 gradient of the logits: 12 bytes a logit in bf16. Checked
-    against stack.md's measurement: 4B LoRA, seq 2048 x batch 4 = 33 GiB peak; this plans 33.3 GiB."""
+    log-softmax (fp32), and in backward the bf16 gradient of the logits: 12 bytes a logit in bf16 (the plan
+    against a measured peak: docs/benchmarks.md)."""
     softcap = 2 * dtype_bytes if shape.logit_softcap else 0
     return tokens * shape.vocab * (dtype_bytes + 4 + 4 + dtype_bytes + softcap)
 

@@ -58,16 +58,17 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
     model = skeleton.build(p.config, p.text_only)
     units = params.units(model)
     shape = kv.shape_of(skeleton.text_config(model))
+    backend = p.quant.stored_by  # the quant backend's answers: which modules, bytes per weight, transients
     quantized = memory.quantized_modules(model, p.quant)
-    if p.quant.mode != "none" and not quantized:
-        raise GemmaRunError(f"quant={p.quant.mode}: this model has no Linear layer bitsandbytes can quantize",
+    if backend.quantized and not quantized:
+        raise GemmaRunError(f"quant={p.quant.mode}: this model has no Linear layer {backend.name} can quantize",
                             key="quant", fix="quant=none")
     db = DTYPE_BYTES[p.dtype]
     wbytes = {u.name: memory.unit_bytes(u, p.quant, quantized, p.dtype) for u in units}
     tied = model.get_output_embeddings() is not None and \
         model.get_output_embeddings().weight is model.get_input_embeddings().weight
     counts = params.by_component(units)
-    unread = _int4_output_layer(p, model, units, wbytes, tied) if p.quant.mode == "int4" and p.quant.lm_head else 0
+    unread = _quantized_output_layer(p, model, units, wbytes, tied) if p.quant.lm_head else 0
     # a lookup table: a decode step reads one row of the per-layer embeddings (Gemma 4 E2B/E4B), not the table
     unread += sum(memory.tensor_bytes(t, p.quant, quantized, p.dtype)
                   for t in params.per_layer_embedding_tensors(units))
@@ -81,7 +82,7 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
         "moe": {"experts": moe.experts, "top_k": moe.top_k} if moe else None,
         "expert_bytes": sum(memory.tensor_bytes(t, p.quant, quantized, p.dtype) for t in params.expert_tensors(units)),
         "active_params": params.active_params(units, moe),
-        "quantized_modules": len(quantized) + (1 if p.quant.mode == "int4" and p.quant.lm_head else 0),
+        "quantized_modules": len(quantized) + (1 if p.quant.lm_head else 0),
         "weights_bytes_by_dtype": memory.dtype_table(units, model),
         "layer_types": {t: shape.layer_types.count(t) for t in sorted(set(shape.layer_types))},
         "sliding_window": shape.sliding_window,
@@ -96,14 +97,14 @@ def make_plan(p: PlanInputs) -> dict[str, Any]:
     return result
 
 
-def _int4_output_layer(p: PlanInputs, model: Any, units: list[params.Unit], wbytes: dict[str, int],
+def _quantized_output_layer(p: PlanInputs, model: Any, units: list[params.Unit], wbytes: dict[str, int],
                        tied: bool) -> int:
     """quant.lm_head=int4 (gemma_run.quant.torchao.quantize_output_layer): the output layer's int4 bytes
     join its unit (tied: the embedding's, whose table stays; else they replace the lm_head's weight). Returns
     the bytes a decode step no longer reads (the tied table)."""
     head = model.get_output_embeddings()
     name = next(n for n, m in model.named_modules() if m is head)
-    int4 = memory.int4_weight_bytes(tuple(head.weight.shape), p.quant, p.dtype, name, unpadded=True)
+    int4 = p.quant.stored_by.planned_weight_bytes(tuple(head.weight.shape), p.quant, p.dtype, name, unpadded=True)
     if tied:
         unit = next(u for u in units if u.component == "embeddings")
         table = next(t for t in unit.tensors if t.name.endswith(".weight"))
@@ -146,10 +147,8 @@ def _infer(p: PlanInputs, units, shape, wbytes, db, quantized, model, result) ->
                         if u.layer_index is not None else 0) for u in units}
     prefill = batch * p.prompt
     transient = kv.layer_forward_bytes(shape, prefill, db) + kv.prefill_mask_bytes(shape, batch, p.prompt)
-    if p.quant.mode in ("nf4", "fp4") and prefill > 1:  # bnb dequantizes a whole weight for multi-token input
-        transient += _largest_quantized(model, quantized) * db
-    elif p.quant.mode == "int8":
-        transient += prefill * 8 * max(shape.intermediate, shape.hidden)
+    transient += p.quant.stored_by.planned_prefill_bytes(p.quant, prefill, shape.hidden, shape.intermediate,
+                                                         _largest_quantized(model, quantized), db)
     logits = kv.logits_generate_bytes(shape, batch, db)
     items = [devices.Item(u.name, wbytes[u.name] + kv_unit[u.name], u.layer_index is not None) for u in units]
     reserve = p.overhead_per_gpu + max(kv.WORKSPACE + transient, result["random_build_bytes"])
@@ -287,7 +286,7 @@ def _finish(p: PlanInputs, parts: dict[str, dict[str, int]], placement: dict[str
         per_device[_dev(dev)] = d["total"]
         detail[_dev(dev)] = d
     mixed = {v for v in placement.values()}
-    if p.quant.mode != "none" and any(v.isdigit() for v in mixed) and mixed & {"cpu", "disk"} \
+    if p.quant.stored_by.quantized and any(v.isdigit() for v in mixed) and mixed & {"cpu", "disk"} \
             and not p.quant_cpu_offload:
         problems.append("bitsandbytes refuses a device map that puts quantized modules on GPUs and on the CPU/disk "
                         "(transformers raises 'Some modules are dispatched on the CPU or the disk')")

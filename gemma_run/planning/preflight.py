@@ -15,16 +15,12 @@ from gemma_run.app.errors import GemmaRunError
 
 log = logging.getLogger(__name__)
 
-# task name -> what to plan; others unchecked
-MODES = {"infer": "infer", "bench": "infer", "train": "train", "bench_train": "train"}
-
-
 class Preflight:
     """Refuse, before loading, a run whose plan does not fit, naming the plan's suggestion."""
 
     def __call__(self, ctx: RunContext) -> None:
         cfg = ctx.cfg
-        mode = MODES.get(str(cfg.task.name))
+        mode = OmegaConf.select(cfg, "task.plan_as", default=None)  # the task's schema says what to plan
         if mode is None or not OmegaConf.select(cfg, "plan.preflight", default=True):
             return
         from gemma_run.planning import inputs

@@ -83,9 +83,38 @@ class QuantBackend(ABC):
         """Work on the loaded model (in place)."""
 
     # --- planning and training --------------------------------------------------------------------------------
+    # The planner's storage modes this backend stores (gemma_run.planning.memory.Quant.mode) -> bits per weight.
+    planner_modes: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def target(cls) -> str:
+        """The class's ``_target_``."""
+        return f"{cls.__module__}.{cls.__qualname__}"
+
     @abstractmethod
     def planner_quant(self, on_gpu: bool = True):  # -> gemma_run.planning.memory.Quant
-        """The planner's storage mode for these weights (bytes per weight follow from it)."""
+        """The planner's storage mode for these weights; the planner then asks this class (below) for the rest."""
+
+    # The planner's questions, answered from its value ``q`` (a gemma_run.planning.memory.Quant of one of
+    # planner_modes) and a model skeleton on the meta device: no weights, nothing heavy beyond torch/transformers.
+    @classmethod
+    def planned_modules(cls, model: Any, q: Any) -> set[str]:
+        """Names of the modules whose weights this backend stores quantized."""
+        return set()
+
+    @classmethod
+    def planned_weight_bytes(cls, shape: tuple[int, ...], q: Any, dtype: str, module: str = "",
+                             unpadded: bool = False) -> int:
+        """Bytes held on the device for one quantized weight of ``shape`` (out, in) of ``module``, allocator
+        rounding included; ``dtype`` is the model's. ``unpadded``: held as the fast engine holds the output layer."""
+        raise NotImplementedError(f"{cls.__name__} stores no quantized weight (planner mode {q.mode})")
+
+    @classmethod
+    def planned_prefill_bytes(cls, q: Any, tokens: int, hidden: int, intermediate: int, largest_weight: int,
+                              dtype_bytes: int) -> int:
+        """Transient bytes a forward over ``tokens`` tokens needs for these weights beyond what unquantized ones
+        need (a dequantized copy, int8 activations); ``largest_weight``: elements of the largest quantized one."""
+        return 0
 
     def zero3_overrides(self, dtype: str) -> dict[str, Any]:
         """quant keys to change for training with ZeRO-3 in ``dtype`` (e.g. the storage dtype ZeRO shards)."""

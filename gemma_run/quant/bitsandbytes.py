@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,8 @@ def torch_dtype(name: str):  # -> torch.dtype
             from None
 
 
+BLOCK = 64  # bitsandbytes' 4-bit block size on CUDA (and CPU)
+NESTED_BLOCK = 256  # double quant: blocks of absmax values per fp32 scale
 MIN_CPU_BNB = (0, 45)  # the first bitsandbytes release with a CPU backend for 8-bit and 4-bit
 
 
@@ -55,8 +56,10 @@ def check_bitsandbytes(quant_cfg: Any | None = None, model_type: str = "") -> No
 
 def build(quant_cfg: Any, model_type: str = ""):
     """The quant group -> transformers' BitsAndBytesConfig."""
+    from gemma_run.patches import registry
+
     check_bitsandbytes(quant_cfg, model_type)
-    quiet_repeated_warnings()
+    registry.apply_one("bitsandbytes.repeated_warnings", quant_backend="bitsandbytes")  # once per run, not per token
     from transformers import BitsAndBytesConfig
 
     skip = list(quant_cfg.skip_modules) or None
@@ -73,28 +76,6 @@ def build(quant_cfg: Any, model_type: str = ""):
         llm_int8_skip_modules=skip,
         llm_int8_enable_fp32_cpu_offload=quant_cfg.cpu_offload,
     )
-
-
-class _Once(logging.Filter):
-    """Let each distinct message through once (bitsandbytes logs its cast warning on every matmul call)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = str(record.msg)
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-
-def quiet_repeated_warnings() -> None:
-    """Show bitsandbytes' per-call warnings once per run instead of once per token (idempotent)."""
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _Once) for f in logger.filters):
-        logger.addFilter(_Once())
 
 
 def cpu_flags() -> set[str]:
@@ -154,10 +135,62 @@ class BitsAndBytes(QuantBackend):
             check_cpu_4bit(self.cfg, skeleton())
 
     def planner_quant(self, on_gpu: bool = True):
-        from gemma_run.planning.memory import quant_from
+        from gemma_run.planning.memory import Quant
 
         q = self.cfg
-        return quant_from(self.name, int(q.bits), q.quant_type.value, bool(q.double_quant), list(q.skip_modules))
+        mode = "int8" if int(q.bits) == 8 else q.quant_type.value
+        return Quant(mode, bool(q.double_quant), tuple(q.skip_modules), backend=self.target())
+
+    # What bitsandbytes 0.45-0.50 keeps for one quantized Linear weight of n = out x in elements (as read from a
+    # quantized model's ``Int8Params.SCB`` and ``Params4bit.quant_state``):
+    # - 8-bit (LLM.int8): the int8 weight (n bytes) + ``SCB``, one fp32 scale per output row (4 x out bytes).
+    # - 4-bit (nf4/fp4): the packed weight (n/2 bytes, whatever ``quant_storage`` dtype holds it) + one absmax per
+    #   block of 64 weights: fp32 (4 bytes) without double quant; with double quant a uint8 per block + one fp32
+    #   per 256 blocks + a 256-entry fp32 code and an fp32 offset. Plus the 16-entry fp32 nf4/fp4 code.
+    # Which modules it quantizes is transformers' decision, reproduced by calling its own functions: every
+    # ``nn.Linear`` (and GPT-2's ``Conv1D``) except ``get_keys_to_not_convert`` (the lm_head, tied weights, the last
+    # module) when no skip list is given, else exactly the skip list, plus ``_keep_in_fp32_modules``. Embeddings,
+    # norms, convolutions and biases keep the model's dtype.
+    planner_modes = {"int8": 8, "nf4": 4, "fp4": 4}
+
+    @classmethod
+    def planned_modules(cls, model: Any, q: Any) -> set[str]:
+        from torch import nn
+        from transformers.pytorch_utils import Conv1D
+
+        # transformers 4.x and 5.x keep these in different modules (gemma_run.loading.compat)
+        from gemma_run.loading.compat import keys_to_not_convert, should_convert_module
+
+        skip = list(q.skip_modules) if q.skip_modules else list(keys_to_not_convert(model))
+        skip += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        return {name for name, module in model.named_modules()
+                if (type(module) is nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skip)}
+
+    @classmethod
+    def planned_weight_bytes(cls, shape: tuple[int, ...], q: Any, dtype: str, module: str = "",
+                             unpadded: bool = False) -> int:
+        import math
+
+        from gemma_run.planning.memory import rounded
+
+        numel, rows = math.prod(shape), (shape[0] if shape else 1)
+        if q.mode == "int8":
+            return rounded(numel) + rounded(rows * 4)  # CB (int8) + SCB (fp32 per row)
+        packed = rounded((numel + 1) // 2)
+        blocks = -(-numel // BLOCK)
+        code = rounded(16 * 4)
+        if not q.double_quant:
+            return packed + rounded(blocks * 4) + code
+        nested = -(-blocks // NESTED_BLOCK)
+        return packed + rounded(blocks) + rounded(nested * 4) + rounded(256 * 4) + rounded(4) + code
+
+    @classmethod
+    def planned_prefill_bytes(cls, q: Any, tokens: int, hidden: int, intermediate: int, largest_weight: int,
+                              dtype_bytes: int) -> int:
+        if q.mode == "int8":  # int8 activations and their outlier columns
+            return tokens * 8 * max(intermediate, hidden)
+        # 4-bit: a multi-token input multiplies by a whole dequantized weight (one token uses the gemv kernel)
+        return largest_weight * dtype_bytes if tokens > 1 else 0
 
     def zero3_overrides(self, dtype: str) -> dict[str, Any]:
         if self.cfg.bits == 4 and self.cfg.quant_storage != dtype:

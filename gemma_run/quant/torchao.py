@@ -3,7 +3,7 @@
 The layout depends on where the weights go, so it is chosen when the model is loaded (``packing_format: auto``):
 - CUDA: ``Int4WeightOnlyConfig(int4_packing_format="tile_packed_to_4d")`` -> ``Int4TilePackedTo4dTensor``,
   multiplied by ``aten._weight_int4pack_mm``. bf16 only; in_features padded to a multiple of 1024 and
-  out_features to 8 (the padding is stored). Measured on an H100 with torch 2.11 (docs/stack.md).
+  out_features to 8 (the padding is stored).
 - CPU: torchao 0.18's ``Int4WeightOnlyConfig`` has no CPU layout (plain/preshuffled need the mslk package,
   plain_int32 and tile_packed_to_4d refuse the CPU). ``PrototypeInt4WeightOnlyConfig`` gives ``Int4OpaqueTensor``,
   multiplied by ``aten._weight_int4pack_mm_for_cpu``: fp32 or bf16, group size 32/64/128, no padding.
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 # better served bf16; tied to the embedding in Gemma) and the multimodal parts (not decode-bound).
 DEFAULT_SKIP = ("lm_head", "vision_tower", "multi_modal_projector")
 # quant.lm_head=int4 quantizes the output layer this many rows at a time on CUDA: torchao's quantization holds
-# transients of ~16 bytes a weight of the padded rows (bf16 copy, int32 codes, ...), 16 GB for gemma3_27b's
-# whole 262,208 x 5376 output at once; 16,384 rows hold ~1.6 GB.
+# transients several times the padded rows' own size (a bf16 copy, int32 codes, ...), which for a whole
+# 262k-vocabulary output would be many GB at once; a chunk of rows bounds them to a small fraction of that.
 HEAD_CHUNK_ROWS = 16384
 INSTALL = "pip install torchao==0.18.0 (or pip install 'gemma-run[fast]')"
 TORCHAO_GROUP_SIZES = (32, 64, 128, 256)  # tinygemm's; the CPU layout takes 32, 64, 128
@@ -113,7 +113,7 @@ def quantize_output_layer(model: Any, quant_cfg: Any, on_cuda: bool) -> None:
     transformers' torchao path leaves it in the model's dtype; a tied one is the input embedding's table, which
     stays as it is for the input lookup (one row a token) while the output reads the int4 copy. On CUDA the
     copy is held as the fast engine holds its stacked projections (``fused_projections``: tinygemm without
-    torchao's in_features padding): gemma3_27b's 262,208 x 5376 output reads 0.75 GB a token instead of 2.8.
+    torchao's in_features padding), so a decode step reads about a quarter of the output layer's bf16 bytes.
     """
     import torch
     from torchao.quantization import quantize_
@@ -232,9 +232,38 @@ class TorchAoInt4(QuantBackend):
             quantize_output_layer(model, self.cfg, on_cuda=on_cuda)
 
     def planner_quant(self, on_gpu: bool = True):
-        from gemma_run.planning.memory import quant_from
+        from gemma_run.planning.memory import Quant
 
         q = self.cfg
-        return quant_from(self.name, int(q.bits), "nf4", True, list(q.skip_modules), int(q.group_size), on_gpu,
-                          str(q.lm_head))
+        return Quant("int4", skip_modules=tuple(q.skip_modules), group_size=int(q.group_size), padded=on_gpu,
+                     lm_head=str(q.lm_head) == "int4", backend=self.target())
+
+    # int4 (tinygemm): 4 bits per weight + one (scale, zero) pair per group of ``group_size`` weights of one row, in
+    # the model's dtype. On CUDA (tile_packed_to_4d) the weight is first padded: in_features to a multiple of 1024,
+    # out_features to 8 (``Int4TilePackedTo4dTensor.from_hp``); the CPU layout (opaque) is not. The fast engine
+    # stacks q/k/v and gate/up (``gemma_run.infer.fused_projections``) and keeps their in_features padded only to
+    # what tinygemm needs (128, or the group size if larger): ``Quant.stacked``. Quantized: every ``nn.Linear`` but
+    # quant.skip_modules (default lm_head, vision tower, projector).
+    planner_modes = {"int4": 4}
+
+    @classmethod
+    def planned_modules(cls, model: Any, q: Any) -> set[str]:
+        return set(quantized_linears(model, list(q.skip_modules) or list(DEFAULT_SKIP)))
+
+    @classmethod
+    def planned_weight_bytes(cls, shape: tuple[int, ...], q: Any, dtype: str, module: str = "",
+                             unpadded: bool = False) -> int:
+        import math
+
+        from gemma_run.infer.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
+        from gemma_run.planning.memory import DTYPE_BYTES, rounded
+
+        rows, cols = shape
+        if q.padded:  # Int4TilePackedTo4dTensor pads before packing, and keeps the padding
+            sibling = q.stacked and module.rsplit(".", 1)[-1] in {n for g in GROUPS for n in g}
+            stacked = rows % TILE_N == 0 and (sibling or unpadded)
+            multiple = math.lcm(128, q.group_size) if stacked else TORCHAO_K_PAD
+            rows, cols = -(-rows // TILE_N) * TILE_N, -(-cols // multiple) * multiple
+        groups = -(-cols // q.group_size)
+        return rounded(rows * cols // 2) + rounded(groups * rows * 2 * DTYPE_BYTES[dtype])
 

@@ -27,5 +27,4 @@ class PlanConfig:
 @dataclass
 class PlanTaskConfig(TaskConfig):
     name: str = "plan"
-    _target_: str = "gemma_run.tasks.plan.run"
     uses_this_machine: bool = False

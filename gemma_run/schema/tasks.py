@@ -10,17 +10,25 @@ from omegaconf import MISSING
 @dataclass
 class TaskConfig:
     name: str = MISSING
-    # The task's entry point, called as fn(cfg, run_dir) -> dict (the task's result).
+    # The task's entry point, called as fn(cfg, run_dir) -> dict (the task's result); declared once, in the task's
+    # YAML (conf/task/<name>.yaml). A task that launches processes also has, in the same module,
+    # run_rank(cfg, run_dir, resume_from, main) -> dict: what each launched rank runs (gemma_run.distributed.worker).
     _target_: str = MISSING
     # false for tasks that only describe a machine (task=plan can plan for GPUs you do not have): the checks of
     # this machine's devices (device_map_check) do not apply to them.
     uses_this_machine: bool = True
+    # whether device_map=tp (tensor-parallel inference, one rank per GPU) runs this task
+    tensor_parallel: bool = False
+    # what the preflight plans before the task loads anything (gemma_run.planning.preflight): infer | train;
+    # null: the task is not checked
+    plan_as: str | None = None
 
 
 @dataclass
 class InferTaskConfig(TaskConfig):
     name: str = "infer"
-    _target_: str = "gemma_run.tasks.infer.run"
+    tensor_parallel: bool = True
+    plan_as: str | None = "infer"
 
 
 @dataclass
@@ -29,7 +37,6 @@ class TestTaskConfig(TaskConfig):
 
     __test__ = False  # not a pytest test class despite its name
     name: str = "test"
-    _target_: str = "gemma_run.tasks.test.run"
     # Which checks run: all, families (versions, shims, env, gpus, quant, deepspeed, smoke) or single checks
     # (gpus.nccl); e.g. task.checks=[versions,smoke.load]
     checks: list[str] = field(default_factory=lambda: ["all"])
@@ -45,7 +52,7 @@ class BenchTaskConfig(TaskConfig):
     (docs/bench.md). Every combination of the three lists is measured."""
 
     name: str = "bench"
-    _target_: str = "gemma_run.tasks.bench.run"
+    plan_as: str | None = "infer"
     prompt_tokens: list[int] = field(default_factory=lambda: [128])  # synthetic prompts of exactly these lengths
     new_tokens: list[int] = field(default_factory=lambda: [128])  # generated per sequence (EOS is suppressed)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])

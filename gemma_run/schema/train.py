@@ -127,16 +127,11 @@ class DeepSpeedConfig:
     extra: dict = field(default_factory=dict)
 
 
-class LauncherKind(Enum):
-    local = "local"  # this process (one process)
-    torchrun = "torchrun"
-    deepspeed = "deepspeed"
-
-
 @dataclass
 class LauncherConfig:
+    # The launcher class (gemma_run.distributed.launchers): whether and how the run's processes are started.
+    _target_: str = "gemma_run.distributed.launchers.local.Local"
     name: str = "local"
-    kind: LauncherKind = LauncherKind.local
     nproc_per_node: int = 1  # processes on this node (one per GPU)
     nnodes: int = 1
     node_rank: int = 0
@@ -150,7 +145,7 @@ class LauncherConfig:
 @dataclass
 class TrainTaskConfig(TaskConfig):
     name: str = "train"
-    _target_: str = "gemma_run.tasks.train.run"
+    plan_as: str | None = "train"
 
 
 @dataclass
@@ -159,7 +154,7 @@ class BenchTrainTaskConfig(TaskConfig):
     train.max_seq_length tokens, train.per_device_batch_size of them a micro-batch (as the preflight plans)."""
 
     name: str = "bench_train"
-    _target_: str = "gemma_run.tasks.bench_train.run"
+    plan_as: str | None = "train"
     steps: int = 6  # optimizer steps timed
     warmup_steps: int = 2  # steps run first and not timed (allocator growth, autotune, first-call overheads)
     # Record the timed steps with torch.profiler and write profile.txt beside bench_train.json: the kernels that
@@ -170,7 +165,6 @@ class BenchTrainTaskConfig(TaskConfig):
 @dataclass
 class MergeTaskConfig(TaskConfig):
     name: str = "merge"
-    _target_: str = "gemma_run.tasks.merge.run"
     # A training run dir (its adapter/ is used) or an adapter dir (adapter_config.json + safetensors).
     adapter: str | None = None
     output_dir: str | None = None  # null: <run dir>/merged

@@ -8,10 +8,9 @@ device and the fraction of the limit: bytes a decode step reads (the planner's w
 KV cache) x steps/s over the device's copy bandwidth, measured in the same run. Rows go to ``bench.json``.
 
 On a GPU the copy is measured before the weights load, on the clean device, and again after: the limit divides by
-the first. (With gemma3_27b built and quantized in this process, the copy after loading read ~2,587 GB/s on
-H100s where it reads ~3,005 on a clean device, in most such runs, while the weights themselves copied at the
-clean rate (docs/bench.md). Dividing by the lower figure would have flattered the
-fraction by 16%.)
+the first. A large model built and quantized in this process can leave the probe's copy slower afterwards while
+the weights themselves still copy at the clean rate (docs/bench.md); dividing by the lower figure would flatter
+the fraction.
 """
 
 from __future__ import annotations

@@ -4,13 +4,12 @@ It runs task=train's own code (``training.trainer.train``: the loader, LoRA/QLoR
 DeepSpeed, the HF Trainer) for ``task.warmup_steps + task.steps`` optimizer steps on examples of (at most, cut at a
 word) ``train.max_seq_length`` tokens, ``train.per_device_batch_size`` per device, and times the last
 ``task.steps`` only (the first steps pay allocator growth, autotuning and first-call overheads). tokens/s is
-per the median timed step: the steady state of a long run, which one-off stalls do not move (on a fresh H100
-machine the last step of the first run took 2.9 s against 0.72 s for the others; such a stall is a rounding
-error in a real run's thousands of steps); ``tokens_per_second_mean`` (over the timed steps' total) and every
-step's seconds (``step_seconds``) are in the row too. MFU uses the
-model FLOPs of ``training.flops`` against the device's datasheet peak. The row goes to ``bench_train.json``
-and result.json (so a ``-m`` sweep over train.loss_kernel / train.attn_implementation / quant / deepspeed
-tabulates the runs).
+per the median timed step: the steady state of a long run, which one-off stalls do not move (a fresh machine's
+first run can stall one step for several times a step's length; such a stall is a rounding error in a real run's
+thousands of steps, but not in a handful of timed ones); ``tokens_per_second_mean`` (over the timed steps'
+total) and every step's seconds (``step_seconds``) are in the row too. MFU uses the model FLOPs of
+``training.flops`` against the device's datasheet peak. The row goes to ``bench_train.json`` and result.json (so
+a ``-m`` sweep over train.loss_kernel / train.attn_implementation / quant / deepspeed tabulates the runs).
 The plain Trainer setup to compare with is the preset ``+experiment=bench/train_4b_lora_baseline`` (eager
 attention, the full-logits loss, no fused or compiled kernels, no DeepSpeed).
 """
@@ -29,6 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gemma_run.app.errors import ConfigError, GemmaRunError
+from gemma_run.distributed import launchers
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
     t = cfg.task
     problems = [ConfigError(f"task.{k}={t[k]} must be >= {low}", key=f"task.{k}", fix=f"task.{k}={fix}")
                 for k, low, fix in (("steps", 1, 6), ("warmup_steps", 0, 2)) if int(t[k]) < low]
-    if cfg.launcher.kind.name != "local":
+    if launchers.from_cfg(cfg.launcher).launches:
         problems.append(ConfigError("task=bench_train runs in this process", key="launcher",
                                     fix="launcher=local (benchmark several processes with task=train)"))
     return problems + [p for p in train.validate(bench_cfg(cfg, "synthetic.jsonl")) if p.key != "launcher"]

@@ -45,7 +45,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _launch(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """device_map=tp: the same run on every rank of launcher=torchrun (gemma_run.distributed.worker -> run_here);
+    """device_map=tp: the same run on every rank of launcher=torchrun (gemma_run.distributed.worker -> run_rank);
     rank 0's result comes back. A random model is built here first, once, not by every rank at the same time."""
     import torch
 
@@ -57,7 +57,12 @@ def _launch(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if torch.cuda.is_initialized():  # a random model built on GPU 0 leaves its blocks cached: give them to rank 0
         torch.cuda.empty_cache()
     write_config(cfg, run_dir)
-    return launch(cfg, run_dir, None)
+    return launch(cfg, run_dir, None, "inference")
+
+
+def run_rank(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, main: bool = True) -> dict[str, Any]:
+    """One rank of device_map=tp (gemma_run.distributed.worker): every rank generates, rank 0 (``main``) writes."""
+    return run_here(cfg, run_dir, main=main)
 
 
 def run_here(cfg: DictConfig, run_dir: Path, main: bool = True) -> dict[str, Any]:

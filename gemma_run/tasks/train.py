@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from gemma_run import quant
 from gemma_run.app.errors import ConfigError, GemmaRunError
+from gemma_run.distributed import launchers
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,13 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
     need(not backend.trains or backend.zero3_sharding or ds.stage != 3,
          f"{cfg.quant.bits}-bit weights cannot be sharded by ZeRO-3", "quant",
          "quant=4bit (QLoRA stores 4-bit weights in the training dtype for ZeRO-3), or deepspeed=zero2")
-    local = la.kind.name == "local"
-    need(not local or (la.nproc_per_node == 1 and la.nnodes == 1), f"launcher=local runs one process, but "
-         f"launcher.nproc_per_node={la.nproc_per_node} launcher.nnodes={la.nnodes}", "launcher",
-         "launcher=torchrun (or launcher=deepspeed) to start several processes")
-    need(la.nproc_per_node >= 1 and la.nnodes >= 1, "launcher.nproc_per_node and launcher.nnodes must be >= 1",
-         "launcher", "launcher.nproc_per_node=2")
+    try:
+        launcher = launchers.from_cfg(la)
+    except GemmaRunError as e:  # a _target_ that does not import
+        launcher = None
+        problems.append(e)
+    else:
+        problems += launcher.problems()
     if t.gpu_memory_cap:
         from gemma_run.planning.devices import parse_size
 
@@ -64,7 +66,7 @@ def validate(cfg: DictConfig) -> list[GemmaRunError]:
             parse_size(t.gpu_memory_cap, "train.gpu_memory_cap")
         except GemmaRunError as e:
             problems.append(e)
-    if ds.stage > 0 or la.kind.name == "deepspeed":
+    if ds.stage > 0 or (launcher is not None and launcher.runs_deepspeed):
         need(importlib.util.find_spec("deepspeed") is not None, "deepspeed is not installed", "deepspeed",
              "pip install 'gemma-run[deepspeed]' (or deepspeed=none launcher=torchrun)")
     from gemma_run.training import activation_checkpointing
@@ -158,12 +160,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     _check_same_settings(cfg, run_dir)
     resume_from, skipped = _resume_point(cfg, out)
     write_config(cfg, run_dir)  # what every rank reads, and what a later resume is compared with
-    if cfg.launcher.kind.name == "local":
-        result = trainer.train(cfg, run_dir, resume_from=resume_from, checked=checked)
+    if launchers.from_cfg(cfg.launcher).launches:
+        result = launch(cfg, run_dir, resume_from, "training")
     else:
-        result = launch(cfg, run_dir, resume_from)
+        result = trainer.train(cfg, run_dir, resume_from=resume_from, checked=checked)
     result["skipped_checkpoints"] = skipped
     result["deepspeed_choice"] = choice or warning or f"deepspeed={cfg.deepspeed.name} as given"
     if cfg.train.merge and "adapter" in result:  # node 0 merges; other nodes return no adapter
         result["merge"] = merge.merge(cfg, Path(result["adapter"]), out / "merged", replace=True)
     return result
+
+
+def run_rank(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, main: bool = True) -> dict[str, Any]:
+    """One rank started by the launcher (gemma_run.distributed.worker): the same training as in-process."""
+    from gemma_run.training import trainer
+
+    return trainer.train(cfg, run_dir, resume_from=resume_from)

@@ -11,10 +11,10 @@ their activations are done and freed before the first recompute starts: the reco
 layer's saved tensors) never adds to theirs. Spread evenly, every recompute would run while most of them are
 still held, for the same compute saved.
 
-``all`` is the default, on a measurement: on an H100 (random gemma3_4b, LoRA r16, 2048 x 4, Liger's kernels)
-``auto`` kept 21 of 34 layers whole at 35.3 GiB and ran at 7,363 tok/s, below every layer checkpointed (8,274 at
-11.1 GiB): the saved recompute did not pay for the memory traffic of the kept activations (docs/benchmarks.md).
-``auto`` checkpoints as few layers as the GPU's memory allows: when training starts (model built,
+``all`` is the default: the recompute that keeping activations saves costs memory traffic of its own (every kept
+layer's activations written in forward and read back in backward), and with fused kernels that traffic costs
+more than the recompute it saves, at several times the memory (docs/benchmarks.md, "Why the defaults are what
+they are"). ``auto`` checkpoints as few layers as the GPU's memory allows: when training starts (model built,
 LoRA on, DeepSpeed set up) it takes the memory this process may use (``train.gpu_memory_cap`` or what the GPU
 has free), keeps ``HEADROOM`` of it, subtracts what is allocated and what all-layer checkpointing adds on top
 (gradients and AdamW state, the loss, each layer's checkpointed input, one layer's backward) from the planner's
@@ -38,16 +38,16 @@ from gemma_run.app.errors import ConfigError, GemmaRunError
 log = logging.getLogger(__name__)
 
 KEY = "train.checkpoint_layers"
-# Fraction of the usable memory auto plans to fill: the estimate below is from formulas (within ~15% of
-# tensors counted on CPU), and the caching allocator fragments
+# Fraction of the usable memory auto plans to fill: the estimate below is from formulas, not from counted
+# tensors, and the caching allocator fragments
 HEADROOM = 0.9
-# layer_saved_bytes counts the model's own saved tensors; measured with saved_tensors_hooks on a Gemma 3 layer
-# with LoRA (r16, all linear, bf16 autocast), the layer saved 1.11x that without dropout: the LoRA A/B inputs
-# and outputs and peft's casts. 1.15 covers it.
+# layer_saved_bytes counts the model's own saved tensors; a layer with LoRA (all linear, bf16 autocast) saves a
+# little more: the LoRA A/B inputs and outputs and peft's casts. The factor covers that (what saved_tensors_hooks
+# count on a Gemma 3 layer, with a margin).
 LORA_SAVED_FACTOR = 1.15
 # One layer's backward holds the gradient of each activation beside it: about twice the forward's working memory
-# (kv.layer_forward_bytes). With it the all-layer estimate of 4B LoRA at 2048 x 4 (Liger loss) is 14.6 GiB; the
-# H100 measured 14.7.
+# (kv.layer_forward_bytes). The all-layer estimate made with it is checked against a GPU's measured peak in
+# docs/benchmarks.md.
 BACKWARD_WORK = 2
 # LoRA dropout keeps, per targeted Linear, its input's mask and dropped copy: up to fp32 (4 bytes) an element
 # of the input (CPU: the fp32 product; CUDA: a 1-byte mask and the bf16 copy for lora_A)

@@ -2,9 +2,9 @@
 
 Why: a LoRA step of a Gemma layer is hundreds of small kernels around its few large products: norms in fp32,
 the rotary embedding, the GeGLU, LoRA's seven adapter pairs, residual adds, each launched from Python, forward,
-recompute and backward. On an H100 (random gemma3_4b, 2048 x 4, LoRA r16) the GPU sat idle ~15% of a step
-waiting for launches (``task.profile=true``). Inductor fuses the elementwise work into few kernels and launches
-them from generated code.
+recompute and backward. On a fast GPU the device then waits for the host's launches for part of every step
+(``task.profile=true`` shows it; docs/benchmarks.md has the figure). Inductor fuses the elementwise work into few
+kernels and launches them from generated code.
 
 Regional, not the whole model: the layers are identical, so one layer's compiled code serves all of them
 (transformers' sliding and global layers differ in their mask, which gives a second graph), the first step

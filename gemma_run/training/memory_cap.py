@@ -1,7 +1,7 @@
-"""``train.gpu_memory_cap``: train inside a smaller card's memory on a larger one (24GiB on an 80 GB H100).
+"""``train.gpu_memory_cap``: train inside a smaller card's memory on a larger one (24GiB on a larger card).
 
 ``torch.cuda.set_per_process_memory_fraction`` makes the caching allocator raise out-of-memory past the cap,
-as a card of that size would (the CUDA context, ~0.5 GiB, is outside it on both). The trainer sets it before the
+as a card of that size would (the CUDA context is outside it on both). The trainer sets it before the
 model loads, so loading is inside the cap too (random weights built in memory as well: they are made and
 quantized unit by unit, as a checkpoint loads). The preflight plans with the cap as the GPU's size
 (planning/inputs.py).

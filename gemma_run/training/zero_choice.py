@@ -1,8 +1,8 @@
 """``deepspeed=auto``: which ZeRO stage a training run gets, from the memory plan, and why.
 
 ZeRO partitions training state over the ranks; with one rank there is nothing to partition over, so ZeRO-3 on
-one GPU saves no memory but gathers every layer's weights each step: 2,634 tok/s against 7,345 for plain
-training of Gemma 3 4B on an H100 (docs/stack.md), 2.8x slower. So:
+one GPU saves no memory but still gathers every layer's weights each step, so it runs several times slower than
+plain training (``ONE_GPU_SLOWDOWN``). So:
 
 - no GPU: no DeepSpeed (the planner checks CPU memory; DeepSpeed would add its CPU accelerator's overhead);
 - one process whose plan fits its GPU: no DeepSpeed;
@@ -26,7 +26,9 @@ from gemma_run import quant
 log = logging.getLogger(__name__)
 
 GiB = 2**30
-ONE_GPU_SLOWDOWN = 2.8  # ZeRO-3 on one H100 vs plain training, 4B LoRA (docs/stack.md)
+# How much slower ZeRO-3 trains on one GPU than plain training, as deepspeed=auto's reason and the warning below
+# quote it to the user; where the figure comes from: docs/benchmarks.md, "Why the defaults are what they are".
+ONE_GPU_SLOWDOWN = 2.8
 
 
 def _plan(cfg: DictConfig, **changes: Any) -> dict[str, Any]:
