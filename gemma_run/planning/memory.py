@@ -9,7 +9,7 @@ quantized model: ``Int8Params.SCB``, ``Params4bit.quant_state``):
 - int4 (torchao, tinygemm): 4 bits per weight + one (scale, zero) pair per group of ``group_size`` weights of
   one row, in the model's dtype. On CUDA (tile_packed_to_4d) the weight is first padded: in_features to a
   multiple of 1024, out_features to 8 (``Int4TilePackedTo4dTensor.from_hp``); the CPU layout (opaque) is not.
-  The fast engine stacks q/k/v and gate/up (``gemma_run.infer.fused_projections``) and keeps their in_features
+  The fast engine stacks q/k/v and gate/up (``gemma_run.infer.engine.fused_projections``) and keeps their in_features
   padded only to what tinygemm needs (128, or the group size if larger): ``Quant.stacked``.
   Quantized: every ``nn.Linear`` but quant.skip_modules (default lm_head, vision tower, projector).
 Which modules bitsandbytes quantizes is transformers' decision, reproduced by calling its own functions: every
@@ -100,7 +100,7 @@ def int4_weight_bytes(shape: tuple[int, ...], quant: Quant, dtype: str, module: 
     scale_and_zero. ``unpadded``: held as ``fused_projections`` holds it (the output layer of quant.lm_head=int4)."""
     import math
 
-    from gemma_run.infer.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
+    from gemma_run.infer.engine.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
 
     rows, cols = shape
     if quant.padded:  # Int4TilePackedTo4dTensor pads before packing, and keeps the padding

@@ -118,7 +118,7 @@ def quantize_output_layer(model: Any, quant_cfg: Any, on_cuda: bool) -> None:
     import torch
     from torchao.quantization import quantize_
 
-    from gemma_run.infer import fused_projections
+    from gemma_run.infer.engine import fused_projections
 
     head = model.get_output_embeddings()
     if type(head) is not torch.nn.Linear:
