@@ -2,8 +2,8 @@
 softmax on the key/value heads, which inductor fuses with what surrounds them.
 
 Why: inside the compiled decode step, ``sdpa`` with the step's mask dispatches to a kernel made for long queries
-(cuDNN's, on recent NVIDIA GPUs), plus small kernels that prepare its inputs; at batch 1 that kernel alone costs
-more than the layer's key, value and output projections together. With one query per row, attention reads the
+(cuDNN's), plus small kernels that prepare its inputs; at batch 1 that kernel alone costs more than the layer's
+key, value and output projections together. With one query per row, attention reads the
 cache once and does little arithmetic; written as plain tensor operations, it compiles into a few fused kernels.
 
 The query heads that share a key/value head are grouped into that head's rows (``[B, KV, G*Q, D]``), so the cache

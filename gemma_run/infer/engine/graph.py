@@ -2,8 +2,8 @@
 
 A batch-1 decode step is a thousand small kernels; launched one by one from Python, their launches take longer than
 the GPU needs to read the weights, whatever the model's size, so the GPU waits on the CPU. A CUDA graph launches
-them all in one call. Recording the graph ourselves, rather than through inductor's
-``triton.cudagraphs``, serves three cases with one mechanism:
+them all in one call. Recording the graph ourselves, rather than through inductor's ``triton.cudagraphs``, serves
+three cases with one mechanism:
 
 - the compiled step (inductor's kernels, fused and tuned);
 - the eager step (no compile at all: a first token after seconds instead of minutes);
