@@ -11,7 +11,7 @@ fraction of the device's copy bandwidth (measured as task=bench measures it, in 
 - bf16: cuBLAS (``torch.nn.functional.linear``), what quant=none runs;
 - nf4: bitsandbytes' 4-bit as quant=4bit loads it (blocksize 64, double quant);
 - int4 as loaded: torchao's tinygemm layout as quant=int4 loads it (in_features padded to a multiple of 1024);
-- int4 stacked: the same weights as the fast engine holds them (``gemma_run.infer.fused_projections``: q/k/v and
+- int4 stacked: the same weights as the fast engine holds them (``gemma_run.infer.engine.fused_projections``: q/k/v and
   gate/up stacked, without the padding), 4 products a layer;
 - gemlite 0.6: its Triton A16W4 kernels (asymmetric int4, group 64 and 128; 128 stacked as well);
 - the output layer (262,208 x 5376): bf16 (what quant=int4 keeps) and int4 as quant.lm_head=int4 holds it.
@@ -102,7 +102,7 @@ def int4_layer(weights: dict) -> tuple[Products, int]:
 
 
 def int4_stacked_layer(weights: dict) -> tuple[Products, int]:
-    from gemma_run.infer import fused_projections
+    from gemma_run.infer.engine import fused_projections
 
     linears = int4_linears(weights)
     modules = []

@@ -1,8 +1,8 @@
 """task=bench on a GPU: random-weight Gemma 3 4B (text-only) in bf16 and bitsandbytes nf4, prompt 128 + 128 new
-tokens, batch 1 and 8, HF generate with the default (dynamic) cache: the issue-7 reference figures.
+tokens, batch 1 and 8, HF generate with the default (dynamic) cache: the reference the fast engine is compared to.
 
-Run on the GPU machine (about 3 minutes on an H100; the first run also builds the random 4B, ~8 GB, into the
-cache):  GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_bench_gpu.py -m gpu -s -q
+Run on a machine with a CUDA GPU (the first run also builds the random 4B into the cache, so later runs time
+loading from it):  GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_bench_gpu.py -m gpu -s -q
 It prints each run's table and one comparison at the end.
 """
 

@@ -1,4 +1,4 @@
-"""The decode step's attention (gemma_run.infer.decode_attention) against torch's sdpa: grouped heads, masks in
+"""The decode step's attention (gemma_run.infer.engine.decode_attention) against torch's sdpa: grouped heads, masks in
 the forms transformers passes (boolean, additive, none), softcapping, and the switch of a model's implementation."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _reference(query, key, value, mask, scaling, softcap=None):
 def test_decode_attention_equals_sdpa(heads: int, kv_heads: int, q_len: int, mask_kind: str) -> None:
     import torch
 
-    from gemma_run.infer.decode_attention import attention
+    from gemma_run.infer.engine.decode_attention import attention
 
     torch.manual_seed(0)
     batch, length, dim = 2, 24, 16
@@ -56,7 +56,7 @@ def test_decode_attention_equals_sdpa(heads: int, kv_heads: int, q_len: int, mas
 def test_decode_attention_softcaps_like_gemma2() -> None:
     import torch
 
-    from gemma_run.infer.decode_attention import attention
+    from gemma_run.infer.engine.decode_attention import attention
 
     torch.manual_seed(1)
     q, k, v = torch.randn(1, 4, 1, 8) * 10, torch.randn(1, 2, 9, 8) * 10, torch.randn(1, 2, 9, 8)
@@ -66,7 +66,7 @@ def test_decode_attention_softcaps_like_gemma2() -> None:
 
 
 def test_implementation_switches_every_config_and_restores_it(bf16_tiny) -> None:
-    from gemma_run.infer import decode_attention
+    from gemma_run.infer.engine import decode_attention
 
     model = bf16_tiny
     name = decode_attention.register()

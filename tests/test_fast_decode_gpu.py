@@ -9,12 +9,13 @@ import pytest
 from helpers.run_if import RunIf
 
 from gemma_run.infer import generate as gen
+from gemma_run.infer.engine import HF, Decoder, EngineOptions
 from gemma_run.infer.stats import TimingStreamer
 
 pytestmark = RunIf(gpus=1)
 
 
-def _generate(loaded, ids: list[list[int]], engine: gen.Engine, new: int):
+def _generate(loaded, ids: list[list[int]], engine: EngineOptions, new: int):
     from gemma_run import compose
 
     tok = loaded.tokenizer
@@ -26,17 +27,15 @@ def _generate(loaded, ids: list[list[int]], engine: gen.Engine, new: int):
 
     with torch.inference_mode():
         if engine.name == "fast":
-            from gemma_run.infer import fast
+            from gemma_run.infer.engine import generate
 
-            return fast.generate(loaded.model, inputs["input_ids"], inputs["attention_mask"], kwargs,
-                                 compile=engine.compile, exact=engine.exact, graph=engine.graph,
-                                 attention=engine.attention, fuse=engine.fuse, pick=engine.pick)
+            return generate(loaded.model, inputs["input_ids"], inputs["attention_mask"], kwargs, engine)
         return loaded.model.generate(**inputs, **kwargs, streamer=TimingStreamer())
 
 
 def _recorded(model, compile: bool) -> bool:
     """Whether the sessions of that kind replayed a recorded graph (not fallen back to plain calls)."""
-    sessions = [s for key, s in model._gemma_run_sessions.items() if key[2] == compile and key[4]]
+    sessions = Decoder.of(model).find(compile=compile, graph=True)
     return bool(sessions) and all(s.replay is not None and s.compiled == compile for s in sessions)
 
 
@@ -50,7 +49,7 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     """The reference is generate() on the model as loaded (unfused): fused projections must give its tokens."""
     import torch
 
-    from gemma_run.infer import decode_attention
+    from gemma_run.infer.engine import decode_attention
     from gemma_run.loading import load
 
     name = decode_attention.register() if attention else None
@@ -58,27 +57,27 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     loaded = load(compose_cfg(["model.dtype=bfloat16", "device_map=single"]))
     tok = loaded.tokenizer
     ids = [tok("the cat sat on the mat and looked at the dog " * 3)["input_ids"], tok("hello there")["input_ids"]]
-    ref = _generate(loaded, ids, gen.HF, 48)
-    engine = gen.Engine("fast", compile, True, "test", graph=True, attention=name, fuse=fuse)
+    ref = _generate(loaded, ids, HF, 48)
+    engine = EngineOptions("fast", compile, True, "test", graph=True, attention=name, fuse=fuse)
     fast = _generate(loaded, ids, engine, 48)
     assert (loaded.model.__dict__.get("_gemma_run_fused_projections", 0) > 0) == fuse
     assert next(loaded.model.parameters()).device.type == "cuda"
     assert _recorded(loaded.model, compile)
-    assert all(s.picker is not None for s in loaded.model._gemma_run_sessions.values())  # greedy: picked on the GPU
+    assert all(s.picker is not None for s in Decoder.of(loaded.model).sessions.values())  # greedy: picked on the GPU
     assert torch.equal(ref, fast)
     # the recorded graph serves the next prompt of that shape (cache and mask reset in place): the same tokens as
     # the same step called without a graph (generate() itself can part from the static cache's kernels on bf16
     # near-ties of a random model, as it did here after 45 tokens)
     other = [tok("a b c d e f g " * 4)["input_ids"], tok("the dog")["input_ids"]]
-    plain = gen.Engine("fast", compile, True, "test", graph=False, attention=name, fuse=fuse)
+    plain = EngineOptions("fast", compile, True, "test", graph=False, attention=name, fuse=fuse)
     assert torch.equal(_generate(loaded, other, plain, 48), _generate(loaded, other, engine, 48))
     # and the loop picking each token on the host after the recorded step (generation.device_pick=false) agrees
-    host = gen.Engine("fast", compile, True, "test", graph=True, attention=name, fuse=fuse, pick=False)
+    host = EngineOptions("fast", compile, True, "test", graph=True, attention=name, fuse=fuse, pick=False)
     assert torch.equal(_generate(loaded, other, host, 48), _generate(loaded, other, engine, 48))
 
 
 def test_streaming_and_early_stop_through_the_lookout_on_a_gpu(compose_cfg) -> None:
-    """On a GPU the loop looks at finished rows and streams without waiting for the GPU (fast.Lookout: one look
+    """On a GPU the loop looks at finished rows and streams without waiting for the GPU (watch.Lookout: one look
     later): the streamed tokens are still exactly the returned ones, and a finished batch stops within two looks."""
     from helpers.decode import check_streaming
 
@@ -126,16 +125,16 @@ def test_fast_4bit_top1_agrees_with_dequantized_reference(compose_cfg, quant: st
     weights); the reference: the model's own 4-bit weights (put back by unfuse) dequantized, eager."""
     import torch
 
-    from gemma_run.infer import fast
+    from gemma_run.infer.engine import fused_projections
     from gemma_run.loading import load
 
     loaded = load(compose_cfg(["model=gemma3_4b", "model.weights=random", f"quant={quant}"]))
     torch.manual_seed(0)
     prompt = torch.randint(100, 20000, (1, 128)).tolist()
-    out = _generate(loaded, prompt, gen.Engine("fast", True, True, "test", graph=True, fuse=True), 128)
+    out = _generate(loaded, prompt, EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
     assert _recorded(loaded.model, True)
-    assert fast.fused_count(loaded.model) == (2 * 34 if quant == "int4" else 0)  # bnb's layers are not fused
-    fast.unfuse_projections(loaded.model)
+    assert fused_projections.count(loaded.model) == (2 * 34 if quant == "int4" else 0)  # bnb's: not fused
+    Decoder.of(loaded.model).unfuse()
     generated = out[0, 128:]
     assert _dequantize_in_place(loaded.model) > 200
     with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""Fused q/k/v and gate/up projections (gemma_run.infer.fused_projections) on CPU: the tiny Gemma 3 gives the
+"""Fused q/k/v and gate/up projections (gemma_run.infer.engine.fused_projections) on CPU: the tiny Gemma 3 gives the
 same logits fused as unfused, the fusion is idempotent and skips layers it must not touch, a compiled forward
 runs one matrix product per group, and the fast engine with fused projections gives the unfused model's greedy
 tokens through generate()."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.run_if import RunIf
 
-from gemma_run.infer import fused_projections as fp
+from gemma_run.infer.engine import fused_projections as fp
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +105,15 @@ def test_fast_engine_with_fused_projections_gives_generates_tokens(cache_dir: Pa
     from helpers.decode import LONG, generate_tokens
 
     from gemma_run import compose
-    from gemma_run.infer import generate as gen
+    from gemma_run.infer.engine import HF, EngineOptions
     from gemma_run.loading import load
 
     loaded = load(compose([f"cache_dir={cache_dir}", "model.dtype=bfloat16"]))
     loaded.tokenizer.padding_side = "left"
     prompts = [LONG, "hello there"]
-    ref = generate_tokens(loaded, prompts, gen.HF, min_new_tokens=32)
+    ref = generate_tokens(loaded, prompts, HF, min_new_tokens=32)
     for compiled in (False, True):
-        engine = gen.Engine("fast", compiled, True, "test", fuse=True)
+        engine = EngineOptions("fast", compiled, True, "test", fuse=True)
         fast = generate_tokens(loaded, prompts, engine, min_new_tokens=32)
         assert loaded.model.__dict__[fp.MARK] == 2 * loaded.model.config.num_hidden_layers
         assert [o.completion for o in fast] == [o.completion for o in ref], compiled
@@ -121,18 +121,20 @@ def test_fast_engine_with_fused_projections_gives_generates_tokens(cache_dir: Pa
 
 def test_fuse_projections_drops_sessions_recorded_before(cache_dir: Path) -> None:
     from gemma_run import compose
-    from gemma_run.infer import fast
+    from gemma_run.infer.engine import Decoder, EngineOptions
     from gemma_run.loading import load
 
     model = load(compose([f"cache_dir={cache_dir}"])).model
-    fast.session(model, 1, 32, compile=False)
-    assert model._gemma_run_sessions
-    assert fast.fuse_projections(model) > 0
-    assert not model.__dict__.get("_gemma_run_sessions")
+    decoder = Decoder.of(model)
+    key = decoder.key(1, 32, EngineOptions("fast"), cuda=False, greedy=False)
+    decoder.session(key)
+    assert decoder.sessions
+    assert decoder.fuse() > 0
+    assert not decoder.sessions
     groups = 2 * model.config.num_hidden_layers
-    assert fast.fused_count(model) == groups
-    fast.session(model, 1, 32, compile=False)
-    assert fast.fuse_projections(model) == groups and model._gemma_run_sessions  # a second call changes nothing
+    assert fp.count(model) == groups
+    decoder.session(key)
+    assert decoder.fuse() == groups and decoder.sessions  # a second call changes nothing
 
 
 def test_fused_in_inference_mode_then_unfused_trains_with_peft(tiny) -> None:
@@ -142,27 +144,28 @@ def test_fused_in_inference_mode_then_unfused_trains_with_peft(tiny) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from gemma_run.infer import fast
+    from gemma_run.infer.engine import Decoder, EngineOptions
 
     model = copy.deepcopy(tiny.model)
+    decoder = Decoder.of(model)
     names = list(model.state_dict())
     ids = torch.randint(2, 500, (1, 16))
     with torch.no_grad():
         ref = model(ids).logits
     with torch.inference_mode():
-        assert fast.fuse_projections(model) == 4
+        assert decoder.fuse() == 4
     fused = model.model.layers[0].mlp.gate_up_fused.weight
     assert not fused.is_inference()
-    fast.session(model, 1, 32, compile=False)
-    assert fast.unfuse_projections(model) == 4 and fast.fused_count(model) == 0
-    assert not model.__dict__.get("_gemma_run_sessions")  # recorded against the fused weights: dropped
+    decoder.session(decoder.key(1, 32, EngineOptions("fast"), cuda=False, greedy=False))
+    assert decoder.unfuse() == 4 and fp.count(model) == 0
+    assert not decoder.sessions  # recorded against the fused weights: dropped
     assert list(model.state_dict()) == names and type(model.model.layers[0].mlp.up_proj) is torch.nn.Linear
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, ref, rtol=0, atol=0)
     peft = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     peft(input_ids=ids, labels=ids).loss.backward()
     assert any("q_proj.lora_A" in n for n, p in peft.named_parameters() if p.grad is not None)
-    assert fast.unfuse_projections(model) == 0  # nothing fused: nothing to undo
+    assert decoder.unfuse() == 0  # nothing fused: nothing to undo
 
 
 def _int4_linear(out: int, k: int, group: int = 128, tiles: int = 8):

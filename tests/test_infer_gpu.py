@@ -1,8 +1,8 @@
 """task=infer on a GPU with a random-weight Gemma 3 4B (text-only, as `model=gemma3_4b` loads it):
 bf16, bitsandbytes 8-bit and 4-bit, and a max_memory that forces a GPU + CPU split.
 
-Run on the GPU machine (about 3 minutes on an H100; the first run also builds the random 4B, ~8 GB, into the
-cache):  GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_infer_gpu.py -m gpu -s -q
+Run on a machine with a CUDA GPU (the first run also builds the random 4B into the cache, so later runs time
+loading from it):  GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_infer_gpu.py -m gpu -s -q
 It prints load time, tokens/s, time to first token and memory per device for each case.
 """
 

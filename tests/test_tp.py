@@ -127,7 +127,7 @@ def test_the_fast_engine_refuses_a_sharded_model() -> None:
     engine (one process, no collectives) must say no and auto take generate()."""
     import torch
 
-    from gemma_run.infer import fast
+    from gemma_run.infer.engine import unsupported
 
     class DTensor(torch.nn.Parameter):  # what torch.distributed.tensor's sharded parameters are named
         pass
@@ -136,7 +136,7 @@ def test_the_fast_engine_refuses_a_sharded_model() -> None:
     model.weight = DTensor(torch.zeros(4, 4))
     model._can_compile_fullgraph = True
     g = type("G", (), {"repetition_penalty": 1.0})()
-    assert "device_map=tp" in fast.unsupported(model, g)
+    assert "device_map=tp" in unsupported(model, g)
 
 
 def test_the_plan_splits_a_tp_model_evenly(compose_cfg) -> None:

@@ -279,13 +279,12 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
     CPU."""
     import torch
 
-    from gemma_run.infer import fast
-    from gemma_run.infer.generate import choose_engine
+    from gemma_run.infer.engine import Decoder, EngineOptions, choose_engine, fused_projections, generate, unsupported
 
     if (skip := _load_failed(ctx)) is not None:
         return skip
     loaded = _primary(ctx)
-    why = fast.unsupported(loaded.model, ctx.cfg.generation)
+    why = unsupported(loaded.model, ctx.cfg.generation)
     if why:
         return Finding("skip", f"the fast engine cannot run here: {why}", fix="generation.engine=hf is used instead")
     on_gpu = loaded.input_device.type == "cuda"
@@ -297,16 +296,17 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
     inputs = _encode(tok, PROMPT, loaded.input_device)
     kwargs = {"max_new_tokens": n_new, "min_new_tokens": n_new, "do_sample": False,
               "eos_token_id": [tok.eos_token_id], "pad_token_id": tok.pad_token_id or 0}
+    options = EngineOptions("fast", compiled, bool(ctx.cfg.generation.exact), graph=graph, attention=attention,
+                            fuse=fuse)
     try:
         with torch.inference_mode():
             ref = model.generate(**inputs, **kwargs)
             start = time.perf_counter()
-            got = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, compile=compiled,
-                                exact=bool(ctx.cfg.generation.exact), graph=graph, attention=attention, fuse=fuse)
+            got = generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, options)
             seconds = time.perf_counter() - start
-        fused = fast.fused_count(model)
+        fused = fused_projections.count(model)
     finally:
-        fast.unfuse_projections(model)  # the model as loaded again for the next checks (smoke.lora trains it)
+        Decoder.of(model).unfuse()  # the model as loaded again for the next checks (smoke.lora trains it)
     same = [int(a) == int(b) for a, b in zip(ref[0].tolist(), got[0].tolist(), strict=False)]
     agree = same.index(False) - inputs["input_ids"].shape[1] if False in same else n_new
     details = {"compiled": compiled, "cuda_graph": graph, "step_attention": attention or "model",

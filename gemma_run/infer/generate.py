@@ -1,106 +1,16 @@
-"""Batches grouped by length, the context-length check, and generate() on one batch with the config's parameters."""
+"""Batches grouped by length, the context-length check, and generate() on one batch with the config's parameters
+(through the engine the run chose: gemma_run.infer.engine.options)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from gemma_run.app.errors import GemmaRunError
+from gemma_run.infer.engine.options import HF, EngineOptions
 from gemma_run.infer.prompts import PromptItem
 from gemma_run.infer.stats import TimingStreamer
-
-
-@dataclass(frozen=True)
-class Engine:
-    """The generation loop a run uses (``generation.engine`` resolved for this model and machine)."""
-
-    name: str  # "fast" (gemma_run.infer.fast) | "hf" (transformers' generate)
-    compile: bool
-    exact: bool = True
-    reason: str = ""
-    graph: bool = False  # fast engine: the step replayed as a CUDA graph (gemma_run.infer.graph)
-    # fast engine: the decode step's attention implementation (None: the model's own; "gemma_run_decode":
-    # gemma_run.infer.decode_attention)
-    attention: str | None = None
-    fuse: bool = False  # fast engine: q/k/v and gate/up fused (gemma_run.infer.fused_projections)
-    pick: bool = True  # fast engine, greedy: the step picks its token on the device (gemma_run.infer.fast.Picker)
-
-    def describe(self) -> str:
-        step = " + ".join(w for w, on in (("compiled step", self.compile), ("CUDA graph", self.graph),
-                                          ("decode attention", self.attention is not None),
-                                          ("fused projections", self.fuse),
-                                          ("greedy pick in the step", self.pick and self.name == "fast")) if on)
-        return f"{self.name}{' + ' + step if step else ''} ({self.reason})"
-
-
-# auto compiles only when a run generates at least this many tokens. Measured on an H100: compiling costs
-# 87.5 s on a 4B (34.8 s from the cache) and 174 s on a 27B for 7.5x / 6.9x faster tokens than generate(), which
-# pays back after ~2,700 tokens (4B, cold) and ~1,400 (27B); below that the fast engine runs its eager step
-# recorded as a CUDA graph, which starts in seconds.
-COMPILE_MIN_TOKENS = 2048
-
-
-def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> Engine:
-    """``generation.engine`` for this model (:func:`_choose_loop`), with the fast engine's step attention
-    (``generation.step_attention``; auto: the decode attention where the step is compiled, which fuses it) and
-    fused projections (``generation.fuse_projections``; auto: on)."""
-    engine = _choose_loop(g, model, images=images, tokens=tokens)
-    if engine.name != "fast":
-        return engine
-    engine = replace(engine, fuse=g.fuse_projections is not False, pick=g.device_pick is not False)
-    wanted = getattr(g.step_attention, "value", g.step_attention)
-    if wanted == "model" or (wanted is None and not engine.compile):
-        return engine
-    from gemma_run.infer import decode_attention
-    from gemma_run.patches import registry
-
-    registry.apply_one("transformers.attention.gemma_run_decode")  # idempotent
-    return replace(engine, attention=decode_attention.NAME)
-
-
-def _choose_loop(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> Engine:
-    """``generation.engine`` for this model.
-
-    auto takes the fast engine on a single CUDA GPU unless the run needs something only generate() does (then it
-    says which). Its step is compiled when ``generation.compile`` says so or, unset, when the run generates at
-    least COMPILE_MIN_TOKENS ``tokens`` (prompts x max_new_tokens; None: unknown, e.g. task=bench, which compiles);
-    it is recorded as a CUDA graph on a GPU unless ``generation.cuda_graph=false``. fast refuses, naming the
-    reason, where it cannot run. Off a GPU, auto takes generate() unless compile=true asks for the compiled step.
-    """
-    from gemma_run.infer import fast
-
-    wanted = getattr(g.engine, "value", g.engine)
-    compile_set = g.compile is not None
-    if wanted == "hf":
-        return Engine("hf", bool(g.compile), reason="generation.engine=hf")
-    why = fast.unsupported(model, g, images=images)
-    on_gpu = next(model.parameters()).device.type == "cuda"
-    graph = on_gpu and g.cuda_graph is not False
-    if wanted == "fast":
-        if why:
-            raise GemmaRunError(f"generation.engine=fast cannot run this: {why}", key="generation.engine",
-                                fix="generation.engine=auto (falls back to generate()) or generation.engine=hf")
-        compile = bool(g.compile) if compile_set else on_gpu and (tokens is None or tokens >= COMPILE_MIN_TOKENS)
-        return Engine("fast", compile, bool(g.exact), "generation.engine=fast", graph)
-    if g.cache_implementation is not None:  # generate()'s own static cache (and compile, when asked)
-        return Engine("hf", bool(g.compile), reason="generation.cache_implementation is a generate() setting")
-    if why:  # generate() compiles only a static cache, which was not asked for
-        return Engine("hf", False, reason=why)
-    if g.compile is True:
-        return Engine("fast", True, bool(g.exact), "generation.compile=true", graph)
-    if not on_gpu:
-        return Engine("hf", False, reason="not on a CUDA GPU: the fast engine's gain is CUDA graphs")
-    if not graph and not g.compile:
-        return Engine("hf", False, reason="generation.cuda_graph=false and no compile: the fast engine would gain "
-                      "nothing")
-    if g.compile is False:
-        return Engine("fast", False, bool(g.exact), "generation.compile=false: the eager step as a CUDA graph", graph)
-    if tokens is not None and tokens < COMPILE_MIN_TOKENS:
-        return Engine("fast", False, bool(g.exact), f"{tokens} tokens to generate: the eager step as a CUDA graph "
-                      f"(compiling, minutes the first time, pays off from ~{COMPILE_MIN_TOKENS}; "
-                      "generation.compile=true forces it)", graph)
-    return Engine("fast", True, bool(g.exact), "one CUDA GPU", graph)
 
 
 @dataclass
@@ -157,7 +67,8 @@ def eos_ids(model: Any, tokenizer: Any, chat: bool) -> list[int]:
     return ids
 
 
-def generation_kwargs(g: Any, model: Any, tokenizer: Any, chat: bool, engine: Engine | None = None) -> dict[str, Any]:
+def generation_kwargs(g: Any, model: Any, tokenizer: Any, chat: bool,
+                      engine: EngineOptions | None = None) -> dict[str, Any]:
     """generate()'s arguments from the ``generation`` group (the fast engine reads the same); sampling knobs only
     when sampling; the cache and compile keys only for generate() (``engine`` None: generate())."""
     kwargs: dict[str, Any] = {
@@ -205,11 +116,8 @@ def encode(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
 
-HF = Engine("hf", False, reason="default")
-
-
 def generate_batch(model: Any, tokenizer: Any, ids: list[list[int]], *, device: Any, kwargs: dict[str, Any],
-                   stop: list[str], streamer: TimingStreamer, engine: Engine = HF) -> tuple[list[Output], float]:
+                   stop: list[str], streamer: TimingStreamer, engine: EngineOptions = HF) -> tuple[list[Output], float]:
     """Generate for a batch of token id lists (left-padded); returns the outputs and the seconds it took."""
     inputs = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(device)
     return _generate(model, tokenizer, dict(inputs), kwargs, stop, streamer, engine)
@@ -229,19 +137,17 @@ def generate_image(model: Any, processor: Any, text: str, image_path: str, *, de
 
 
 def _generate(model: Any, tokenizer: Any, inputs: dict[str, Any], kwargs: dict[str, Any], stop: list[str],
-              streamer: TimingStreamer, engine: Engine = HF) -> tuple[list[Output], float]:
+              streamer: TimingStreamer, engine: EngineOptions = HF) -> tuple[list[Output], float]:
     import torch
 
     start = time.perf_counter()
     streamer.start = start
     with torch.inference_mode():
         if engine.name == "fast":
-            from gemma_run.infer import fast
+            from gemma_run.infer.engine.loop import generate
 
-            out = fast.generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, streamer=streamer,
-                                compile=engine.compile, exact=engine.exact, graph=engine.graph,
-                                attention=engine.attention, fuse=engine.fuse, pick=engine.pick, stop=stop,
-                                tokenizer=tokenizer)
+            out = generate(model, inputs["input_ids"], inputs["attention_mask"], kwargs, engine, streamer=streamer,
+                           stop=stop, tokenizer=tokenizer)
         else:
             out = model.generate(**inputs, streamer=streamer, **kwargs)
     seconds = time.perf_counter() - start

@@ -6,7 +6,7 @@ compiled decode step would otherwise dispatch ``sdpa`` to a kernel made for long
 Trigger: the fast engine with the decode attention (gemma_run.infer.generate, at generate time).
 Upstream: transformers' ``AttentionInterface`` / ``AttentionMaskInterface``
 (https://huggingface.co/docs/transformers/attention_interface). The attention itself is
-gemma_run.infer.decode_attention.
+gemma_run.infer.engine.decode_attention.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _is_applied(**_) -> bool:
 
 
 def _apply(**_) -> str:
-    from gemma_run.infer import decode_attention
+    from gemma_run.infer.engine import decode_attention
 
     return decode_attention.register()
 

@@ -134,7 +134,7 @@ def static_cache_len(cfg: DictConfig, on_gpu: bool, n_gpus: int, needed: int) ->
     auto on one GPU without a generate()-only key). The engine itself decides at run time from the loaded model
     (gemma_run.infer.generate.choose_engine), also by the tokens to generate, which the plan does not know: it
     counts the fast engine's bigger cache whenever it may run, so a plan that fits always fits."""
-    from gemma_run.infer.fast import static_length
+    from gemma_run.infer.engine import static_length
 
     g = cfg.generation
     engine = getattr(g.engine, "value", g.engine)

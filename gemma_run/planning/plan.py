@@ -39,7 +39,7 @@ class PlanInputs:
     # the weights are random, made in memory unit by unit while they load (gemma_run.loading.random_memory)
     random_build: bool = False
     overhead_per_gpu: int = GiB  # CUDA context + allocator slack, not in any tensor
-    # infer on the fast engine (gemma_run.infer.fast): its static cache holds this many positions in every layer,
+    # infer on the fast engine (gemma_run.infer.engine): its static cache holds this many positions in every layer,
     # sliding ones included; 0: transformers' cache (sliding layers capped at their window)
     static_cache_len: int = 0
     train: TrainSpec = field(default_factory=TrainSpec)

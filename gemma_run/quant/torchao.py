@@ -118,7 +118,7 @@ def quantize_output_layer(model: Any, quant_cfg: Any, on_cuda: bool) -> None:
     import torch
     from torchao.quantization import quantize_
 
-    from gemma_run.infer import fused_projections
+    from gemma_run.infer.engine import fused_projections
 
     head = model.get_output_embeddings()
     if type(head) is not torch.nn.Linear:
@@ -241,7 +241,7 @@ class TorchAoInt4(QuantBackend):
     # int4 (tinygemm): 4 bits per weight + one (scale, zero) pair per group of ``group_size`` weights of one row, in
     # the model's dtype. On CUDA (tile_packed_to_4d) the weight is first padded: in_features to a multiple of 1024,
     # out_features to 8 (``Int4TilePackedTo4dTensor.from_hp``); the CPU layout (opaque) is not. The fast engine
-    # stacks q/k/v and gate/up (``gemma_run.infer.fused_projections``) and keeps their in_features padded only to
+    # stacks q/k/v and gate/up (``gemma_run.infer.engine.fused_projections``) and keeps their in_features padded only to
     # what tinygemm needs (128, or the group size if larger): ``Quant.stacked``. Quantized: every ``nn.Linear`` but
     # quant.skip_modules (default lm_head, vision tower, projector).
     planner_modes = {"int4": 4}
@@ -255,7 +255,7 @@ class TorchAoInt4(QuantBackend):
                              unpadded: bool = False) -> int:
         import math
 
-        from gemma_run.infer.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
+        from gemma_run.infer.engine.fused_projections import GROUPS, TILE_N, TORCHAO_K_PAD
         from gemma_run.planning.memory import DTYPE_BYTES, rounded
 
         rows, cols = shape

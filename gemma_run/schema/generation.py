@@ -7,13 +7,14 @@ from enum import Enum
 
 
 class Engine(Enum):
-    auto = "auto"  # fast on one CUDA GPU when the run allows it (gemma_run.infer.fast.unsupported), else hf
+    auto = "auto"  # fast on one CUDA GPU when the run allows it (gemma_run.infer.engine.unsupported), else hf
     fast = "fast"  # gemma-run's loop: static KV cache + a compiled (CUDA-graph) decode step
     hf = "hf"  # transformers' generate()
 
 
 class StepAttention(Enum):
-    decode = "decode"  # gemma_run.infer.decode_attention: one query token against the cache, fused when compiled
+    # gemma_run.infer.engine.decode_attention: one query token against the cache, fused when compiled
+    decode = "decode"
     model = "model"  # the model's own attention implementation (sdpa)
 
 
@@ -52,15 +53,15 @@ class GenerationConfig:
     # equal the eager path's; false lets inductor keep fp32 between fused ops (not bit-equal to eager).
     exact: bool = True
     # fast engine: the decode step's attention. decode: one query token against the cache as plain products on
-    # the key/value heads (gemma_run/infer/decode_attention.py), fused by inductor into the compiled step; model:
-    # the model's own (sdpa). null: decode where the step is compiled, model otherwise. The prompt's pass always
-    # uses the model's own.
+    # the key/value heads (gemma_run/infer/engine/decode_attention.py), fused by inductor into the compiled step;
+    # model: the model's own (sdpa). null: decode where the step is compiled, model otherwise. The prompt's pass
+    # always uses the model's own.
     step_attention: StepAttention | None = None
     # fast engine: sibling projections that read one input (attention's q/k/v, the MLP's gate/up) fused into one
-    # matrix each, so a batch-1 step runs three fewer, larger products a layer (gemma_run/infer/fused_projections.py;
-    # plain bf16/fp16/fp32 linears, and quant=int4's weights stacked; bitsandbytes' stay as they are). null: on
-    # with the fast engine. The
-    # loaded model is changed in place (its state dict's names too), for this run's generation.
+    # matrix each, so a batch-1 step runs three fewer, larger products a layer
+    # (gemma_run/infer/engine/fused_projections.py; plain bf16/fp16/fp32 linears, and quant=int4's weights stacked;
+    # bitsandbytes' stay as they are). null: on with the fast engine. The loaded model is changed in place (its
+    # state dict's names too), for this run's generation.
     fuse_projections: bool | None = None
     # fast engine, greedy decoding: the decode step picks its own next token on the device (argmax, EOS held back
     # until min_new_tokens, finished rows padded) and advances its positions, so the loop only replays the recorded

@@ -86,8 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  after["bytes_per_second"] / 1e9)
     else:
         log.info("bandwidth (copy, read + write) on %s: %.1f GB/s", bw["device"], bw["bytes_per_second"] / 1e9)
-    from gemma_run.infer import fast
-    from gemma_run.infer.generate import choose_engine
+    from gemma_run.infer.engine import Decoder, choose_engine, fused_projections
 
     engine = choose_engine(cfg.generation, loaded.model)
     log.info("generation engine: %s", engine.describe())
@@ -101,13 +100,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "generation": {"engine": engine.name, "engine_reason": engine.reason, "cache_implementation": cache,
                            "compile": engine.compile, "cuda_graph": engine.graph, "exact": engine.exact,
                            "step_attention": engine.attention or "model",
-                           "fused_projections": fast.fused_count(loaded.model),
-                           "do_sample": bool(g.do_sample), "sessions": fast.sessions_report(loaded.model)},
+                           "fused_projections": fused_projections.count(loaded.model),
+                           "do_sample": bool(g.do_sample), "sessions": Decoder.of(loaded.model).report()},
             "bandwidth": bw, "rows": rows, "environment": _environment()}
     path = write_json(Path(run_dir) / "bench.json", data)
     title = (f"bench: {cfg.model.name} quant={cfg.quant.name} dtype={loaded.dtype} engine={engine.name} "
              f"cache={cache or 'dynamic'} compile={engine.compile} cuda_graph={engine.graph} "
-             f"step_attention={engine.attention or 'model'} fused={fast.fused_count(loaded.model)}; copy bandwidth "
+             f"step_attention={engine.attention or 'model'} fused={fused_projections.count(loaded.model)}; "
+             "copy bandwidth "
              f"{bw['bytes_per_second'] / 1e9:.1f} GB/s on {bw['device']}")
     print(report.table(rows, title), flush=True)
     first = rows[0]
@@ -182,12 +182,12 @@ def _measure(cfg: DictConfig, loaded: Any, engine: Any, prompt: int, new: int, b
                             key="task.new_tokens", fix="report this: min_new_tokens should prevent an early stop")
     decode_s = seconds - ttft if ttft is not None else None
     decode_tps = (new - 1) / decode_s if decode_s and new > 1 else None
-    from gemma_run.infer import fast
-    from gemma_run.infer.fast import static_length
+    from gemma_run.infer.engine import fused_projections
+    from gemma_run.infer.engine.session import static_length
 
     static_len = static_length(prompt + new, loaded.context_length) if engine.name == "fast" else 0
     step = limit.decode_step_bytes(cfg, loaded.dtype, prompt, new, batch, static_len,
-                                   stacked=fast.fused_count(model) > 0)
+                                   stacked=fused_projections.count(model) > 0)
     row: dict[str, Any] = {
         "prompt_tokens": prompt, "new_tokens": new, "batch": batch, "repeats": len(runs),
         "warmup_seconds": round(warmup, 3) if warmup is not None else None,

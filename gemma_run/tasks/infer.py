@@ -96,6 +96,7 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool,
 
     from gemma_run.distributed import parallel
     from gemma_run.infer import generate as gen
+    from gemma_run.infer.engine.options import choose_engine
     from gemma_run.infer.render import render, render_image_chat
     from gemma_run.infer.stats import TimingStreamer, Totals, peak_memory, reset_peak_memory
     from gemma_run.loading import load
@@ -119,7 +120,7 @@ def _generate(cfg: DictConfig, todo: list[PromptItem], store: Any, single: bool,
     gen.check_context([todo[k] for k in texts], lengths, loaded.context_length, cfg.generation.max_new_tokens)
     # text prompts in length-grouped batches, then each image prompt alone (images differ in soft-token layout)
     batches = [[texts[i] for i in b] for b in gen.plan_batches(lengths, cfg.batch_size)] + [[k] for k in images]
-    engine = gen.choose_engine(cfg.generation, model, images=bool(images),  # device_map=tp: generate()
+    engine = choose_engine(cfg.generation, model, images=bool(images),  # device_map=tp: generate()
                                tokens=len(todo) * int(cfg.generation.max_new_tokens))
     log.info("generation engine: %s", engine.describe())
     kwargs = gen.generation_kwargs(cfg.generation, model, tok, chat=any(is_chat) or bool(images), engine=engine)
@@ -178,6 +179,6 @@ def _steps(engine: Any, model: Any) -> dict[str, Any]:
     """What the fast engine's steps really ran as (compile or recording can fall back, with a warning)."""
     if engine.name != "fast":
         return {}
-    from gemma_run.infer.fast import fused_count, sessions_report
+    from gemma_run.infer.engine import Decoder, fused_projections
 
-    return {"engine_sessions": sessions_report(model), "fused_projections": fused_count(model)}
+    return {"engine_sessions": Decoder.of(model).report(), "fused_projections": fused_projections.count(model)}

@@ -1,14 +1,14 @@
 """A decode step recorded once as a CUDA graph and replayed per token.
 
-A batch-1 decode step is a thousand small kernels; launched one by one from Python they cost tens of milliseconds a
-token whatever the model's size (docs/benchmarks.md), many times the time the GPU needs to read the weights. A CUDA
-graph launches them all in one call. Recording the graph ourselves, rather than through inductor's
-``triton.cudagraphs``, serves three cases with one mechanism:
+A batch-1 decode step is a thousand small kernels; launched one by one from Python, their launches take longer than
+the GPU needs to read the weights, whatever the model's size, so the GPU waits on the CPU. A CUDA graph launches
+them all in one call. Recording the graph ourselves, rather than through inductor's ``triton.cudagraphs``, serves
+three cases with one mechanism:
 
 - the compiled step (inductor's kernels, fused and tuned);
 - the eager step (no compile at all: a first token after seconds instead of minutes);
-- weights held in tensor subclasses (torchao's int4), for which inductor declines its own CUDA graphs and the step
-  stayed launch-bound (measured on an H100: 12.5 ms a step for 3.05 ms of GPU work).
+- weights held in tensor subclasses (torchao's int4), for which inductor declines its own CUDA graphs, which would
+  leave that step launch-bound.
 
 What makes a decode step recordable is that everything it touches lives at fixed addresses: the static KV cache
 (reset in place between prompts), the attention mask buffer of the session, and the step's inputs, which are

@@ -2,17 +2,16 @@
 softmax on the key/value heads, which inductor fuses with what surrounds them.
 
 Why: inside the compiled decode step, ``sdpa`` with the step's mask dispatches to a kernel made for long queries
-(cuDNN's, on an H100), plus small kernels that prepare its inputs. On a random gemma3_4b in bf16 at batch 1 that
-kernel alone took 13.6 us of each layer's ~110 us (torch.profiler): more than the
-layer's key, value and output projections together. With one query per row, attention reads the cache once and
-does little arithmetic; written as plain tensor operations, it compiles into a few fused kernels.
+(cuDNN's), plus small kernels that prepare its inputs; at batch 1 that kernel alone costs more than the layer's
+key, value and output projections together. With one query per row, attention reads the
+cache once and does little arithmetic; written as plain tensor operations, it compiles into a few fused kernels.
 
 The query heads that share a key/value head are grouped into that head's rows (``[B, KV, G*Q, D]``), so the cache
 is read once per key/value head: no ``repeat_kv`` copy of it, which would grow with the cache.
 Masks arrive as transformers makes them for ``sdpa`` (a boolean "may attend" mask, or none), registered under
 :data:`NAME` so transformers' mask and attention registries route the model's own calls here.
 
-Used by :mod:`gemma_run.infer.fast` for the decode step only (``generation.step_attention``); the prompt's pass
+Used by :mod:`gemma_run.infer.engine` for the decode step only (``generation.step_attention``); the prompt's pass
 keeps the model's own attention (it is compute-bound, and long prompts need a fused kernel's memory).
 """
 
