@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers.data import alpaca_rows, write_jsonl
-from helpers.runs import losses, lora_b_norm, train_api
+from helpers.runs import lora_b_norm, losses, train_api
 
 from gemma_run.app.errors import GemmaRunError
 

@@ -4,10 +4,12 @@ The model still runs its own forward (so peft, DeepSpeed's engine and ZeRO-3's h
 and the multimodal Gemma 3 wrapper all behave as usual), but with ``logits_to_keep`` naming the last position:
 the lm_head projects only that one. It is given as a position tensor, not the int 1: Gemma 4 reads an int
 ``logits_to_keep`` as leave to run its KV-shared last layers (``num_kv_shared_layers``) on the kept positions
-only, and the loss needs their hidden states at every position. A forward hook on the inner decoder keeps its output (the final, normed hidden
-states); the loss kernel then takes them with the lm_head weight (the embedding, when tied) and the shifted
-labels. The one case a kernel cannot serve is a trainable lm_head partitioned by ZeRO-3 (its gradient would
-have to be scattered back into the partition): there the model's own loss is used, with a warning.
+only, and the loss needs their hidden states at every position. A forward hook on the inner decoder keeps its
+output (the final, normed hidden states); the loss kernel then takes them with the lm_head weight (the
+embedding, when tied), the shifted labels and the model's ``final_logit_softcapping`` (Gemma 2 and 4 softcap
+their logits; the kernels apply it, so the loss is the model's own). The one case a kernel cannot serve is a
+trainable lm_head partitioned by ZeRO-3 (its gradient would have to be scattered back into the partition): there
+the model's own loss is used, with a warning.
 """
 
 from __future__ import annotations
