@@ -58,9 +58,11 @@ def build_device_dtype(arch: Any) -> tuple[str, Any]:
 
 
 def checkpoint_dir(cache_dir: str | Path, name: str, config: dict[str, Any], seed: int, vocab: int,
-                   text_only: bool) -> Path:
-    key = json.dumps({"config": config, "seed": seed, "tokenizer_vocab": vocab, "text_only": text_only},
-                     sort_keys=True)
+                   text_only: bool, template: str = "gemma3") -> Path:
+    fields = {"config": config, "seed": seed, "tokenizer_vocab": vocab, "text_only": text_only}
+    if template != "gemma3":  # the default stays out of the key: the dirs built before the key existed stay valid
+        fields["chat_template"] = template
+    key = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(cache_dir).expanduser() / "random" / f"{name}-{digest}"
 
@@ -123,7 +125,11 @@ def _config_and_dir(model_cfg: Any, cache_dir: str | Path) -> tuple[dict[str, An
     config = OmegaConf.to_container(model_cfg.config, resolve=True) if OmegaConf.is_config(model_cfg.config) \
         else dict(model_cfg.config)
     return config, checkpoint_dir(cache_dir, model_cfg.name, config, model_cfg.seed, model_cfg.tokenizer_vocab_size,
-                                  model_cfg.text_only)
+                                  model_cfg.text_only, _template(model_cfg))
+
+
+def _template(model_cfg: Any) -> str:
+    return str(getattr(model_cfg, "chat_template", None) or "gemma3")
 
 
 def _existing_parent(path: Path) -> Path:
@@ -156,7 +162,7 @@ def _build_dir(model_cfg: Any, arch: Any, target: Path, weights: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gemma_run.loading.tokenizer_build import build_tokenizer
+    from gemma_run.loading.tokenizer_build import build_tokenizer, chat_format
 
     log.info("building random-weight %s into %s (first use; cached afterwards%s)", model_cfg.name, target,
              "" if weights else "; config and tokenizer only, the weights are built in memory at every load")
@@ -170,10 +176,15 @@ def _build_dir(model_cfg: Any, arch: Any, target: Path, weights: bool) -> None:
         vocab = min(model_cfg.tokenizer_vocab_size, model.get_input_embeddings().num_embeddings)
         text_arch = getattr(arch, "text_config", None) or arch
         max_len = getattr(text_arch, "max_position_embeddings", None) or getattr(arch, "n_positions", 8192)
-        tokenizer = build_tokenizer(vocab, tmp, model_max_length=max_len)
+        template = _template(model_cfg)
+        tokenizer = build_tokenizer(vocab, tmp, model_max_length=max_len, template=template)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the ids this tokenizer produces
             setattr(model.config, name, getattr(tokenizer, name))
             setattr(model.generation_config, name, getattr(tokenizer, name))
+        end_of_turn = chat_format(template).end_of_turn
+        if end_of_turn:  # a reply ends with its turn's end, as the published generation config says
+            model.generation_config.eos_token_id = [tokenizer.eos_token_id,
+                                                    tokenizer.convert_tokens_to_ids(end_of_turn)]
         if getattr(arch, "model_type", "") == "gemma3" and getattr(arch, "vision_config", None) is not None:
             from gemma_run.loading.tokenizer_build import build_gemma3_processor
 

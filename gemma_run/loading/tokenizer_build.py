@@ -1,15 +1,40 @@
 """A tokenizer made here, with no download: byte-level BPE trained with the `tokenizers` library on a small
-built-in corpus, Gemma's special tokens at Gemma's ids, and Gemma's chat template."""
+built-in corpus, Gemma's special tokens at Gemma's ids, and the chat template of the model's family
+(``model.chat_template`` names one of :data:`TEMPLATES`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# Gemma's ids: <pad>=0, <eos>=1, <bos>=2, <unk>=3; the turn markers follow.
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
-                  "<end_of_image>", "<image_soft_token>"]
+from gemma_run.app.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A family's chat template (an asset of gemma_run) and the special tokens it writes, after Gemma's
+    <pad>=0, <eos>=1, <bos>=2, <unk>=3. ``end_of_turn``: the token a reply ends with, a stop token of
+    generation besides <eos> (None: generation stops where the runtime says, as for Gemma 3)."""
+
+    asset: str
+    special_tokens: tuple[str, ...]
+    end_of_turn: str | None = None
+
+
+TEMPLATES = {
+    "gemma3": ChatFormat("gemma_chat_template.jinja",
+                         ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                          "<end_of_image>", "<image_soft_token>")),
+    # Gemma 4 turns are <|turn>role ... <turn|>; thinking and the thought channel have tokens of their own
+    "gemma4": ChatFormat("gemma4_chat_template.jinja",
+                         ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|turn>", "<turn|>", "<|think|>",
+                          "<|channel>", "<channel|>", "<|image>", "<image|>", "<|image|>"),
+                         end_of_turn="<turn|>"),
+}
+DEFAULT_TEMPLATE = "gemma3"
+SPECIAL_TOKENS = list(TEMPLATES[DEFAULT_TEMPLATE].special_tokens)
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A model runs on the GPUs you have.
@@ -24,26 +49,37 @@ def add(a, b):\n    return a + b\nfor i in range(10):\n    print(i)
 """
 
 
-def chat_template() -> str:
-    return resources.files("gemma_run").joinpath("assets/gemma_chat_template.jinja").read_text()
+def chat_format(name: str = DEFAULT_TEMPLATE) -> ChatFormat:
+    """The chat format ``model.chat_template`` names; a name that is none of them is refused with the list."""
+    if name not in TEMPLATES:
+        raise ConfigError(f"model.chat_template={name!r} is not a chat format gemma-run builds",
+                          key="model.chat_template", fix=f"one of: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
 
 
-def build_tokenizer(vocab_size: int, out_dir: Path, model_max_length: int = 8192):  # -> PreTrainedTokenizerFast
-    """Train the tokenizer, wrap it for transformers, save it into ``out_dir`` and return it."""
+def chat_template(name: str = DEFAULT_TEMPLATE) -> str:
+    return resources.files("gemma_run").joinpath(f"assets/{chat_format(name).asset}").read_text()
+
+
+def build_tokenizer(vocab_size: int, out_dir: Path, model_max_length: int = 8192,
+                    template: str = DEFAULT_TEMPLATE):  # -> PreTrainedTokenizerFast
+    """Train the tokenizer with the special tokens of the chat format ``template``, wrap it for transformers,
+    save it into ``out_dir`` and return it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    special_tokens = list(chat_format(template).special_tokens)
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
-    bos = SPECIAL_TOKENS.index("<bos>")
+    bos = special_tokens.index("<bos>")
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
     )
@@ -53,11 +89,11 @@ def build_tokenizer(vocab_size: int, out_dir: Path, model_max_length: int = 8192
         eos_token="<eos>",
         unk_token="<unk>",
         pad_token="<pad>",
-        additional_special_tokens=SPECIAL_TOKENS[4:],
+        additional_special_tokens=special_tokens[4:],
         model_max_length=model_max_length,
         padding_side="left",
     )
-    fast.chat_template = chat_template()
+    fast.chat_template = chat_template(template)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return fast

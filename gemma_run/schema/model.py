@@ -45,3 +45,6 @@ class ModelConfig:
     text_only: bool = True
     # How to build the tokenizer of a random-weight model (the hub tokenizer is not available offline).
     tokenizer_vocab_size: int = 1024
+    # Its chat format: the template and special tokens of a model family (gemma3 | gemma4, see
+    # gemma_run.loading.tokenizer_build.TEMPLATES). A real checkpoint's tokenizer keeps its own.
+    chat_template: str = "gemma3"

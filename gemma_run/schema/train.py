@@ -104,6 +104,9 @@ class LoraConfig:
     # every projection of attention and MLP; "all-linear" is also accepted as a single entry
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # Parameters that are not inside a Linear but get an adapter too (peft's target_parameters), e.g. the 3D
+    # expert weights of a mixture-of-experts model: [experts.gate_up_proj, experts.down_proj] for Gemma 4's MoE.
+    target_parameters: list[str] = field(default_factory=list)
     bias: str = "none"
     # QLoRA: peft's prepare_model_for_kbit_training upcasts every unquantized weight to fp32, the frozen embedding
     # (262k x hidden: +2.7 GB at 4B, +5.6 GB at 27B) and so the residual stream too. false casts the embedding

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gemma_run.app.errors import GemmaRunError
+
 log = logging.getLogger(__name__)
 
 
@@ -12,14 +14,52 @@ def peft_config(lora_cfg: Any):  # -> peft.LoraConfig
     from peft import LoraConfig, TaskType
 
     targets = list(lora_cfg.target_modules)
+    parameters = list(lora_cfg.get("target_parameters") or [])
     return LoraConfig(
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
+        target_parameters=parameters or None,
         bias=lora_cfg.bias,
         task_type=TaskType.CAUSAL_LM,
     )
+
+
+def linear_names(model: Any) -> list[str]:
+    """The distinct names (last part of the path) of the model's linear layers an adapter can go on: every
+    Linear (a 4-bit one included) and GPT-2's Conv1D, the output head aside."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear | Conv1D) and m is not head})
+
+
+def _matches(target: str, names: list[str]) -> bool:
+    """Whether peft's suffix rule takes ``target`` (a module name, or a dotted tail of a path) for one of these."""
+    return any(path == target or path.endswith("." + target) for path in names)
+
+
+def check_targets(model: Any, lora_cfg: Any) -> None:
+    """``lora.target_modules`` against the model: none matching is an error naming the model's linear layers
+    (peft's own says only which targets were not found); some not matching is a warning, as a layer kind a
+    model lacks (Gemma 4's global layers have no v_proj) is harmless."""
+    targets = list(lora_cfg.target_modules)
+    if targets == ["all-linear"] or not targets:
+        return
+    paths = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not _matches(t, paths)]
+    if not missing:
+        return
+    linear = linear_names(model)
+    if len(missing) == len(targets) and not list(lora_cfg.get("target_parameters") or []):
+        raise GemmaRunError(f"lora.target_modules={targets} match no layer of this model; its linear layers are: "
+                            f"{', '.join(linear)}", key="lora.target_modules",
+                            fix=f"lora.target_modules=[{','.join(linear)}] (or a subset), or [all-linear]")
+    log.warning("lora.target_modules: %s match no layer of this model (its linear layers: %s)", missing,
+                ", ".join(linear))
 
 
 def _embeddings(model: Any) -> list[Any]:
@@ -65,6 +105,7 @@ def apply(model: Any, lora_cfg: Any, *, quantized: bool, sharded: bool, gradient
         model.enable_input_require_grads()
     if not lora_cfg.enabled:
         return model
+    check_targets(model, lora_cfg)
     model = get_peft_model(model, peft_config(lora_cfg))
     from gemma_run.patches import registry
 

@@ -1,11 +1,15 @@
 """Where the chunked/fused loss enters the HF Trainer: a ``compute_loss`` that never asks for full logits.
 
 The model still runs its own forward (so peft, DeepSpeed's engine and ZeRO-3's hooks, gradient checkpointing
-and the multimodal Gemma 3 wrapper all behave as usual), but with ``logits_to_keep=1``: the lm_head projects
-only the last position. A forward hook on the inner decoder keeps its output (the final, normed hidden
-states); the loss kernel then takes them with the lm_head weight (the embedding, when tied) and the shifted
-labels. The one case a kernel cannot serve is a trainable lm_head partitioned by ZeRO-3 (its gradient would
-have to be scattered back into the partition): there the model's own loss is used, with a warning.
+and the multimodal Gemma 3 wrapper all behave as usual), but with ``logits_to_keep`` naming the last position:
+the lm_head projects only that one. It is given as a position tensor, not the int 1: Gemma 4 reads an int
+``logits_to_keep`` as leave to run its KV-shared last layers (``num_kv_shared_layers``) on the kept positions
+only, and the loss needs their hidden states at every position. A forward hook on the inner decoder keeps its
+output (the final, normed hidden states); the loss kernel then takes them with the lm_head weight (the
+embedding, when tied), the shifted labels and the model's ``final_logit_softcapping`` (Gemma 2 and 4 softcap
+their logits; the kernels apply it, so the loss is the model's own). The one case a kernel cannot serve is a
+trainable lm_head partitioned by ZeRO-3 (its gradient would have to be scattered back into the partition): there
+the model's own loss is used, with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import logging
 from typing import Any
 
+from gemma_run.app.errors import GemmaRunError
 from gemma_run.training import loss as losses
 
 log = logging.getLogger(__name__)
@@ -72,18 +77,32 @@ def fused_loss(model: Any, inputs: dict[str, Any], kernel: str, num_items_in_bat
 
     handle = decoder(lm).register_forward_hook(keep)
     try:
-        outputs = model(**{k: v for k, v in inputs.items() if k not in DROP}, logits_to_keep=1)
+        outputs = model(**{k: v for k, v in inputs.items() if k not in DROP}, logits_to_keep=last_position(inputs))
     finally:
         handle.remove()
     targets = losses.shift_labels(inputs["labels"], inputs.get("shift_labels"))
     weight = lm.get_output_embeddings().weight
     hidden = captured["hidden"]
+    if tuple(hidden.shape[:-1]) != tuple(targets.shape):
+        raise GemmaRunError(f"train.loss_kernel={kernel}: {type(lm).__name__}'s decoder returned hidden states of "
+                            f"shape {tuple(hidden.shape)} for labels of shape {tuple(targets.shape)} (it computed "
+                            "fewer positions than the loss needs)", key="train.loss_kernel",
+                            fix="train.loss_kernel=none (the model's own logits and loss)")
     with gathered(weight):
         w = weight
         if dtype is not None:
             hidden, w = hidden.to(dtype), weight.to(dtype)
         loss = losses.KERNELS[kernel](hidden, w, targets, softcap=softcap(lm), num_items_in_batch=num_items_in_batch)
     return loss, outputs
+
+
+def last_position(inputs: dict[str, Any]) -> Any:
+    """``logits_to_keep`` as a 1D position tensor (the last position of every row); see the module's docstring."""
+    import torch
+
+    ids = inputs.get("input_ids")
+    ids = ids if ids is not None else inputs["inputs_embeds"]
+    return torch.tensor([ids.shape[1] - 1], device=ids.device)
 
 
 def usable(model: Any) -> str | None:
