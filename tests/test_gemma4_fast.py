@@ -12,11 +12,9 @@ import pytest
 from helpers.decode import LONG, generate_tokens
 
 from gemma_run import run
-from gemma_run.infer import generate as gen
+from gemma_run.infer.engine import HF, EngineOptions
 
 MODELS = ["tiny_gemma4", "tiny_gemma4_moe"]
-# The memory planner does not know Gemma 4's per-layer head dims yet: no preflight.
-NO_PLAN = ["plan.preflight=false"]
 
 
 def _eos_from(rows: list[list[int]], min_new: int, start: int) -> int:
@@ -43,8 +41,8 @@ def test_fast_engine_gives_generates_greedy_tokens(loaded, compiled: bool) -> No
 
     prompts = [LONG, "hello there"]
     assert len(loaded.tokenizer(LONG)["input_ids"]) > 16  # past the sliding window
-    engine = gen.Engine("fast", compiled, True, "test")
-    ref = generate_tokens(loaded, prompts, gen.HF, min_new_tokens=32)
+    engine = EngineOptions("fast", compiled, True, "test")
+    ref = generate_tokens(loaded, prompts, HF, min_new_tokens=32)
     fast = generate_tokens(loaded, prompts, engine, min_new_tokens=32)
     assert [o.new_tokens for o in fast] == [32, 32]
     assert [o.completion for o in fast] == [o.completion for o in ref]
@@ -55,7 +53,7 @@ def test_fast_engine_gives_generates_greedy_tokens(loaded, compiled: bool) -> No
         plain = loaded.model.generate(**batch, max_new_tokens=32, min_new_tokens=32, do_sample=False,
                                       pad_token_id=tok.pad_token_id)[:, batch["input_ids"].shape[1]:].tolist()
     eos = _eos_from(plain, 4, 8)
-    ref = generate_tokens(loaded, prompts, gen.HF, min_new_tokens=4, eos_token_id=[eos])
+    ref = generate_tokens(loaded, prompts, HF, min_new_tokens=4, eos_token_id=[eos])
     fast = generate_tokens(loaded, prompts, engine, min_new_tokens=4, eos_token_id=[eos])
     assert (ref[0].stopped_by, ref[0].new_tokens) == ("eos", plain[0].index(eos) + 1)
     assert [(o.new_tokens, o.stopped_by, o.completion) for o in fast] == [
@@ -68,7 +66,7 @@ def test_fast_run_writes_the_generations_of_generate(compose_cfg, tmp_path: Path
     prompts.write_text(f"{LONG}\nhello there\n")
     records = {}
     for engine in ("hf", "fast"):
-        result = run(compose_cfg(["task=infer", f"model={model}", *NO_PLAN, f"prompts_file={prompts}",
+        result = run(compose_cfg(["task=infer", f"model={model}", f"prompts_file={prompts}",
                                   "batch_size=2", "generation.max_new_tokens=24", f"generation.engine={engine}"]),
                      tmp_path / engine)
         assert result["status"] == "ok" and result["engine"] == engine, result.get("engine_reason")

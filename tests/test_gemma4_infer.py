@@ -11,9 +11,6 @@ import pytest
 from helpers.data import alpaca_rows, write_jsonl
 from helpers.runs import run_dirs, train_api
 
-# The memory planner does not know Gemma 4's per-layer head dims yet: no preflight (nor deepspeed=auto's plan).
-NO_PLAN = ["plan.preflight=false", "deepspeed=none"]
-
 
 def test_gemma4_chat_format(compose_cfg) -> None:
     from gemma_run.loading import load_tokenizer
@@ -58,7 +55,7 @@ def test_unknown_chat_format_is_refused() -> None:
 def test_cli_infer_writes_generations(cli, tmp_path: Path, model: str) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("hi\nThe quick brown fox jumps over the lazy dog again and again\nWhat is it?\n")
-    proc = cli("task=infer", f"model={model}", *NO_PLAN, f"prompts_file={prompts}", "batch_size=2", "chat=true",
+    proc = cli("task=infer", f"model={model}", f"prompts_file={prompts}", "batch_size=2", "chat=true",
                "system_prompt=Be brief.", "generation.max_new_tokens=8", "generation.engine=hf", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [run_dir] = run_dirs(tmp_path)
@@ -81,7 +78,7 @@ def test_merge_gemma4_adapter(compose_cfg, tmp_path: Path) -> None:
 
     data = write_jsonl(tmp_path / "alpaca.jsonl", alpaca_rows())
     run_dir = tmp_path / "run"
-    train_api(compose_cfg, run_dir, "model=tiny_gemma4", *NO_PLAN, f"data.train_file={data}", "train.max_steps=3",
+    train_api(compose_cfg, run_dir, "model=tiny_gemma4", f"data.train_file={data}", "train.max_steps=3",
               "train.save_steps=3", "train.learning_rate=0.01")
     merged = Path(run(compose_cfg(["task=merge", "model=tiny_gemma4", f"task.adapter={run_dir}"]),
                       tmp_path / "merge")["merged"])
@@ -96,5 +93,5 @@ def test_merge_gemma4_adapter(compose_cfg, tmp_path: Path) -> None:
         a, b = with_adapter(ids).logits, reloaded(ids).logits
     assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, plain, atol=1e-3)
     result = run(compose_cfg(["task=infer", "model=tiny_gemma4", f"model.path={merged}", "model.weights=pretrained",
-                              *NO_PLAN, "prompt=Hello", "generation.max_new_tokens=4"]), tmp_path / "infer")
+                              "prompt=Hello", "generation.max_new_tokens=4"]), tmp_path / "infer")
     assert result["status"] == "ok" and result["new_tokens"] == 4

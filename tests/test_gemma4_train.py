@@ -16,9 +16,6 @@ from helpers.runs import lora_b_norm, losses, train_api
 
 from gemma_run.app.errors import GemmaRunError
 
-# The memory planner does not know Gemma 4's per-layer head dims yet: these runs go without the preflight and
-# without deepspeed=auto's planned choice (one CPU process: no DeepSpeed either way).
-NO_PLAN = ["plan.preflight=false", "deepspeed=none"]
 EXPERTS = "lora.target_parameters=[experts.gate_up_proj,experts.down_proj]"
 REFERENCE = ["train.loss_kernel=none", "train.attn_implementation=eager", "train.compile_layers=false",
              "train.gradient_checkpointing=false"]
@@ -32,7 +29,7 @@ def alpaca(tmp_path: Path) -> Path:
 
 
 def _common(model: str, alpaca: Path, *extra: str) -> list[str]:
-    return [f"model={model}", *NO_PLAN, f"data.train_file={alpaca}", "train.max_steps=4", "train.save_steps=4",
+    return [f"model={model}", f"data.train_file={alpaca}", "train.max_steps=4", "train.save_steps=4",
             "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2", "lora.dropout=0",
             "train.learning_rate=1e-3", *extra]
 
