@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.decode import LONG, check_streaming, generate_tokens
+from helpers.decode import LONG, check_greedy_and_stopping, check_streaming, eos_from, generate_tokens
 
 from gemma_run import run
 from gemma_run.app.errors import GemmaRunError
@@ -20,14 +20,6 @@ from gemma_run.infer.engine.options import COMPILE_MIN_TOKENS
 def _first_new(row: list[int], start: int) -> int:
     """The first step at or after ``start`` whose token the row had not made before."""
     return next(i for i in range(start, len(row)) if row[i] not in row[:i])
-
-
-def _eos_from(rows: list[list[int]], min_new: int, start: int) -> int:
-    """An EOS id for a stopping test, taken from greedy rows made without one: a token row 0 first makes at step
-    ``start`` or later, which no row makes before ``min_new`` (so holding EOS back changes nothing before it)."""
-    early = {t for row in rows for t in row[:min_new]}
-    return next(rows[0][i] for i in range(start, len(rows[0]))
-                if rows[0][i] not in rows[0][:i] and rows[0][i] not in early)
 
 
 def _ended(rows: list[list[int]], eos: list[int], min_new: int, pad: int) -> list[list[int]]:
@@ -55,33 +47,13 @@ def bf16(cache_dir: Path):
                          ids=["eager-step", "compiled-step", "eager-step-decode-attention",
                               "compiled-step-decode-attention"])
 def test_fast_engine_gives_generates_greedy_tokens_in_bf16(bf16, compiled: bool, attention: str | None) -> None:
-    """Left-padded batch of two, greedy, bf16: the fast engine's tokens are generate()'s, whatever its step runs as
-    (the decode attention included: the prompt's pass keeps the model's sdpa, and so does generate())."""
-    import torch
-
+    """Left-padded batch of two, greedy, bf16: the fast engine's tokens and stopping are generate()'s, whatever
+    its step runs as (the decode attention included: the prompt's pass keeps the model's sdpa, as generate())."""
     from gemma_run.infer.engine import decode_attention
 
-    prompts = [LONG, "hello there"]
-    assert len(bf16.tokenizer(LONG)["input_ids"]) > 16
-    ref = generate_tokens(bf16, prompts, HF, min_new_tokens=32)
     name = decode_attention.register() if attention else None
-    engine = EngineOptions("fast", compiled, True, "test", attention=name)
-    fast = generate_tokens(bf16, prompts, engine, min_new_tokens=32)
+    check_greedy_and_stopping(bf16, EngineOptions("fast", compiled, True, "test", attention=name))
     assert bf16.model.config._attn_implementation == "sdpa"  # the model's own is back after the steps
-    assert [o.new_tokens for o in fast] == [32, 32]
-    assert [o.completion for o in fast] == [o.completion for o in ref]
-    # stopping compared too: an EOS that row 0 makes mid-run, min_new_tokens < max_new_tokens
-    tok = bf16.tokenizer
-    batch = tok(prompts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        plain = bf16.model.generate(**batch, max_new_tokens=32, min_new_tokens=32, do_sample=False,
-                                    pad_token_id=tok.pad_token_id)[:, batch["input_ids"].shape[1]:].tolist()
-    eos = _eos_from(plain, 4, 8)
-    ref = generate_tokens(bf16, prompts, HF, min_new_tokens=4, eos_token_id=[eos])
-    fast = generate_tokens(bf16, prompts, engine, min_new_tokens=4, eos_token_id=[eos])
-    assert (ref[0].stopped_by, ref[0].new_tokens) == ("eos", plain[0].index(eos) + 1)
-    assert [(o.new_tokens, o.stopped_by, o.completion) for o in fast] == [
-        (o.new_tokens, o.stopped_by, o.completion) for o in ref]
 
 
 def test_fast_engine_stops_at_eos_and_stop_strings_as_generate_does(bf16) -> None:
@@ -198,7 +170,7 @@ def test_each_placement_of_the_compiled_pick_gives_the_hosts_tokens(bf16, placem
     kwargs = {"max_new_tokens": 16, "min_new_tokens": 4, "do_sample": False, "pad_token_id": pad}
     with torch.inference_mode():  # the host's greedy tokens without EOS: row 0's EOS is taken from them
         plain = generate(bf16.model, ids, mask, {**kwargs, "eos_token_id": []}, host_pick)[:, ids.shape[1]:].tolist()
-    eos = [_eos_from(plain, 4, 6), _eos_from(plain[::-1], 4, 6)]  # one made by row 0, one by row 1
+    eos = [eos_from(plain, 4, 6), eos_from(plain[::-1], 4, 6)]  # one made by row 0, one by row 1
     kwargs["eos_token_id"] = eos
     with torch.inference_mode():
         device = generate(bf16.model, ids, mask, kwargs, options)

@@ -138,22 +138,27 @@ TINY_MM = {
 }
 
 
-@pytest.fixture(scope="module")
-def multimodal_dir(tmp_path_factory):
-    """A tiny Gemma 3 multimodal checkpoint (vision tower + language model) saved as safetensors, as published
+def _save_multimodal(d: Path, params: dict, cls_name: str) -> Path:
+    """A tiny multimodal checkpoint of ``params`` (its model_type first) saved as safetensors, as published
     checkpoints are, with the tiny model's tokenizer."""
     import torch
-    from transformers import AutoConfig, Gemma3ForConditionalGeneration
+    import transformers
+    from transformers import AutoConfig
 
     from gemma_run.loading.tokenizer_build import build_tokenizer
 
-    d = tmp_path_factory.mktemp("gemma3_mm")
-    params = dict(TINY_MM)
+    params = dict(params)
     config = AutoConfig.for_model(params.pop("model_type"), **params)
     torch.manual_seed(0)
-    Gemma3ForConditionalGeneration(config).save_pretrained(d, safe_serialization=True)
+    getattr(transformers, cls_name)(config).save_pretrained(d, safe_serialization=True)
     build_tokenizer(512, d, model_max_length=512)
     return d
+
+
+@pytest.fixture(scope="module")
+def multimodal_dir(tmp_path_factory):
+    """A tiny Gemma 3 multimodal checkpoint (vision tower + language model)."""
+    return _save_multimodal(tmp_path_factory.mktemp("gemma3_mm"), TINY_MM, "Gemma3ForConditionalGeneration")
 
 
 def _cfg_for(compose_cfg, path: Path, *overrides: str):
@@ -310,19 +315,8 @@ TINY_G4_MM = {
 @pytest.fixture(scope="module")
 def gemma4_multimodal_dir(tmp_path_factory):
     """A tiny Gemma 4 multimodal checkpoint (vision tower + language model with per-layer embeddings, KV shared
-    by the last layers, K = V on the global ones) saved as safetensors, with the tiny model's tokenizer."""
-    import torch
-    from transformers import AutoConfig, Gemma4ForConditionalGeneration
-
-    from gemma_run.loading.tokenizer_build import build_tokenizer
-
-    d = tmp_path_factory.mktemp("gemma4_mm")
-    params = dict(TINY_G4_MM)
-    config = AutoConfig.for_model(params.pop("model_type"), **params)
-    torch.manual_seed(0)
-    Gemma4ForConditionalGeneration(config).save_pretrained(d, safe_serialization=True)
-    build_tokenizer(512, d, model_max_length=512)
-    return d
+    by the last layers, K = V on the global ones)."""
+    return _save_multimodal(tmp_path_factory.mktemp("gemma4_mm"), TINY_G4_MM, "Gemma4ForConditionalGeneration")
 
 
 def test_gemma4_multimodal_checkpoint_text_only_loads_the_language_model_alone(compose_cfg, gemma4_multimodal_dir):

@@ -111,3 +111,16 @@ def test_a_new_backend_is_a_module_and_a_yaml(tmp_path: Path, cli) -> None:
     out = cli("--config-dir", str(tmp_path / "conf"), "task=plan", "quant=dummy", env={"PYTHONPATH": path})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "int8" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("target", "problem"), [
+    ("no_such_module.Backend", "cannot be imported: No module named 'no_such_module'"),
+    ("gemma_run.quant.NoSuchBackend", "cannot be imported: module 'gemma_run.quant' has no attribute 'NoSuchBackend'"),
+    ("gemma_run.distributed.launchers.local.Local", "is not a QuantBackend subclass"),
+])
+def test_a_bad_target_is_one_error_naming_the_key(cli, target: str, problem: str) -> None:
+    out = cli("task=plan", f"quant._target_={target}")
+    assert out.returncode == 2
+    (line,) = [x for x in out.stderr.splitlines() if "error:" in x]
+    assert line.endswith(f"error: quant._target_='{target}' {problem}")
+    assert "at:  quant._target_" in out.stderr and "Traceback" not in out.stderr

@@ -19,21 +19,9 @@ BUILT_IN = (DEFAULT_TARGET, "gemma_run.quant.bitsandbytes.BitsAndBytes", "gemma_
 
 def from_cfg(quant_cfg: Any) -> QuantBackend:
     """The backend object for a composed ``quant`` group (its ``_target_`` class, given the group)."""
-    from hydra.utils import get_class
+    from gemma_run.app.components import component
 
-    from gemma_run.app.errors import ConfigError
-
-    target = quant_cfg.get("_target_") or DEFAULT_TARGET
-    try:
-        cls = get_class(target)
-    except Exception as e:  # ImportError or a missing attribute, wrapped by Hydra
-        raise ConfigError(f"quant._target_={target!r} cannot be imported: {e}", key="quant._target_",
-                          fix="a gemma_run.quant.base.QuantBackend subclass, e.g. gemma_run.quant.none.NoQuant") \
-            from e
-    if not (isinstance(cls, type) and issubclass(cls, QuantBackend)):
-        raise ConfigError(f"quant._target_={target!r} is not a QuantBackend subclass", key="quant._target_",
-                          fix="subclass gemma_run.quant.base.QuantBackend")
-    return cls(quant_cfg)
+    return component("quant", quant_cfg, QuantBackend, DEFAULT_TARGET)
 
 
 @functools.cache

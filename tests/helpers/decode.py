@@ -29,6 +29,41 @@ def generate_tokens(loaded, prompts: list[str], engine: EngineOptions, new: int 
     return outs
 
 
+def eos_from(rows: list[list[int]], min_new: int, start: int) -> int:
+    """An EOS id for a stopping test, taken from greedy rows made without one: a token row 0 first makes at step
+    ``start`` or later, which no row makes before ``min_new`` (so holding EOS back changes nothing before it)."""
+    early = {t for row in rows for t in row[:min_new]}
+    return next(rows[0][i] for i in range(start, len(rows[0]))
+                if rows[0][i] not in rows[0][:i] and rows[0][i] not in early)
+
+
+def check_greedy_and_stopping(loaded, engine: EngineOptions) -> None:
+    """A left-padded batch of two (one prompt past the sliding window), greedy: ``engine`` gives generate()'s
+    tokens for 32 steps, and stops as generate() does at an EOS row 0 makes mid-run, with min_new_tokens (4)
+    below max_new_tokens (32)."""
+    import torch
+
+    from gemma_run.infer.engine import HF
+
+    prompts = [LONG, "hello there"]
+    assert len(loaded.tokenizer(LONG)["input_ids"]) > 16
+    ref = generate_tokens(loaded, prompts, HF, min_new_tokens=32)
+    fast = generate_tokens(loaded, prompts, engine, min_new_tokens=32)
+    assert [o.new_tokens for o in fast] == [32, 32]
+    assert [o.completion for o in fast] == [o.completion for o in ref]
+    tok = loaded.tokenizer
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        plain = loaded.model.generate(**batch, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                      pad_token_id=tok.pad_token_id)[:, batch["input_ids"].shape[1]:].tolist()
+    eos = eos_from(plain, 4, 8)
+    ref = generate_tokens(loaded, prompts, HF, min_new_tokens=4, eos_token_id=[eos])
+    fast = generate_tokens(loaded, prompts, engine, min_new_tokens=4, eos_token_id=[eos])
+    assert (ref[0].stopped_by, ref[0].new_tokens) == ("eos", plain[0].index(eos) + 1)
+    assert [(o.new_tokens, o.stopped_by, o.completion) for o in fast] == [
+        (o.new_tokens, o.stopped_by, o.completion) for o in ref]
+
+
 def check_streaming(loaded, graph: bool) -> None:
     """The streaming and early-stop checks on ``loaded``'s device (a GPU looks one look later: watch.Lookout)."""
     import torch
