@@ -5,9 +5,9 @@
 # Parts:
 #   tests     every `pytest -m gpu` test, in one process
 #   decode    the decode presets (gemma_run/conf/experiment/bench/decode_*.yaml) and their baselines, transformers'
-#             generate(); decode:NAME runs the runs whose name starts with decode_NAME (decode:4b, decode:27b)
+#             generate(); decode:NAME runs the runs whose name starts with decode_NAME (decode:4b, decode:27b, decode:gemma4)
 #   train     bench/train_speed.py: the training presets beside the plain-Trainer baseline; train:NAME runs the
-#             rows whose name holds NAME (train:QLoRA, train:27B)
+#             rows whose name holds NAME (train:QLoRA, train:27B, train:Gemma)
 #   plan      bench/plan_accuracy.py: task=plan's memory plan against what the GPU allocates
 #   kernels   bench/kernels_4bit.py: gemma3_27b's batch-1 products, backend by backend
 # Each part's whole output goes to $OUT/<part>.log (else gpu-logs/<part>.log), the runs' dirs to $OUT/runs/; the
@@ -28,6 +28,10 @@ DECODE=(
   "decode_27b_nf4.generate|+experiment=bench/decode_27b_nf4 generation.engine=hf"
   "decode_27b_nf4|+experiment=bench/decode_27b_nf4"
   "decode_27b_int4|+experiment=bench/decode_27b_int4"
+  "decode_gemma4_31b_nf4.generate|+experiment=bench/decode_gemma4_31b_int4 quant=4bit generation.engine=hf"
+  "decode_gemma4_31b_int4|+experiment=bench/decode_gemma4_31b_int4"
+  "decode_gemma4_26b_a4b.generate|+experiment=bench/decode_gemma4_26b_a4b generation.engine=hf"
+  "decode_gemma4_26b_a4b|+experiment=bench/decode_gemma4_26b_a4b"
 )
 
 part_tests() {

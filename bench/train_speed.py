@@ -32,6 +32,7 @@ from pathlib import Path
 
 BASELINE_LORA = "4B LoRA, plain Trainer"
 BASELINE_QLORA = "4B QLoRA, plain Trainer"
+BASELINE_G4 = "Gemma 4 E4B LoRA, plain Trainer"
 # name, overrides, the row it is compared with
 RUNS = [
     (BASELINE_LORA, ["+experiment=bench/train_4b_lora_baseline"], None),
@@ -39,6 +40,9 @@ RUNS = [
     (BASELINE_QLORA, ["+experiment=bench/train_4b_lora_baseline", "quant=4bit"], None),
     ("4B QLoRA", ["+experiment=bench/train_4b_qlora"], BASELINE_QLORA),
     ("27B QLoRA, 24 GiB cap", ["+experiment=bench/train_27b_qlora"], None),
+    (BASELINE_G4, ["+experiment=bench/train_4b_lora_baseline", "model=gemma4_e4b"], None),
+    ("Gemma 4 E4B LoRA", ["+experiment=bench/train_gemma4_e4b_lora"], BASELINE_G4),
+    ("Gemma 4 31B QLoRA, 32 GiB cap", ["+experiment=bench/train_gemma4_31b_qlora"], None),
 ]
 
 

@@ -20,6 +20,10 @@ EXPECTED = {
     "bench/train_4b_lora_baseline": ("bench_train", "gemma3_4b", "none"),
     "bench/train_4b_qlora": ("bench_train", "gemma3_4b", "4bit"),
     "bench/train_27b_qlora": ("bench_train", "gemma3_27b", "4bit"),
+    "bench/decode_gemma4_31b_int4": ("bench", "gemma4_31b", "int4"),
+    "bench/decode_gemma4_26b_a4b": ("bench", "gemma4_26b_a4b", "none"),
+    "bench/train_gemma4_e4b_lora": ("bench_train", "gemma4_e4b", "none"),
+    "bench/train_gemma4_31b_qlora": ("bench_train", "gemma4_31b", "4bit"),
 }
 SMALL_DECODE = ["model=tiny_gemma3", "task.prompt_tokens=[16]", "task.new_tokens=[4]", "task.batch_sizes=[1]",
                 "task.probe_bytes=32MiB"]
@@ -63,6 +67,15 @@ def test_training_presets_keep_the_measured_shape(compose_cfg) -> None:
     assert base.lora.fp32_embeddings and base.train.compile_layers is False
     big = compose_cfg(["+experiment=bench/train_27b_qlora"])
     assert (big.train.max_seq_length, big.train.per_device_batch_size, big.train.gpu_memory_cap) == (2048, 1, "24GiB")
+    g4 = compose_cfg(["+experiment=bench/train_gemma4_e4b_lora"])
+    assert (g4.train.max_seq_length, g4.train.per_device_batch_size, g4.lora.r, g4.train.gpu_memory_cap) == (
+        2048, 4, 16, "24GiB")
+    g4_base = compose_cfg(["+experiment=bench/train_4b_lora_baseline", "model=gemma4_e4b"])
+    assert (g4_base.model.name, g4_base.train.loss_kernel.value, g4_base.train.gpu_memory_cap) == (
+        "gemma4_e4b", "none", None)
+    g4_big = compose_cfg(["+experiment=bench/train_gemma4_31b_qlora"])
+    assert (g4_big.train.max_seq_length, g4_big.train.per_device_batch_size, g4_big.train.gpu_memory_cap) == (
+        2048, 1, "32GiB")
 
 
 def test_unknown_preset_is_refused(cli) -> None:

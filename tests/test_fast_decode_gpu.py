@@ -6,31 +6,12 @@ teacher-forced) at >= 99% of the positions it generated."""
 from __future__ import annotations
 
 import pytest
+from helpers.decode import dequantize_in_place, generate_on_device
 from helpers.run_if import RunIf
 
-from gemma_run.infer import generate as gen
 from gemma_run.infer.engine import HF, Decoder, EngineOptions
-from gemma_run.infer.stats import TimingStreamer
 
 pytestmark = RunIf(gpus=1)
-
-
-def _generate(loaded, ids: list[list[int]], engine: EngineOptions, new: int):
-    from gemma_run import compose
-
-    tok = loaded.tokenizer
-    tok.padding_side = "left"
-    g = compose([f"generation.max_new_tokens={new}"]).generation
-    kwargs = {**gen.generation_kwargs(g, loaded.model, tok, chat=False, engine=engine), "min_new_tokens": new}
-    inputs = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(loaded.input_device)
-    import torch
-
-    with torch.inference_mode():
-        if engine.name == "fast":
-            from gemma_run.infer.engine import generate
-
-            return generate(loaded.model, inputs["input_ids"], inputs["attention_mask"], kwargs, engine)
-        return loaded.model.generate(**inputs, **kwargs, streamer=TimingStreamer())
 
 
 def _recorded(model, compile: bool) -> bool:
@@ -57,9 +38,9 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     loaded = load(compose_cfg(["model.dtype=bfloat16", "device_map=single"]))
     tok = loaded.tokenizer
     ids = [tok("the cat sat on the mat and looked at the dog " * 3)["input_ids"], tok("hello there")["input_ids"]]
-    ref = _generate(loaded, ids, HF, 48)
+    ref = generate_on_device(loaded, ids, HF, 48)
     engine = EngineOptions("fast", compile, True, "test", graph=True, attention=name, fuse=fuse)
-    fast = _generate(loaded, ids, engine, 48)
+    fast = generate_on_device(loaded, ids, engine, 48)
     assert (loaded.model.__dict__.get("_gemma_run_fused_projections", 0) > 0) == fuse
     assert next(loaded.model.parameters()).device.type == "cuda"
     assert _recorded(loaded.model, compile)
@@ -70,10 +51,10 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     # near-ties of a random model, as it did here after 45 tokens)
     other = [tok("a b c d e f g " * 4)["input_ids"], tok("the dog")["input_ids"]]
     plain = EngineOptions("fast", compile, True, "test", graph=False, attention=name, fuse=fuse)
-    assert torch.equal(_generate(loaded, other, plain, 48), _generate(loaded, other, engine, 48))
+    assert torch.equal(generate_on_device(loaded, other, plain, 48), generate_on_device(loaded, other, engine, 48))
     # and the loop picking each token on the host after the recorded step (generation.device_pick=false) agrees
     host = EngineOptions("fast", compile, True, "test", graph=True, attention=name, fuse=fuse, pick=False)
-    assert torch.equal(_generate(loaded, other, host, 48), _generate(loaded, other, engine, 48))
+    assert torch.equal(generate_on_device(loaded, other, host, 48), generate_on_device(loaded, other, engine, 48))
 
 
 def test_streaming_and_early_stop_through_the_lookout_on_a_gpu(compose_cfg) -> None:
@@ -86,36 +67,6 @@ def test_streaming_and_early_stop_through_the_lookout_on_a_gpu(compose_cfg) -> N
     loaded = load(compose_cfg(["model.dtype=bfloat16", "device_map=single"]))
     assert loaded.input_device.type == "cuda"
     check_streaming(loaded, graph=True)
-
-
-def _dequantize_in_place(model) -> int:
-    """Every 4-bit Linear's weight replaced by its bf16 dequantization (torchao or bitsandbytes); returns how many."""
-    import torch
-
-    count = 0
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        if w is None or not isinstance(module, torch.nn.Linear):
-            continue
-        if type(w).__name__ == "Params4bit":
-            import bitsandbytes.functional as bf
-
-            dense = bf.dequantize_4bit(w.data, w.quant_state)
-        elif type(w).__module__.startswith("torchao"):
-            # torchao's int4 layouts implement linear, not dequantize: x @ W.T with x = I gives W.T back
-            eye = torch.eye(module.in_features, dtype=torch.bfloat16, device=w.device)
-            dense = torch.nn.functional.linear(eye, w).T
-        else:
-            continue
-        new = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                              device=dense.device, dtype=torch.bfloat16)
-        new.weight.data.copy_(dense[: module.out_features, : module.in_features].to(torch.bfloat16))
-        if module.bias is not None:
-            new.bias.data.copy_(module.bias.data)
-        module.forward = new.forward  # the same module object, now computing with the dense weight
-        module._gemma_run_dense = new
-        count += 1
-    return count
 
 
 @pytest.mark.parametrize("quant", [pytest.param("int4", marks=RunIf(torchao=True)),
@@ -131,12 +82,12 @@ def test_fast_4bit_top1_agrees_with_dequantized_reference(compose_cfg, quant: st
     loaded = load(compose_cfg(["model=gemma3_4b", "model.weights=random", f"quant={quant}"]))
     torch.manual_seed(0)
     prompt = torch.randint(100, 20000, (1, 128)).tolist()
-    out = _generate(loaded, prompt, EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
+    out = generate_on_device(loaded, prompt, EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
     assert _recorded(loaded.model, True)
     assert fused_projections.count(loaded.model) == (2 * 34 if quant == "int4" else 0)  # bnb's: not fused
     Decoder.of(loaded.model).unfuse()
     generated = out[0, 128:]
-    assert _dequantize_in_place(loaded.model) > 200
+    assert dequantize_in_place(loaded.model) > 200
     with torch.inference_mode():
         logits = loaded.model(input_ids=out[:, :-1]).logits[0, 127:].float()
     agree = (logits.argmax(-1) == generated).float().mean().item()

@@ -105,3 +105,55 @@ def check_streaming(loaded, graph: bool) -> None:
     # every row ended at the first token: stopped at the first look (on a GPU, the look after: it sees the
     # previous look's copy)
     assert ran < CHECK_EVERY * (2 if device.type == "cuda" else 1)
+
+
+def generate_on_device(loaded, ids: list[list[int]], engine: EngineOptions, new: int):
+    """Greedy ``new`` tokens for the token rows ``ids`` (left-padded) on the model's device through ``engine``
+    (the fast loop, or generate()): the whole output ids."""
+    import torch
+
+    from gemma_run import compose
+    from gemma_run.infer import generate as gen
+    from gemma_run.infer.stats import TimingStreamer
+
+    tok = loaded.tokenizer
+    tok.padding_side = "left"
+    g = compose([f"generation.max_new_tokens={new}"]).generation
+    kwargs = {**gen.generation_kwargs(g, loaded.model, tok, chat=False, engine=engine), "min_new_tokens": new}
+    inputs = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(loaded.input_device)
+    with torch.inference_mode():
+        if engine.name == "fast":
+            from gemma_run.infer.engine import generate
+
+            return generate(loaded.model, inputs["input_ids"], inputs["attention_mask"], kwargs, engine)
+        return loaded.model.generate(**inputs, **kwargs, streamer=TimingStreamer())
+
+
+def dequantize_in_place(model) -> int:
+    """Every 4-bit Linear's weight replaced by its bf16 dequantization (torchao or bitsandbytes); returns how many."""
+    import torch
+
+    count = 0
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if w is None or not isinstance(module, torch.nn.Linear):
+            continue
+        if type(w).__name__ == "Params4bit":
+            import bitsandbytes.functional as bf
+
+            dense = bf.dequantize_4bit(w.data, w.quant_state)
+        elif type(w).__module__.startswith("torchao"):
+            # torchao's int4 layouts implement linear, not dequantize: x @ W.T with x = I gives W.T back
+            eye = torch.eye(module.in_features, dtype=torch.bfloat16, device=w.device)
+            dense = torch.nn.functional.linear(eye, w).T
+        else:
+            continue
+        new = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                              device=dense.device, dtype=torch.bfloat16)
+        new.weight.data.copy_(dense[: module.out_features, : module.in_features].to(torch.bfloat16))
+        if module.bias is not None:
+            new.bias.data.copy_(module.bias.data)
+        module.forward = new.forward  # the same module object, now computing with the dense weight
+        module._gemma_run_dense = new
+        count += 1
+    return count
