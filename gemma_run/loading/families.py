@@ -6,8 +6,9 @@ An older transformers does not know a new family's ``model_type`` and fails deep
 family; between ``needs`` and ``clean`` the run goes on with a warning from the doctor.
 
 Sources of the numbers: transformers' release notes (v5.5.0 adds Gemma 4; v5.5.2 fixes generation and training
-with ``use_cache=False`` of the layers that share KV; v5.5.3 fixes ``device_map`` placement of Gemma 4) and the
-Gemma 4 12B unified model, first in transformers 5.10.0. peft has no release constraint for the language models:
+with ``use_cache=False`` of the layers that share KV; v5.5.3 fixes ``device_map`` placement of Gemma 4). For
+the Gemma 4 12B unified model, 5.10.0 is the floor that downstream projects test it with (5.8.1 is reported too
+old); the exact first release is not pinned down. peft has no release constraint for the language models:
 their projections are plain ``nn.Linear``; LoRA on the MoE experts' 3-D tensors uses peft's
 ``target_parameters``.
 """
