@@ -14,6 +14,7 @@ fraction of the device's copy bandwidth (measured as task=bench measures it, in 
 - int4 stacked: the same weights as the fast engine holds them (``gemma_run.infer.engine.fused_projections``: q/k/v and
   gate/up stacked, without the padding), 4 products a layer;
 - gemlite 0.6: its Triton A16W4 kernels (asymmetric int4, group 64 and 128; 128 stacked as well);
+- gemma-run's Triton kernel (``gemma_run.kernels.gemv4``): int4 group 128 and NF4, stacked as the engine stacks;
 - the output layer (262,208 x 5376): bf16 (what quant=int4 keeps) and int4 as quant.lm_head=int4 holds it.
 
 Prints a table; writes kernels_4bit.json to --out.
@@ -136,6 +137,22 @@ def gemlite_layer(weights: dict, group: int, stacked: bool = False) -> tuple[Pro
     return products, size
 
 
+def gemv4_layer(weights: dict, kind: str) -> tuple[Products, int]:
+    """gemma-run's own 4-bit kernel (gemma_run.kernels.gemv4), the layer's products stacked as the fast engine
+    stacks them: int4 with group 128, or NF4 with bitsandbytes' blocks of 64."""
+    import torch
+
+    from gemma_run.kernels import gemv4
+
+    products, size = [], 0
+    for parts in STACKED:
+        w = torch.cat([weights[n] for n in parts])
+        packed = gemv4.pack_int4(w, 128) if kind == "int4" else gemv4.pack_nf4(w, 64)
+        products.append((lambda x, p=packed: gemv4.gemv(x, p), INPUT[parts[0]]))
+        size += packed.nbytes()
+    return products, size
+
+
 def int4_output_layer(head: Any) -> Any:
     """The output layer quantized by quant.lm_head=int4's own code (gemma_run.quant.torchao)."""
     import torch
@@ -197,7 +214,9 @@ def layer_rows(bandwidth: float, acts: dict) -> list[dict]:
 
     backends = [("bf16, cuBLAS (quant=none)", bf16_layer), ("nf4, bitsandbytes (quant=4bit)", nf4_layer),
                 ("int4, torchao as loaded (quant=int4)", int4_layer),
-                ("int4, stacked (quant=int4, fast engine)", int4_stacked_layer)]
+                ("int4, stacked (quant=int4, fast engine)", int4_stacked_layer),
+                ("int4, gemma-run Triton gemv, stacked", lambda w: gemv4_layer(w, "int4")),
+                ("nf4, gemma-run Triton gemv, stacked", lambda w: gemv4_layer(w, "nf4"))]
     try:
         import gemlite  # noqa: F401
 

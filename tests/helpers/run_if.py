@@ -27,6 +27,7 @@ PACKAGES = {
     "torchao": ("torchao", "torchao"),
     "liger": ("liger_kernel", "liger-kernel"),
     "bnb": ("bitsandbytes", "bitsandbytes"),
+    "triton": ("triton", "triton"),
 }
 
 
@@ -54,11 +55,11 @@ def transformers_version() -> str | None:
 
 
 def RunIf(gpus: int = 0, deepspeed: bool = False, torchao: bool = False, liger: bool = False,
-          min_transformers: str | None = None, bnb: bool = False) -> Marks:
+          min_transformers: str | None = None, bnb: bool = False, triton: bool = False) -> Marks:
     """Marks that skip the test unless this machine has ``gpus`` CUDA GPUs and the packages asked for."""
     from packaging.version import Version
 
-    wanted = {"deepspeed": deepspeed, "torchao": torchao, "liger": liger, "bnb": bnb}
+    wanted = {"deepspeed": deepspeed, "torchao": torchao, "liger": liger, "bnb": bnb, "triton": triton}
     missing = [f"{PACKAGES[flag][1]} (not installed)" for flag, on in wanted.items()
                if on and not installed(PACKAGES[flag][0])]
     if min_transformers is not None:

@@ -1,0 +1,179 @@
+"""A 4-bit matrix-vector product for decode (1 to 8 rows of activations): each packed weight byte is read once
+and dequantized in registers, for two formats:
+
+- ``int4``: asymmetric 4-bit with one (scale, zero) pair per ``group`` weights of a row, the convention of
+  torchao's int4 and tinygemm: ``w = (q - 8) * scale + zero``;
+- ``nf4``: bitsandbytes' NormalFloat4, a 16-value table scaled by the absolute maximum of each block of
+  ``group`` weights: ``w = NF4[q] * absmax`` (the values bitsandbytes stores for ``quant=4bit``).
+
+Layout (:class:`Packed4`): ``qweight`` is uint8 ``[out, in / 2]``; byte ``j`` of a row holds input ``2j`` in its
+low nibble and ``2j + 1`` in its high nibble. ``scale`` (and ``zero`` for int4) are ``[out, in / group]``.
+
+:func:`gemv` runs the Triton kernel on CUDA tensors when Triton imports, and otherwise the reference path
+(:func:`reference_matmul`: the same packed weights dequantized, then one matmul), which defines what the kernel
+computes. The kernel is split over output rows and, when there are too few rows to fill the GPU, over the
+input dimension (partial sums added atomically into an fp32 output).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+# bitsandbytes' NF4 code (bitsandbytes.functional.get_4bit_type("nf4")), lowest to highest
+NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+MAX_ROWS = 8  # activation rows the kernel takes; more (a prompt's prefill) go through the reference path
+TARGET_PROGRAMS = 264  # enough programs to keep every SM of an H100/H200 (132) busy twice over
+
+
+@dataclass(frozen=True)
+class Packed4:
+    """A Linear weight ``[out_features, in_features]`` in 4 bits (see the module's docstring for the layout)."""
+
+    kind: str  # "int4" | "nf4"
+    qweight: Any  # uint8 [out, in / 2]
+    scale: Any  # [out, in / group]: int4's scale, nf4's absmax
+    zero: Any  # int4: [out, in / group]; nf4: None
+    group: int
+
+    @property
+    def out_features(self) -> int:
+        return int(self.qweight.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.qweight.shape[1]) * 2
+
+    def nbytes(self) -> int:
+        """Bytes a product reads from the weights: the packed values and their scales (and zeros)."""
+        parts = [self.qweight, self.scale] + ([self.zero] if self.zero is not None else [])
+        return sum(t.numel() * t.element_size() for t in parts)
+
+
+def _pack_nibbles(q: Any) -> Any:
+    """Values 0..15 ``[out, in]`` -> uint8 ``[out, in / 2]``, even inputs in the low nibble."""
+    import torch
+
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def _unpack_nibbles(packed: Any) -> Any:
+    """uint8 ``[out, in / 2]`` -> int64 ``[out, in]`` (0..15)."""
+    import torch
+
+    low, high = (packed & 0xF).long(), (packed >> 4).long()
+    return torch.stack([low, high], dim=-1).flatten(-2)
+
+
+def _check_shape(weight: Any, group: int) -> tuple[int, int]:
+    out, inp = weight.shape
+    if group % 2 or inp % group:
+        raise ValueError(f"in_features {inp} is not a multiple of the group size {group} (an even number)")
+    return out, inp
+
+
+def pack_int4(weight: Any, group: int = 128, scale_dtype: Any = None) -> Packed4:
+    """``weight`` quantized to asymmetric int4 with one (scale, zero) per ``group`` inputs of a row (min to max
+    over 16 levels); scales and zeros in ``scale_dtype`` (default: the weight's dtype)."""
+    out, inp = _check_shape(weight, group)
+    w = weight.float().reshape(out, inp // group, group)
+    lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15).clamp(min=1e-10)
+    q = ((w - lo) / scale).round().clamp(0, 15).reshape(out, inp)
+    dtype = scale_dtype or weight.dtype
+    zero = lo + 8 * scale  # so that (q - 8) * scale + zero spans lo .. hi
+    return Packed4("int4", _pack_nibbles(q), scale.reshape(out, -1).to(dtype), zero.reshape(out, -1).to(dtype), group)
+
+
+def pack_nf4(weight: Any, group: int = 64) -> Packed4:
+    """``weight`` in NF4 as bitsandbytes stores it without double quantization: each value the nearest entry of
+    the NF4 table after dividing by its block's absolute maximum (fp32)."""
+    import torch
+
+    out, inp = _check_shape(weight, group)
+    w = weight.float().reshape(out, inp // group, group)
+    absmax = w.abs().amax(-1, keepdim=True)
+    normed = (w / absmax.clamp(min=1e-10)).reshape(out, inp)
+    table = torch.tensor(NF4, dtype=torch.float32, device=weight.device)
+    # nearest table entry: the midpoints between neighbours split [-1, 1] into 16 bins
+    q = torch.bucketize(normed, (table[1:] + table[:-1]) / 2)
+    return Packed4("nf4", _pack_nibbles(q), absmax.reshape(out, -1), None, group)
+
+
+def dequantize(p: Packed4) -> Any:
+    """The fp32 weight ``[out, in]`` that ``p`` stands for (the reference for the kernel)."""
+    import torch
+
+    q = _unpack_nibbles(p.qweight)
+    scale = p.scale.float().repeat_interleave(p.group, dim=1)
+    if p.kind == "nf4":
+        return torch.tensor(NF4, dtype=torch.float32, device=q.device)[q] * scale
+    return (q.float() - 8) * scale + p.zero.float().repeat_interleave(p.group, dim=1)
+
+
+def reference_matmul(x: Any, p: Packed4) -> Any:
+    """``x @ W.T`` with ``W = dequantize(p)``, accumulated in fp32, returned in ``x``'s dtype."""
+    return (x.float() @ dequantize(p).T).to(x.dtype)
+
+
+def gemv(x: Any, p: Packed4, *, use_kernel: bool | None = None, block_n: int = 32, split_k: int | None = None) -> Any:
+    """``x @ W.T`` for ``x`` of shape ``[..., in_features]``: the Triton kernel when ``use_kernel`` (None: on a
+    CUDA device with Triton installed and at most MAX_ROWS rows), else :func:`reference_matmul`."""
+    rows = x.numel() // x.shape[-1]
+    if use_kernel is None:
+        use_kernel = x.is_cuda and rows <= MAX_ROWS and triton_available()
+    if not use_kernel:
+        return reference_matmul(x, p)
+    if rows > MAX_ROWS:
+        raise ValueError(f"the 4-bit kernel takes at most {MAX_ROWS} rows of activations, not {rows}")
+    return _launch(x.reshape(rows, x.shape[-1]), p, block_n, split_k).reshape(*x.shape[:-1], p.out_features)
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def launch_shape(out_features: int, in_features: int, group: int, block_n: int,
+                 split_k: int | None = None) -> tuple[int, int, int]:
+    """(row blocks, input splits, inputs per split): split the input dimension only as far as needed for
+    TARGET_PROGRAMS programs, each split a whole number of groups."""
+    blocks = -(-out_features // block_n)
+    groups = in_features // group
+    split = split_k or max(1, min(groups, -(-TARGET_PROGRAMS // blocks)))
+    per_split = -(-groups // split) * group
+    return blocks, -(-in_features // per_split), per_split
+
+
+def _launch(x: Any, p: Packed4, block_n: int, split_k: int | None) -> Any:
+    import torch
+
+    from gemma_run.kernels import gemv4_triton
+
+    rows, k = x.shape
+    if k != p.in_features:
+        raise ValueError(f"activations have {k} inputs, the weight {p.in_features}")
+    blocks, splits, per_split = launch_shape(p.out_features, k, p.group, block_n, split_k)
+    y = torch.zeros(rows, p.out_features, dtype=torch.float32, device=x.device)
+    table = _table(x.device) if p.kind == "nf4" else p.scale  # unused by int4: any tensor of the device
+    gemv4_triton.kernel[(blocks, splits)](
+        x, p.qweight, p.scale, p.zero if p.zero is not None else p.scale, table, y,
+        rows, p.out_features, k, x.stride(0), p.qweight.stride(0), p.scale.stride(0), y.stride(0),
+        GROUP=p.group, BLOCK_N=block_n, ROWS=max(1, 1 << (rows - 1).bit_length()), K_PER_SPLIT=per_split,
+        NF4=p.kind == "nf4", ATOMIC=splits > 1)
+    return y.to(x.dtype)
+
+
+@functools.cache
+def _table(device: Any) -> Any:
+    import torch
+
+    return torch.tensor(NF4, dtype=torch.float32, device=device)
