@@ -6,7 +6,7 @@ teacher-forced) at >= 99% of the positions it generated."""
 from __future__ import annotations
 
 import pytest
-from helpers.decode import dequantize_in_place, generate_on_device
+from helpers.decode import generate_on_device, top1_agreement_after_unfusing
 from helpers.run_if import RunIf
 
 from gemma_run.infer.engine import HF, Decoder, EngineOptions
@@ -85,11 +85,6 @@ def test_fast_4bit_top1_agrees_with_dequantized_reference(compose_cfg, quant: st
     out = generate_on_device(loaded, prompt, EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
     assert _recorded(loaded.model, True)
     assert fused_projections.count(loaded.model) == (2 * 34 if quant == "int4" else 0)  # bnb's: not fused
-    Decoder.of(loaded.model).unfuse()
-    generated = out[0, 128:]
-    assert dequantize_in_place(loaded.model) > 200
-    with torch.inference_mode():
-        logits = loaded.model(input_ids=out[:, :-1]).logits[0, 127:].float()
-    agree = (logits.argmax(-1) == generated).float().mean().item()
+    agree = top1_agreement_after_unfusing(loaded, out, 128)
     print(f"\n{quant}: top-1 agreement of the fast path with the dequantized reference over 128 tokens: {agree:.4f}")
     assert agree >= 0.99

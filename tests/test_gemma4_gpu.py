@@ -6,7 +6,7 @@ weights dequantized to bf16, eager, teacher-forced) at >= 99% of the positions i
 from __future__ import annotations
 
 import pytest
-from helpers.decode import dequantize_in_place, generate_on_device
+from helpers.decode import generate_on_device, top1_agreement_after_unfusing
 from helpers.run_if import RunIf
 
 from gemma_run.infer.engine import HF, Decoder, EngineOptions
@@ -41,18 +41,12 @@ def test_fast_engine_equals_generate_on_a_real_size_gemma4(compose_cfg, model: s
 
 @RunIf(torchao=True)
 def test_fast_int4_top1_agrees_with_dequantized_reference_on_gemma4(compose_cfg) -> None:
-    import torch
 
     from gemma_run.loading import load
 
     loaded = load(compose_cfg(["model=gemma4_e4b", "model.weights=random", "quant=int4"]))
     (prompt,) = _prompts(1, 128)
     out = generate_on_device(loaded, [prompt], EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
-    Decoder.of(loaded.model).unfuse()
-    generated = out[0, 128:]
-    assert dequantize_in_place(loaded.model) > 200
-    with torch.inference_mode():
-        logits = loaded.model(input_ids=out[:, :-1]).logits[0, 127:].float()
-    agree = (logits.argmax(-1) == generated).float().mean().item()
+    agree = top1_agreement_after_unfusing(loaded, out, 128)
     print(f"\ngemma4_e4b int4: top-1 agreement of the fast path with the dequantized reference: {agree:.4f}")
     assert agree >= 0.99

@@ -157,3 +157,18 @@ def dequantize_in_place(model) -> int:
         module._gemma_run_dense = new
         count += 1
     return count
+
+
+def top1_agreement_after_unfusing(loaded, out, prompt_len: int) -> float:
+    """How often the fast path's tokens ``out`` (prompt + generated, one row) are the top-1 token of a reference
+    computation: the model's own 4-bit weights (put back by unfuse) dequantized to bf16, eager, teacher-forced."""
+    import torch
+
+    from gemma_run.infer.engine import Decoder
+
+    Decoder.of(loaded.model).unfuse()
+    generated = out[0, prompt_len:]
+    assert dequantize_in_place(loaded.model) > 200
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=out[:, :-1]).logits[0, prompt_len - 1:].float()
+    return (logits.argmax(-1) == generated).float().mean().item()
