@@ -41,7 +41,6 @@ def test_fast_engine_equals_generate_on_a_real_size_gemma4(compose_cfg, model: s
 
 @RunIf(torchao=True)
 def test_fast_int4_top1_agrees_with_dequantized_reference_on_gemma4(compose_cfg) -> None:
-
     from gemma_run.loading import load
 
     loaded = load(compose_cfg(["model=gemma4_e4b", "model.weights=random", "quant=int4"]))
