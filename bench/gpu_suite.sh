@@ -24,10 +24,12 @@ export GEMMA_RUN_TEST_CACHE=$GEMMA_RUN_CACHE TORCHINDUCTOR_CACHE_DIR=$GEMMA_RUN_
 # name|overrides: a decode preset, then the baseline measured beside it
 DECODE=(
   "decode_4b|+experiment=bench/decode_4b"
+  "decode_4b.layers|+experiment=bench/decode_4b generation.compile_scope=layers"
   "decode_4b.generate|+experiment=bench/decode_4b generation.engine=hf task.batch_sizes=[1]"
   "decode_27b_nf4.generate|+experiment=bench/decode_27b_nf4 generation.engine=hf"
   "decode_27b_nf4|+experiment=bench/decode_27b_nf4"
   "decode_27b_int4|+experiment=bench/decode_27b_int4"
+  "decode_27b_int4.layers|+experiment=bench/decode_27b_int4 generation.compile_scope=layers"
   "decode_gemma4_31b_nf4.generate|+experiment=bench/decode_gemma4_31b_int4 quant=4bit generation.engine=hf"
   "decode_gemma4_31b_int4|+experiment=bench/decode_gemma4_31b_int4"
   "decode_gemma4_26b_a4b.generate|+experiment=bench/decode_gemma4_26b_a4b generation.engine=hf"

@@ -57,6 +57,22 @@ def test_graphed_fast_engine_equals_generate_on_tiny_bf16(compose_cfg, compile: 
     assert torch.equal(generate_on_device(loaded, other, host, 48), generate_on_device(loaded, other, engine, 48))
 
 
+def test_graphed_compiled_layers_equal_generate_on_tiny_bf16(compose_cfg) -> None:
+    """generation.compile_scope=layers: the layers compiled through one function, recorded with the eager rest."""
+    import torch
+
+    from gemma_run.loading import load
+
+    loaded = load(compose_cfg(["model.dtype=bfloat16", "device_map=single"]))
+    tok = loaded.tokenizer
+    ids = [tok("the cat sat on the mat and looked at the dog " * 3)["input_ids"], tok("hello there")["input_ids"]]
+    ref = generate_on_device(loaded, ids, HF, 48)
+    fast = generate_on_device(loaded, ids, EngineOptions("fast", True, True, "test", graph=True,
+                                                         compile_scope="layers"), 48)
+    assert _recorded(loaded.model, True)
+    assert torch.equal(ref, fast)
+
+
 def test_streaming_and_early_stop_through_the_lookout_on_a_gpu(compose_cfg) -> None:
     """On a GPU the loop looks at finished rows and streams without waiting for the GPU (watch.Lookout: one look
     later): the streamed tokens are still exactly the returned ones, and a finished batch stops within two looks."""

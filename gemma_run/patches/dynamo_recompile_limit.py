@@ -1,9 +1,11 @@
-"""torch.compile's recompile limit raised for the compiled decoder layers (``train.compile_layers``).
+"""torch.compile's recompile limit raised for compiled decoder layers (``train.compile_layers``, and the decode
+step's ``generation.compile_scope=layers``).
 
 Symptom: the layers' one compiled frame has a graph per variant: sliding or global mask, static or shape-generic,
 training or evaluation (grad mode), checkpointed or not (train.checkpoint_layers). Past torch's default of 8
 variants a frame, dynamo runs the rest uncompiled with only a warning ("torch._dynamo hit config.recompile_limit").
-Trigger: ``train.compile_layers`` on (applied by gemma_run.training.compile_layers, after peft).
+Trigger: ``train.compile_layers`` on (applied by gemma_run.training.compile_layers, after peft); the decode
+step's layers compiled (gemma_run.infer.engine.layer_compile: a graph per kind of layer and session shape).
 Upstream: torch._dynamo.config.recompile_limit (``cache_size_limit`` before torch 2.6),
 https://pytorch.org/docs/stable/torch.compiler_troubleshooting.html.
 """
@@ -60,7 +62,8 @@ PATCH = Patch(
     phase="after_peft",
     symptom="compiled decoder layers run partly uncompiled after 8 variants (torch._dynamo hit "
             "config.recompile_limit), with only a warning",
-    trigger="train.compile_layers on (sliding/global masks x grad mode x checkpointing make > 8 graphs)",
+    trigger="train.compile_layers on (sliding/global masks x grad mode x checkpointing make > 8 graphs); "
+            "generation.compile_scope=layers (layer kinds x session shapes)",
     upstream="https://pytorch.org/docs/stable/torch.compiler_troubleshooting.html",
     needed=_needed,
     apply=_apply,

@@ -18,6 +18,11 @@ class StepAttention(Enum):
     model = "model"  # the model's own attention implementation (sdpa)
 
 
+class CompileScope(Enum):
+    step = "step"  # the whole decode step as one graph (fused across layers; one compile per model)
+    layers = "layers"  # each decoder layer through one compiled function: a graph per distinct layer kind
+
+
 class CacheImplementation(Enum):
     static = "static"  # transformers' StaticCache: the KV cache allocated once at prompt + max_new_tokens
 
@@ -57,6 +62,12 @@ class GenerationConfig:
     # model: the model's own (sdpa). null: decode where the step is compiled, model otherwise. The prompt's pass
     # always uses the model's own.
     step_attention: StepAttention | None = None
+    # fast engine, compiled step: what torch.compile compiles. step: the whole step as one graph. layers: every
+    # decoder layer through one compiled function (each layer given its own slice of the cache), so layers of one
+    # kind share their compiled code: one graph for Gemma 3 however deep the model, a few for Gemma 4; the
+    # embedding, final norm, head and greedy pick stay eager inside the recorded CUDA graph. The first compile
+    # takes a fraction of the time.
+    compile_scope: CompileScope = CompileScope.step
     # fast engine: sibling projections that read one input (attention's q/k/v, the MLP's gate/up) fused into one
     # matrix each, so a batch-1 step runs three fewer, larger products a layer
     # (gemma_run/infer/engine/fused_projections.py; plain bf16/fp16/fp32 linears, and quant=int4's weights stacked;

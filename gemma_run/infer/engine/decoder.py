@@ -41,8 +41,9 @@ class Decoder:
         text = getattr(config, "get_text_config", lambda: config)()
         length = static_length(needed, getattr(text, "max_position_embeddings", None))
         placement = options.pick_placement if greedy else SessionKey.pick_placement  # no pick: no placement
+        scope = options.compile_scope if options.compile else SessionKey.compile_scope
         return SessionKey(batch, length, options.compile, options.exact, options.graph and cuda, options.attention,
-                          greedy, placement)
+                          greedy, placement, scope)
 
     def session(self, key: SessionKey) -> Session:
         """The session of ``key``, made on first use. ``key.greedy``: its step picks the next token itself (its

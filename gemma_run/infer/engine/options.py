@@ -35,13 +35,17 @@ class EngineOptions:
     fuse: bool = False  # fast engine: q/k/v and gate/up fused (gemma_run.infer.engine.fused_projections)
     pick: bool = True  # fast engine, greedy: the step picks its token on the device (engine.sampling.Picker)
     pick_placement: str = "with_step"  # one of PICK_PLACEMENTS; no config key sets it
+    compile_scope: str = "step"  # a compiled step: "step" (one graph) or "layers" (generation.compile_scope)
 
     def __post_init__(self) -> None:
         if self.pick_placement not in PICK_PLACEMENTS:
             raise ValueError(f"pick_placement={self.pick_placement!r}: expected one of {PICK_PLACEMENTS}")
+        if self.compile_scope not in ("step", "layers"):
+            raise ValueError(f"compile_scope={self.compile_scope!r}: expected step or layers")
 
     def describe(self) -> str:
-        step = " + ".join(w for w, on in (("compiled step", self.compile), ("CUDA graph", self.graph),
+        compiled = "compiled layers" if self.compile_scope == "layers" else "compiled step"
+        step = " + ".join(w for w, on in ((compiled, self.compile), ("CUDA graph", self.graph),
                                           ("decode attention", self.attention is not None),
                                           ("fused projections", self.fuse),
                                           ("greedy pick in the step", self.pick and self.name == "fast")) if on)
@@ -78,7 +82,8 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
     engine = _choose_loop(g, model, images=images, tokens=tokens)
     if engine.name != "fast":
         return engine
-    engine = replace(engine, fuse=g.fuse_projections is not False, pick=g.device_pick is not False)
+    engine = replace(engine, fuse=g.fuse_projections is not False, pick=g.device_pick is not False,
+                     compile_scope=getattr(g.compile_scope, "value", g.compile_scope))
     wanted = getattr(g.step_attention, "value", g.step_attention)
     if wanted == "model" or (wanted is None and not engine.compile):
         return engine

@@ -35,6 +35,7 @@ class SessionKey:
     attention: str | None = None  # the step's attention implementation (None: the model's own)
     greedy: bool = False  # the step picks its own token (a Picker's buffers)
     pick_placement: str = "with_step"
+    compile_scope: str = "step"  # a compiled step: the whole step ("step") or each decoder layer ("layers")
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Session:
         text = getattr(config, "get_text_config", lambda: config)()
         cache = static_cache(text.num_hidden_layers, key.length)
         step = make_step(model, cache, compile=key.compile, exact=key.exact, attention=key.attention,
-                         greedy=key.greedy, pick_placement=key.pick_placement)
+                         greedy=key.greedy, pick_placement=key.pick_placement, compile_scope=key.compile_scope)
         return cls(key, cache, step, key.compile, key.graph)
 
     @property

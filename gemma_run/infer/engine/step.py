@@ -4,28 +4,38 @@ next token inside it (:mod:`gemma_run.infer.engine.sampling`)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 
 def make_step(model: Any, cache: Any, *, compile: bool, exact: bool, attention: str | None = None,
-              greedy: bool = False, pick_placement: str = "with_step") -> Callable[..., Any]:
+              greedy: bool = False, pick_placement: str = "with_step",
+              compile_scope: str = "step") -> Callable[..., Any]:
     """The decode step; with ``attention``, the model runs it with that attention implementation (switched around
     each call, so the prompt's pass keeps the model's own; a recorded graph holds the step's kernels).
     ``greedy``: the step takes a Picker's buffers (``Picker.args()``) and picks its token itself, the pick placed
-    as ``pick_placement`` says (:data:`gemma_run.infer.engine.options.PICK_PLACEMENTS`)."""
+    as ``pick_placement`` says (:data:`gemma_run.infer.engine.options.PICK_PLACEMENTS`). ``compile_scope="layers"``:
+    the decoder layers compiled (:mod:`gemma_run.infer.engine.layer_compile`), the rest of the step eager."""
     import torch
 
-    from gemma_run.infer.engine import decode_attention
+    from gemma_run.infer.engine import decode_attention, layer_compile
     from gemma_run.infer.engine.sampling import greedy_step, pick_in_step
 
+    by_layer = compile and compile_scope == "layers"
+    layers_compiled = layer_compile.compiled_layers(model, cache, compile_options(exact)) if by_layer \
+        else contextlib.nullcontext
+
     def step(input_ids: Any, position_ids: Any, cache_position: Any, attention_mask: Any) -> Any:
-        out = model(input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
-                    attention_mask=attention_mask, past_key_values=cache, use_cache=True, return_dict=True)
+        with layers_compiled():
+            out = model(input_ids=input_ids, position_ids=position_ids, cache_position=cache_position,
+                        attention_mask=attention_mask, past_key_values=cache, use_cache=True, return_dict=True)
         return out.logits[:, -1, :].float()
 
     def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-        return torch.compile(fn, fullgraph=True, dynamic=False, options=compile_options(exact)) if compile else fn
+        if not compile or by_layer:
+            return fn
+        return torch.compile(fn, fullgraph=True, dynamic=False, options=compile_options(exact))
 
     if not greedy:
         run = compiled(step)
