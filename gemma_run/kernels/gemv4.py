@@ -120,7 +120,24 @@ def reference_matmul(x: Any, p: Packed4) -> Any:
     return (x.float() @ dequantize(p).T).to(x.dtype)
 
 
-def gemv(x: Any, p: Packed4, *, use_kernel: bool | None = None, block_n: int = 32, split_k: int | None = None) -> Any:
+@dataclass(frozen=True)
+class KernelConfig:
+    """How the kernel tiles a product: ``block_n`` outputs and ``groups`` groups of inputs per program step,
+    ``dot`` for the tensor cores (rows padded to 16) instead of a sum of products, ``split_k`` input splits
+    (None: enough for TARGET_PROGRAMS programs), and Triton's ``num_warps`` / ``num_stages``."""
+
+    block_n: int = 32
+    groups: int = 1
+    dot: bool = False
+    split_k: int | None = None
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+DEFAULT_CONFIG = KernelConfig()
+
+
+def gemv(x: Any, p: Packed4, *, use_kernel: bool | None = None, config: KernelConfig = DEFAULT_CONFIG) -> Any:
     """``x @ W.T`` for ``x`` of shape ``[..., in_features]``: the Triton kernel when ``use_kernel`` (None: on a
     CUDA device with Triton installed and at most MAX_ROWS rows), else :func:`reference_matmul`."""
     rows = x.numel() // x.shape[-1]
@@ -130,7 +147,7 @@ def gemv(x: Any, p: Packed4, *, use_kernel: bool | None = None, block_n: int = 3
         return reference_matmul(x, p)
     if rows > MAX_ROWS:
         raise ValueError(f"the 4-bit kernel takes at most {MAX_ROWS} rows of activations, not {rows}")
-    return _launch(x.reshape(rows, x.shape[-1]), p, block_n, split_k).reshape(*x.shape[:-1], p.out_features)
+    return _launch(x.reshape(rows, x.shape[-1]), p, config).reshape(*x.shape[:-1], p.out_features)
 
 
 @functools.cache
@@ -142,18 +159,18 @@ def triton_available() -> bool:
     return True
 
 
-def launch_shape(out_features: int, in_features: int, group: int, block_n: int,
-                 split_k: int | None = None) -> tuple[int, int, int]:
+def launch_shape(out_features: int, in_features: int, group: int, block_n: int, split_k: int | None = None,
+                 groups: int = 1) -> tuple[int, int, int]:
     """(row blocks, input splits, inputs per split): split the input dimension only as far as needed for
-    TARGET_PROGRAMS programs, each split a whole number of groups."""
+    TARGET_PROGRAMS programs, each split a whole number of the kernel's steps (``groups`` groups) where it can."""
     blocks = -(-out_features // block_n)
-    groups = in_features // group
-    split = split_k or max(1, min(groups, -(-TARGET_PROGRAMS // blocks)))
-    per_split = -(-groups // split) * group
+    steps = -(-in_features // (group * groups))
+    split = min(steps, split_k or max(1, -(-TARGET_PROGRAMS // blocks)))
+    per_split = -(-steps // split) * group * groups
     return blocks, -(-in_features // per_split), per_split
 
 
-def _launch(x: Any, p: Packed4, block_n: int, split_k: int | None) -> Any:
+def _launch(x: Any, p: Packed4, config: KernelConfig) -> Any:
     import torch
 
     from gemma_run.kernels import gemv4_triton
@@ -161,14 +178,17 @@ def _launch(x: Any, p: Packed4, block_n: int, split_k: int | None) -> Any:
     rows, k = x.shape
     if k != p.in_features:
         raise ValueError(f"activations have {k} inputs, the weight {p.in_features}")
-    blocks, splits, per_split = launch_shape(p.out_features, k, p.group, block_n, split_k)
-    y = torch.zeros(rows, p.out_features, dtype=torch.float32, device=x.device)
+    blocks, splits, per_split = launch_shape(p.out_features, k, p.group, config.block_n, config.split_k,
+                                             config.groups)
+    y = (torch.zeros if splits > 1 else torch.empty)(rows, p.out_features, dtype=torch.float32, device=x.device)
     table = _table(x.device) if p.kind == "nf4" else p.scale  # unused by int4: any tensor of the device
+    padded_rows = max(16 if config.dot else 1, 1 << (rows - 1).bit_length())
     gemv4_triton.kernel[(blocks, splits)](
         x, p.qweight, p.scale, p.zero if p.zero is not None else p.scale, table, y,
-        rows, p.out_features, k, x.stride(0), p.qweight.stride(0), p.scale.stride(0), y.stride(0),
-        GROUP=p.group, BLOCK_N=block_n, ROWS=max(1, 1 << (rows - 1).bit_length()), K_PER_SPLIT=per_split,
-        NF4=p.kind == "nf4", ATOMIC=splits > 1)
+        rows, p.out_features, k, per_split, x.stride(0), p.qweight.stride(0), p.scale.stride(0), y.stride(0),
+        GROUP=p.group, GROUPS=config.groups, BLOCK_N=config.block_n, ROWS=padded_rows,
+        NF4=p.kind == "nf4", ATOMIC=splits > 1, DOT=config.dot, num_warps=config.num_warps,
+        num_stages=config.num_stages)
     return y.to(x.dtype)
 
 

@@ -1,10 +1,11 @@
 """The Triton kernel behind :func:`gemma_run.kernels.gemv4.gemv` (imported only when it runs: Triton is optional).
 
-One program computes ``BLOCK_N`` outputs of every activation row over ``K_PER_SPLIT`` inputs, a group at a time:
-it loads the group's packed bytes ``[BLOCK_N, GROUP / 2]`` once, splits each byte into its two nibbles, turns them
-into weights with the row's scale (and zero, or the NF4 table) in registers, and multiplies them with the even
-and odd inputs of each activation row. Partial sums go to an fp32 output, added atomically when the input
-dimension is split over several programs.
+One program computes ``BLOCK_N`` outputs of every activation row over ``k_per_split`` inputs, ``GROUPS`` groups
+at a time: it loads their packed bytes ``[BLOCK_N, GROUPS * GROUP / 2]`` once, splits each byte into its two
+nibbles, turns them into weights with each group's scale (and zero, or the NF4 table) in registers, and multiplies
+them with the even and odd inputs of each activation row: as a sum of products (``DOT`` off, best for one row) or
+on the tensor cores (``DOT`` on: the rows padded to 16, the weights in the activations' dtype). Partial sums go
+to an fp32 output, added atomically when the input dimension is split over several programs.
 """
 
 from __future__ import annotations
@@ -14,35 +15,50 @@ import triton.language as tl
 
 
 @triton.jit
-def kernel(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, y_ptr, rows, n, k, stride_x, stride_q, stride_s, stride_y,
-           GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, K_PER_SPLIT: tl.constexpr,
-           NF4: tl.constexpr, ATOMIC: tl.constexpr):
+def kernel(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, y_ptr, rows, n, k, k_per_split, stride_x, stride_q, stride_s,
+           stride_y, GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
+           NF4: tl.constexpr, ATOMIC: tl.constexpr, DOT: tl.constexpr):
     HALF: tl.constexpr = GROUP // 2
+    BYTES: tl.constexpr = GROUPS * HALF  # packed bytes of one row per step
     out = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ok = out < n
-    byte = tl.arange(0, HALF)
+    byte = tl.arange(0, BYTES)
+    group = tl.arange(0, GROUPS)
     row = tl.arange(0, ROWS)
     row_ok = row < rows
     acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
-    start = tl.program_id(1) * K_PER_SPLIT
-    for k0 in range(start, tl.minimum(start + K_PER_SPLIT, k), GROUP):
+    start = tl.program_id(1) * k_per_split
+    end = tl.minimum(start + k_per_split, k)
+    for k0 in range(start, end, GROUPS * GROUP):
+        k_ok = k0 + 2 * byte < end
         packed = tl.load(q_ptr + out[:, None] * stride_q + (k0 // 2 + byte)[None, :],
-                         mask=out_ok[:, None], other=0)
-        low = packed & 0xF
-        high = (packed >> 4) & 0xF
-        scale = tl.load(s_ptr + out * stride_s + k0 // GROUP, mask=out_ok, other=0.0).to(tl.float32)
+                         mask=out_ok[:, None] & k_ok[None, :], other=0)
+        g = k0 // GROUP + group
+        g_ok = out_ok[:, None] & (g * GROUP < end)[None, :]
+        scale = tl.load(s_ptr + out[:, None] * stride_s + g[None, :], mask=g_ok, other=0.0).to(tl.float32)
+        scale = tl.reshape(scale, (BLOCK_N, GROUPS, 1))
+        low = tl.reshape(packed & 0xF, (BLOCK_N, GROUPS, HALF))
+        high = tl.reshape((packed >> 4) & 0xF, (BLOCK_N, GROUPS, HALF))
         if NF4:
-            w_low = tl.load(t_ptr + low) * scale[:, None]
-            w_high = tl.load(t_ptr + high) * scale[:, None]
+            w_low = tl.load(t_ptr + low) * scale
+            w_high = tl.load(t_ptr + high) * scale
         else:
-            zero = tl.load(z_ptr + out * stride_s + k0 // GROUP, mask=out_ok, other=0.0).to(tl.float32)
-            w_low = (low.to(tl.float32) - 8.0) * scale[:, None] + zero[:, None]
-            w_high = (high.to(tl.float32) - 8.0) * scale[:, None] + zero[:, None]
+            zero = tl.load(z_ptr + out[:, None] * stride_s + g[None, :], mask=g_ok, other=0.0).to(tl.float32)
+            zero = tl.reshape(zero, (BLOCK_N, GROUPS, 1))
+            w_low = (low.to(tl.float32) - 8.0) * scale + zero
+            w_high = (high.to(tl.float32) - 8.0) * scale + zero
+        w_low = tl.reshape(w_low, (BLOCK_N, BYTES))
+        w_high = tl.reshape(w_high, (BLOCK_N, BYTES))
         x_at = x_ptr + row[:, None] * stride_x + (k0 + 2 * byte)[None, :]
-        x_ok = row_ok[:, None]
-        x_even = tl.load(x_at, mask=x_ok, other=0.0).to(tl.float32)
-        x_odd = tl.load(x_at + 1, mask=x_ok, other=0.0).to(tl.float32)
-        acc += tl.sum(x_even[:, None, :] * w_low[None, :, :] + x_odd[:, None, :] * w_high[None, :, :], axis=2)
+        x_ok = row_ok[:, None] & k_ok[None, :]
+        x_even = tl.load(x_at, mask=x_ok, other=0.0)
+        x_odd = tl.load(x_at + 1, mask=x_ok, other=0.0)
+        if DOT:
+            acc = tl.dot(x_even, tl.trans(w_low.to(x_even.dtype)), acc)
+            acc = tl.dot(x_odd, tl.trans(w_high.to(x_odd.dtype)), acc)
+        else:
+            acc += tl.sum(x_even.to(tl.float32)[:, None, :] * w_low[None, :, :]
+                          + x_odd.to(tl.float32)[:, None, :] * w_high[None, :, :], axis=2)
     y_at = y_ptr + row[:, None] * stride_y + out[None, :]
     y_ok = row_ok[:, None] & out_ok[None, :]
     if ATOMIC:
