@@ -306,7 +306,7 @@ def fast_engine_check(ctx: DoctorContext) -> Finding:
             seconds = time.perf_counter() - start
         fused = fused_projections.count(model)
     finally:
-        Decoder.of(model).unfuse()  # the model as loaded again for the next checks (smoke.lora trains it)
+        Decoder.of(model).restore()  # the model as loaded again for the next checks (smoke.lora trains it)
     same = [int(a) == int(b) for a, b in zip(ref[0].tolist(), got[0].tolist(), strict=False)]
     agree = same.index(False) - inputs["input_ids"].shape[1] if False in same else n_new
     details = {"compiled": compiled, "cuda_graph": graph, "step_attention": attention or "model",

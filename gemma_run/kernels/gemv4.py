@@ -7,7 +7,12 @@ and dequantized in registers, for two formats:
   ``group`` weights: ``w = NF4[q] * absmax`` (the values bitsandbytes stores for ``quant=4bit``).
 
 Layout (:class:`Packed4`): ``qweight`` is uint8 ``[out, in / 2]``; byte ``j`` of a row holds input ``2j`` in its
-low nibble and ``2j + 1`` in its high nibble. ``scale`` (and ``zero`` for int4) are ``[out, in / group]``.
+low nibble and ``2j + 1`` in its high nibble. ``scale`` (and ``zero`` for int4) are ``[out, in / group]``. NF4's
+absmax can itself be quantized, as bitsandbytes' double quantization stores it (``quant.double_quant``): then
+``scale`` holds uint8 codes and the absmax of group ``b`` (counted row by row over the whole matrix) is
+``scale_code[scale[b]] * scale_scale[b // scale_block] + scale_offset[b // scale_block]``.
+:func:`from_bitsandbytes` takes a loaded ``quant=4bit`` weight as it is (the same bytes and values), and
+:func:`stack` puts several weights of one input under each other (the fast engine's fused projections).
 
 :func:`gemv` runs the Triton kernel on CUDA tensors when Triton imports, and otherwise the reference path
 (:func:`reference_matmul`: the same packed weights dequantized, then one matmul), which defines what the kernel
@@ -35,9 +40,17 @@ class Packed4:
 
     kind: str  # "int4" | "nf4"
     qweight: Any  # uint8 [out, in / 2]
-    scale: Any  # [out, in / group]: int4's scale, nf4's absmax
+    scale: Any  # [out, in / group]: int4's scale, nf4's absmax (uint8 codes when scale_code is given)
     zero: Any  # int4: [out, in / group]; nf4: None
     group: int
+    scale_code: Any = None  # nf4 with quantized absmax: fp32 [256], the codes' values
+    scale_scale: Any = None  # fp32 [groups / scale_block]: each block of codes' scale
+    scale_offset: Any = None  # fp32 [groups / scale_block]: each block of codes' offset
+    scale_block: int = 256
+
+    @property
+    def nested(self) -> bool:
+        return self.scale_code is not None
 
     @property
     def out_features(self) -> int:
@@ -49,8 +62,8 @@ class Packed4:
 
     def nbytes(self) -> int:
         """Bytes a product reads from the weights: the packed values and their scales (and zeros)."""
-        parts = [self.qweight, self.scale] + ([self.zero] if self.zero is not None else [])
-        return sum(t.numel() * t.element_size() for t in parts)
+        parts = [self.qweight, self.scale, self.zero, self.scale_scale, self.scale_offset]
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
 def _pack_nibbles(q: Any) -> Any:
@@ -109,10 +122,76 @@ def dequantize(p: Packed4) -> Any:
     import torch
 
     q = _unpack_nibbles(p.qweight)
-    scale = p.scale.float().repeat_interleave(p.group, dim=1)
+    scale = absmax(p).repeat_interleave(p.group, dim=1)
     if p.kind == "nf4":
         return torch.tensor(NF4, dtype=torch.float32, device=q.device)[q] * scale
     return (q.float() - 8) * scale + p.zero.float().repeat_interleave(p.group, dim=1)
+
+
+def absmax(p: Packed4) -> Any:
+    """The fp32 scale of every group ``[out, in / group]`` (the quantized absmax decoded)."""
+    if not p.nested:
+        return p.scale.float()
+    codes = p.scale.flatten().long()  # row by row, as the blocks count them
+    index = _block_index(p).flatten()
+    return (p.scale_code[codes] * p.scale_scale[index] + p.scale_offset[index]).view(p.scale.shape)
+
+
+def _block_index(p: Packed4) -> Any:
+    import torch
+
+    rows, groups = p.scale.shape
+    return torch.arange(rows * groups, device=p.scale.device).view(rows, groups) // p.scale_block
+
+
+def from_bitsandbytes(weight: Any, swapped: bool = False) -> Packed4:
+    """A bitsandbytes NF4 weight (``Params4bit`` of a loaded ``quant=4bit`` model, with its ``quant_state``) in
+    this layout: its bytes with each byte's nibbles swapped (bitsandbytes keeps the first input high), its absmax
+    as stored (quantized or not). Dequantized, it is exactly the weight bitsandbytes dequantizes. ``swapped``:
+    the weight's bytes are already swapped (in place), and the packed weight is a view of them."""
+    import torch
+
+    state = weight.quant_state
+    if state.quant_type != "nf4":
+        raise ValueError(f"only NF4 weights, not {state.quant_type}")
+    out, inp = (int(n) for n in state.shape)
+    if inp % state.blocksize or state.blocksize % 2:
+        raise ValueError(f"in_features {inp} is not a multiple of the block size {state.blocksize}")
+    if not torch.equal(state.code.float().cpu(), torch.tensor(NF4)):
+        raise ValueError("the weight's 4-bit code is not bitsandbytes' NF4 table")
+    data = weight.data.view(torch.uint8).reshape(out, inp // 2)
+    qweight = data if swapped else ((data & 0xF) << 4) | (data >> 4)
+    groups = inp // state.blocksize
+    if not state.nested:
+        return Packed4("nf4", qweight, state.absmax.float().reshape(out, groups), None, state.blocksize)
+    inner = state.state2
+    blocks = -(-out * groups // inner.blocksize)
+    offset = torch.full((blocks,), float(state.offset), dtype=torch.float32, device=data.device)
+    return Packed4("nf4", qweight, state.absmax.reshape(out, groups), None, state.blocksize,
+                   scale_code=inner.code.float(), scale_scale=inner.absmax.float()[:blocks], scale_offset=offset,
+                   scale_block=int(inner.blocksize))
+
+
+def stack(packs: list[Packed4]) -> Packed4:
+    """Weights of one input as one ``[sum of out, in]`` weight (their rows under each other)."""
+    import torch
+
+    first = packs[0]
+    same = {(p.kind, p.group, p.in_features, p.nested, p.scale_block, p.scale.dtype) for p in packs}
+    if len(same) != 1:
+        raise ValueError(f"cannot stack 4-bit weights of different formats: {sorted(map(str, same))}")
+    if first.nested:
+        if any(p.scale.numel() % p.scale_block for p in packs):
+            raise ValueError("quantized absmax in blocks that straddle two weights")
+        if any(not torch.equal(p.scale_code, first.scale_code) for p in packs):
+            raise ValueError("quantized absmax with different codes")
+
+    def cat(name: str) -> Any:
+        parts = [getattr(p, name) for p in packs]
+        return None if parts[0] is None else torch.cat(parts)
+
+    return Packed4(first.kind, cat("qweight"), cat("scale"), cat("zero"), first.group, first.scale_code,
+                   cat("scale_scale"), cat("scale_offset"), first.scale_block)
 
 
 def reference_matmul(x: Any, p: Packed4) -> Any:
@@ -147,7 +226,7 @@ def gemv(x: Any, p: Packed4, *, use_kernel: bool | None = None, config: KernelCo
         return reference_matmul(x, p)
     if rows > MAX_ROWS:
         raise ValueError(f"the 4-bit kernel takes at most {MAX_ROWS} rows of activations, not {rows}")
-    return _launch(x.reshape(rows, x.shape[-1]), p, config).reshape(*x.shape[:-1], p.out_features)
+    return launch(x.reshape(rows, x.shape[-1]), p, config).reshape(*x.shape[:-1], p.out_features)
 
 
 @functools.cache
@@ -170,7 +249,9 @@ def launch_shape(out_features: int, in_features: int, group: int, block_n: int, 
     return blocks, -(-in_features // per_split), per_split
 
 
-def _launch(x: Any, p: Packed4, config: KernelConfig) -> Any:
+def launch(x: Any, p: Packed4, config: KernelConfig = DEFAULT_CONFIG, table: Any = None) -> Any:
+    """The Triton kernel on ``x`` [rows <= MAX_ROWS, in_features] (CUDA): ``x @ W.T`` in ``x``'s dtype.
+    ``table``: the NF4 table on the device (default: one cached per device)."""
     import torch
 
     from gemma_run.kernels import gemv4_triton
@@ -181,14 +262,18 @@ def _launch(x: Any, p: Packed4, config: KernelConfig) -> Any:
     blocks, splits, per_split = launch_shape(p.out_features, k, p.group, config.block_n, config.split_k,
                                              config.groups)
     y = (torch.zeros if splits > 1 else torch.empty)(rows, p.out_features, dtype=torch.float32, device=x.device)
-    table = _table(x.device) if p.kind == "nf4" else p.scale  # unused by int4: any tensor of the device
+    if table is None:
+        table = _table(x.device) if p.kind == "nf4" else p.scale  # unused by int4: any tensor of the device
+    spare = p.scale  # stands for the pointers a format does not use
     padded_rows = max(16 if config.dot else 1, 1 << (rows - 1).bit_length())
     gemv4_triton.kernel[(blocks, splits)](
-        x, p.qweight, p.scale, p.zero if p.zero is not None else p.scale, table, y,
+        x, p.qweight, p.scale, p.zero if p.zero is not None else spare, table,
+        p.scale_code if p.nested else spare, p.scale_scale if p.nested else spare,
+        p.scale_offset if p.nested else spare, y,
         rows, p.out_features, k, per_split, x.stride(0), p.qweight.stride(0), p.scale.stride(0), y.stride(0),
         GROUP=p.group, GROUPS=config.groups, BLOCK_N=config.block_n, ROWS=padded_rows,
-        NF4=p.kind == "nf4", ATOMIC=splits > 1, DOT=config.dot, num_warps=config.num_warps,
-        num_stages=config.num_stages)
+        NF4=p.kind == "nf4", NESTED=p.nested, SCALE_BLOCK=p.scale_block, ATOMIC=splits > 1, DOT=config.dot,
+        num_warps=config.num_warps, num_stages=config.num_stages)
     return y.to(x.dtype)
 
 

@@ -2,10 +2,11 @@
 
 One program computes ``BLOCK_N`` outputs of every activation row over ``k_per_split`` inputs, ``GROUPS`` groups
 at a time: it loads their packed bytes ``[BLOCK_N, GROUPS * GROUP / 2]`` once, splits each byte into its two
-nibbles, turns them into weights with each group's scale (and zero, or the NF4 table) in registers, and multiplies
-them with the even and odd inputs of each activation row: as a sum of products (``DOT`` off, best for one row) or
-on the tensor cores (``DOT`` on: the rows padded to 16, the weights in the activations' dtype). Partial sums go
-to an fp32 output, added atomically when the input dimension is split over several programs.
+nibbles, turns them into weights with each group's scale (decoded first where NF4's absmax is itself quantized)
+and zero, or the NF4 table, in registers, and multiplies them with the even and odd inputs of each activation
+row: as a sum of products (``DOT`` off, best for one row) or on the tensor cores (``DOT`` on: the rows padded to
+16, the weights in the activations' dtype). Partial sums go to an fp32 output, added atomically when the input
+dimension is split over several programs.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import triton.language as tl
 
 
 @triton.jit
-def kernel(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, y_ptr, rows, n, k, k_per_split, stride_x, stride_q, stride_s,
-           stride_y, GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
-           NF4: tl.constexpr, ATOMIC: tl.constexpr, DOT: tl.constexpr):
+def kernel(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, sc_ptr, ss_ptr, so_ptr, y_ptr, rows, n, k, k_per_split, stride_x,
+           stride_q, stride_s, stride_y, GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr,
+           ROWS: tl.constexpr, NF4: tl.constexpr, NESTED: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+           ATOMIC: tl.constexpr, DOT: tl.constexpr):
     HALF: tl.constexpr = GROUP // 2
     BYTES: tl.constexpr = GROUPS * HALF  # packed bytes of one row per step
     out = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -35,7 +37,13 @@ def kernel(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, y_ptr, rows, n, k, k_per_split, st
                          mask=out_ok[:, None] & k_ok[None, :], other=0)
         g = k0 // GROUP + group
         g_ok = out_ok[:, None] & (g * GROUP < end)[None, :]
-        scale = tl.load(s_ptr + out[:, None] * stride_s + g[None, :], mask=g_ok, other=0.0).to(tl.float32)
+        if NESTED:  # the absmax quantized: a code, its block's scale and offset
+            code = tl.load(s_ptr + out[:, None] * stride_s + g[None, :], mask=g_ok, other=0)
+            block = (out[:, None] * (k // GROUP) + g[None, :]) // SCALE_BLOCK
+            scale = (tl.load(sc_ptr + code.to(tl.int32)) * tl.load(ss_ptr + block, mask=g_ok, other=0.0)
+                     + tl.load(so_ptr + block, mask=g_ok, other=0.0))
+        else:
+            scale = tl.load(s_ptr + out[:, None] * stride_s + g[None, :], mask=g_ok, other=0.0).to(tl.float32)
         scale = tl.reshape(scale, (BLOCK_N, GROUPS, 1))
         low = tl.reshape(packed & 0xF, (BLOCK_N, GROUPS, HALF))
         high = tl.reshape((packed >> 4) & 0xF, (BLOCK_N, GROUPS, HALF))

@@ -18,6 +18,7 @@ from gemma_run.patches import (
     fused_projections,
     get_default_device,
     liger_gemma,
+    packed_4bit,
     peft_input_casts,
     quiet_optional_imports,
 )
@@ -34,6 +35,7 @@ PATCHES: list[Patch] = [
     peft_input_casts.PATCH,
     dynamo_recompile_limit.PATCH,
     decode_attention.PATCH,
+    packed_4bit.PATCH,
     fused_projections.PATCH,
 ]
 APPLIED: dict[str, str] = {}  # name -> why, for every patch this process applied (until undone)

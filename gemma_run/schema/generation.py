@@ -23,6 +23,12 @@ class CompileScope(Enum):
     layers = "layers"  # each decoder layer through one compiled function: a graph per distinct layer kind
 
 
+class Kernel4bit(Enum):
+    auto = "auto"  # gemv4 where it runs (NF4 weights of quant=4bit, a CUDA GPU, Triton), else bitsandbytes
+    gemv4 = "gemv4"  # gemma-run's 4-bit matrix-vector kernel (gemma_run/kernels/gemv4.py)
+    bitsandbytes = "bitsandbytes"  # bitsandbytes' own NF4 product
+
+
 class CacheImplementation(Enum):
     static = "static"  # transformers' StaticCache: the KV cache allocated once at prompt + max_new_tokens
 
@@ -74,6 +80,11 @@ class GenerationConfig:
     # bitsandbytes' stay as they are). null: on with the fast engine. The loaded model is changed in place (its
     # state dict's names too), for this run's generation.
     fuse_projections: bool | None = None
+    # fast engine, quant=4bit: what multiplies the NF4 weights in the decode step. gemv4: gemma-run's 4-bit
+    # kernel reading the same bytes (gemma_run/infer/engine/packed_4bit.py; exactly bitsandbytes' values, at a
+    # multiple of its speed: docs/benchmarks.md, "4-bit kernels"); bitsandbytes: its own product. auto: gemv4
+    # on a CUDA GPU with Triton. The prompt's pass and training always use bitsandbytes.
+    kernel_4bit: Kernel4bit = Kernel4bit.auto
     # fast engine, greedy decoding: the decode step picks its own next token on the device (argmax, EOS held back
     # until min_new_tokens, finished rows padded) and advances its positions, so the loop only replays the recorded
     # graph: no per-token kernels or copies outside it. null: on; false: the loop picks after each step, as it

@@ -166,7 +166,7 @@ def top1_agreement_after_unfusing(loaded, out, prompt_len: int) -> float:
 
     from gemma_run.infer.engine import Decoder
 
-    Decoder.of(loaded.model).unfuse()
+    Decoder.of(loaded.model).restore()
     generated = out[0, prompt_len:]
     assert dequantize_in_place(loaded.model) > 200
     with torch.inference_mode():

@@ -17,7 +17,8 @@ Read top-down:
 - :mod:`.decoder`: a model's sessions by name (:class:`SessionKey`), and its fused projections;
 - :mod:`.session`: one shape's static cache and its step, compiled and recorded, with the fallbacks;
 - :mod:`.step`: the step itself; :mod:`.sampling`: the device-side and host-side pick;
-- :mod:`.graph`, :mod:`.decode_attention`, :mod:`.fused_projections`: what makes the step fast.
+- :mod:`.graph`, :mod:`.decode_attention`, :mod:`.fused_projections`, :mod:`.packed_4bit`: what makes the
+  step fast.
 
 The model is the one ``gemma_run.loading.load`` gave (any transformers causal LM whose cache can be static).
 What this engine does not do (repetition penalty, image inputs, a model spread over devices) is reported by

@@ -1,8 +1,9 @@
-"""The fast engine's state for one model: its sessions by :class:`SessionKey`, and its fused projections.
+"""The fast engine's state for one model: its sessions by :class:`SessionKey`, its fused projections and its
+NF4 linears under gemma-run's 4-bit kernel.
 
 One :class:`Decoder` per model (:meth:`Decoder.of`), kept on the model so that it lives as long as the weights its
 recorded steps read: a session made for one prompt serves every later prompt of its shape. Fusing or unfusing the
-projections changes those weights, so it drops the sessions.
+projections, or packing the 4-bit linears, changes those weights, so it drops the sessions.
 """
 
 from __future__ import annotations
@@ -71,6 +72,28 @@ class Decoder:
         count = registry.apply_one("model.fused_projections", model=self.model).value
         log.info("fused %d groups of projections (q/k/v, gate/up) for the decode step", count)
         return count
+
+    def pack_4bit(self) -> int:
+        """Put quant=4bit's NF4 linears under gemma-run's 4-bit kernel
+        (:mod:`gemma_run.infer.engine.packed_4bit`), once, before fusing; returns how many."""
+        from gemma_run.infer.engine import packed_4bit
+
+        if packed_4bit.MARK in self.model.__dict__:
+            return packed_4bit.count(self.model)
+        from gemma_run.patches import registry
+
+        self.unfuse()  # fused projections stack the linears as they are: pack first
+        self.clear()
+        return registry.apply_one("model.packed_4bit", model=self.model).value
+
+    def restore(self) -> None:
+        """The model's own modules back (:meth:`unfuse`, then the bitsandbytes linears), e.g. to train it next."""
+        from gemma_run.infer.engine import packed_4bit
+
+        self.unfuse()
+        if packed_4bit.MARK in self.model.__dict__:
+            self.clear()
+            packed_4bit.unpack(self.model)
 
     def unfuse(self) -> int:
         """Undo :meth:`fuse` (the model's own linears back, e.g. to train it next); its sessions go too."""

@@ -113,6 +113,38 @@ class FusedInt4Linear(Fused):
             start += size
         return out
 
+class FusedPacked4Linear(Fused):
+    """quant=4bit's NF4 linears as the 4-bit kernel takes them (:class:`~gemma_run.infer.engine.packed_4bit.
+    Packed4Linear`): their weights stacked into one buffer that each original weight is a view of."""
+
+    def __init__(self, linears: list[Any]) -> None:
+        from gemma_run.infer.engine import packed_4bit
+
+        super().__init__(linears)
+        self._linears = list(linears)  # a list: not submodules (unstack gives them back, on the stacked storage)
+        first = linears[0]
+        self.packed = packed_4bit.stack(linears)
+        self.config, self.kernel = first.config, first.kernel
+        self.register_buffer("table", first.table, persistent=False)
+
+    def product(self, x: Any) -> Any:
+        from gemma_run.kernels import gemv4
+
+        rows = x.numel() // x.shape[-1]
+        if self.kernel and rows <= gemv4.MAX_ROWS:
+            y = gemv4.launch(x.reshape(rows, x.shape[-1]), self.packed, self.config, table=self.table)
+            y = y.reshape(*x.shape[:-1], y.shape[-1])
+        else:
+            y = gemv4.reference_matmul(x, self.packed)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def rows(self, index: int) -> Any:
+        """The part's packed rows."""
+        return self._linears[index].packed.qweight
+
+    def unstack(self) -> list[Any]:
+        return list(self._linears)
+
 class PartLinear(torch.nn.Module):
     """Stands where one of the fused linears stood: its slice of the fused product."""
 

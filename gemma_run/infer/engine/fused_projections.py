@@ -18,7 +18,9 @@ rows, so siblings stack row-block by row-block into one packed weight (their sca
 tinygemm multiplies as one. The stacked weight also drops torchao's padding: that layout pads in_features to a
 multiple of 1024 (gemma3_27b: 5376 -> 6144, 14% more bytes to read), where tinygemm's kernel needs a multiple of
 its K tile (128), so a step reads fewer bytes for bit-identical outputs (bench/kernels_4bit.py compares the
-layouts). bitsandbytes' layers, peft's adapters and anything else are left as they are. Used by the fast engine
+layouts). quant=4bit's NF4 linears, once the engine has put them under gemma-run's 4-bit kernel
+(``packed_4bit.Packed4Linear``), stack row by row into one buffer that stays their storage. bitsandbytes' own
+layers, peft's adapters and anything else are left as they are. Used by the fast engine
 (:mod:`gemma_run.infer.engine`, ``generation.fuse_projections``); the model's state dict changes its names (one
 ``..._fused`` module per group), so it is for inference on a loaded model, not for saving.
 """
@@ -43,14 +45,15 @@ def fuse(model: Any) -> int:
 
     if MARK in model.__dict__:
         return int(model.__dict__[MARK])
-    from gemma_run.infer.engine.fused_linear import FusedInt4Linear, FusedLinear, PartLinear
+    from gemma_run.infer.engine.fused_linear import FusedInt4Linear, FusedLinear, FusedPacked4Linear, PartLinear
+    kinds = {"plain": FusedLinear, "int4": FusedInt4Linear, "packed4": FusedPacked4Linear}
     count = 0
     # plain tensors even when called inside inference_mode (a generate call): the model may train afterwards
     with torch.inference_mode(False), torch.no_grad():
         for module, names, linears in _sites(model):
             kind = _kind(linears)
             if kind is not None:
-                fused = FusedLinear(linears) if kind == "plain" else FusedInt4Linear(linears)
+                fused = kinds[kind](linears)
                 module.add_module("_".join(n.split("_")[0] for n in names) + "_fused", fused)
                 for index, name in enumerate(names):
                     module._modules[name] = PartLinear(fused, index)
@@ -70,14 +73,14 @@ def unfuse(model: Any) -> int:
     returns how many groups were undone."""
     import torch
 
-    from gemma_run.infer.engine.fused_linear import FusedInt4Linear, PartLinear
+    from gemma_run.infer.engine.fused_linear import FusedInt4Linear, FusedPacked4Linear, PartLinear
     count = 0
     with torch.inference_mode(False), torch.no_grad():
         for module, names, parts in _sites(model):
             if not all(type(p) is PartLinear for p in parts):
                 continue
             fused = parts[0]._fused[0]
-            if isinstance(fused, FusedInt4Linear):
+            if isinstance(fused, FusedInt4Linear | FusedPacked4Linear):
                 linears = fused.unstack()
                 for name, linear in zip(names, linears, strict=True):
                     module._modules[name] = linear
@@ -115,9 +118,11 @@ def _sites(model: Any) -> Iterator[tuple[Any, tuple[str, ...], list[Any]]]:
 
 
 def _kind(linears: list[Any]) -> str | None:
-    """"plain" or "int4" when the linears can be fused as that kind, else None."""
+    """"plain", "int4" or "packed4" when the linears can be fused as that kind, else None."""
     import torch
 
+    if _packed4(linears):
+        return "packed4"
     if not all(type(m) is torch.nn.Linear and not hasattr(m, "_hf_hook") for m in linears):
         return None  # missing, quantized by bitsandbytes, adapted (peft), or moved by accelerate's hooks
     weights = [m.weight for m in linears]
@@ -132,6 +137,22 @@ def _kind(linears: list[Any]) -> str | None:
         if len(sizes) == 1 and all(w.shape[0] % TILE_N == 0 for w in weights):
             return "int4"
     return None
+
+
+def _packed4(linears: list[Any]) -> bool:
+    """quant=4bit's NF4 linears under the 4-bit kernel (packed_4bit.Packed4Linear), of one input and format,
+    each holding whole blocks of quantized absmax."""
+    import torch
+
+    from gemma_run.infer.engine.packed_4bit import Packed4Linear
+
+    if not all(type(m) is Packed4Linear for m in linears):
+        return False
+    packs = [m.packed for m in linears]
+    formats = {(p.in_features, p.group, p.nested, p.scale_block, p.scale.dtype, p.qweight.device) for p in packs}
+    return (len(formats) == 1 and len({m.bias is None for m in linears}) == 1
+            and not any(p.nested and p.scale.numel() % p.scale_block for p in packs)
+            and all(torch.equal(p.scale_code, packs[0].scale_code) for p in packs if p.nested))
 
 
 def stackable_int4(linears: list[Any]) -> bool:

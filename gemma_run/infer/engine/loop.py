@@ -86,6 +86,8 @@ def generate(model: Any, input_ids: Any, attention_mask: Any, kwargs: dict[str, 
     import torch
 
     decoder = Decoder.of(model)
+    if options.kernel_4bit == "gemv4":
+        decoder.pack_4bit()
     if options.fuse:
         decoder.fuse()
     batch, prompt = input_ids.shape

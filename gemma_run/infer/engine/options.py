@@ -36,6 +36,7 @@ class EngineOptions:
     pick: bool = True  # fast engine, greedy: the step picks its token on the device (engine.sampling.Picker)
     pick_placement: str = "with_step"  # one of PICK_PLACEMENTS; no config key sets it
     compile_scope: str = "step"  # a compiled step: "step" (one graph) or "layers" (generation.compile_scope)
+    kernel_4bit: str = "bitsandbytes"  # fast engine, NF4 weights: "gemv4" (gemma_run.kernels.gemv4) or bitsandbytes
 
     def __post_init__(self) -> None:
         if self.pick_placement not in PICK_PLACEMENTS:
@@ -48,6 +49,7 @@ class EngineOptions:
         step = " + ".join(w for w, on in ((compiled, self.compile), ("CUDA graph", self.graph),
                                           ("decode attention", self.attention is not None),
                                           ("fused projections", self.fuse),
+                                          ("gemma-run 4-bit kernel", self.kernel_4bit == "gemv4"),
                                           ("greedy pick in the step", self.pick and self.name == "fast")) if on)
         return f"{self.name}{' + ' + step if step else ''} ({self.reason})"
 
@@ -83,7 +85,8 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
     if engine.name != "fast":
         return engine
     engine = replace(engine, fuse=g.fuse_projections is not False, pick=g.device_pick is not False,
-                     compile_scope=getattr(g.compile_scope, "value", g.compile_scope))
+                     compile_scope=getattr(g.compile_scope, "value", g.compile_scope),
+                     kernel_4bit=kernel_4bit(g, model))
     wanted = getattr(g.step_attention, "value", g.step_attention)
     if wanted == "model" or (wanted is None and not engine.compile):
         return engine
@@ -92,6 +95,25 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
 
     registry.apply_one("transformers.attention.gemma_run_decode")  # idempotent
     return replace(engine, attention=decode_attention.NAME)
+
+
+def kernel_4bit(g: Any, model: Any) -> str:
+    """``generation.kernel_4bit`` for this model: "gemv4" or "bitsandbytes" (the model has no NF4 weights, or
+    auto off a CUDA GPU or without Triton). gemv4 asked for where it cannot run is refused, naming the reason."""
+    from gemma_run.infer.engine.packed_4bit import packable
+    from gemma_run.kernels.gemv4 import triton_available
+
+    wanted = getattr(g.kernel_4bit, "value", g.kernel_4bit)
+    if wanted == "bitsandbytes" or not any(packable(m) for m in model.modules()):
+        return "bitsandbytes"
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if on_gpu and triton_available():
+        return "gemv4"
+    if wanted == "gemv4" and on_gpu:
+        raise GemmaRunError("generation.kernel_4bit=gemv4 needs Triton, which cannot be imported here",
+                            key="generation.kernel_4bit", fix="pip install triton (it comes with CUDA builds of "
+                            "torch), or generation.kernel_4bit=auto")
+    return "gemv4" if wanted == "gemv4" else "bitsandbytes"  # on the CPU: the kernel's reference path
 
 
 def _choose_loop(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> EngineOptions:
