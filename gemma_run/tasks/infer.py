@@ -179,6 +179,7 @@ def _steps(engine: Any, model: Any) -> dict[str, Any]:
     """What the fast engine's steps really ran as (compile or recording can fall back, with a warning)."""
     if engine.name != "fast":
         return {}
-    from gemma_run.infer.engine import Decoder, fused_projections
+    from gemma_run.infer.engine import Decoder, fused_projections, packed_4bit
 
-    return {"engine_sessions": Decoder.of(model).report(), "fused_projections": fused_projections.count(model)}
+    return {"engine_sessions": Decoder.of(model).report(), "fused_projections": fused_projections.count(model),
+            "kernel_4bit": engine.kernel_4bit, "packed_4bit_linears": packed_4bit.count(model)}
