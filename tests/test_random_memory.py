@@ -214,11 +214,12 @@ def _gpu_case(compose_cfg, overrides: list[str]) -> dict:
     from gemma_run.loading import load
 
     torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()  # what earlier tests left, not this load's
     start = time.perf_counter()
     cfg = compose_cfg(["model.random_storage=memory", "device_map=auto", *overrides])
     loaded = load(cfg)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated()
+    peak = torch.cuda.max_memory_allocated() - before
     tokens = _tokens(loaded, 8)
     row = {"load_s": round(seconds, 1), "bytes_per_device": loaded.bytes_per_device, "peak": peak,
            "peak_gib": round(peak / 2**30, 2), "tokens": len(tokens), "params": weight_params(cfg)}
