@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # gemma-run's GPU suite. Run from anywhere on a machine with a CUDA GPU (the wheels its image lacks in .whl/,
 # see bench/gpu_env.sh):
-#   bash bench/gpu_suite.sh [PART ...]          no PART: tests decode train plan kernels, in that order
+#   bash bench/gpu_suite.sh [PART ...]          no PART: tests decode train plan build kernels, in that order
 # Parts:
-#   tests     every `pytest -m gpu` test, in one process
+#   tests     every `pytest -m gpu` test, in one process, with each test's duration; the tests build the published
+#             models at their real width with a few layers (tests/helpers/shapes.py): the real sizes are measured
+#             by the other parts
 #   decode    the decode presets (gemma_run/conf/experiment/bench/decode_*.yaml) and their baselines, transformers'
 #             generate(); decode:NAME runs the runs whose name starts with decode_NAME (decode:4b, decode:27b, decode:gemma4)
 #   train     bench/train_speed.py: the training presets beside the plain-Trainer baseline; train:NAME runs the
 #             rows whose name holds NAME (train:QLoRA, train:27B, train:Gemma)
 #   plan      bench/plan_accuracy.py: task=plan's memory plan against what the GPU allocates
+#   build     bench/random_build_peak.py: the peak of random gemma3_4b and gemma3_27b built in memory (quantized unit
+#             by unit) against the plan's weights + one unit
 #   kernels   bench/kernels_4bit.py: gemma3_27b's batch-1 products, backend by backend
 # Each part's whole output goes to $OUT/<part>.log (else gpu-logs/<part>.log), the runs' dirs to $OUT/runs/; the
 # output ends with every part's table. All parts share one model cache and one compile cache under /tmp, so a
@@ -37,7 +41,10 @@ DECODE=(
 )
 
 part_tests() {
-  python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --junitxml="$logs/tests.xml"
+  # --durations=0: every test's time, slowest first; faulthandler_timeout: a test still running after 300 s prints
+  # its threads' stacks (it is not stopped)
+  python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --durations=0 -o faulthandler_timeout=300 \
+    --junitxml="$logs/tests.xml"
   local rc=$?
   python3 - "$logs/tests.xml" <<'EOF'
 import sys
@@ -92,16 +99,22 @@ EOF
 part_train() { python3 bench/train_speed.py ${1:+"$1"} --out "$logs"; }
 part_plan() { python3 bench/plan_accuracy.py --json "$logs/plan_accuracy.json"; }
 part_kernels() { python3 bench/kernels_4bit.py --out "$logs"; }
+part_build() {
+  local rc=0
+  python3 bench/random_build_peak.py --model gemma3_4b --quant none 4bit int4 || rc=1
+  python3 bench/random_build_peak.py --model gemma3_27b --quant 4bit int4 || rc=1
+  return $rc
+}
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(tests decode train plan kernels)
+[[ ${#parts[@]} -gt 0 ]] || parts=(tests decode train plan build kernels)
 status=0
 for part in "${parts[@]}"; do
   kind=${part%%:*}
   arg=""
   [[ $part == *:* ]] && arg=${part#*:}
   if ! declare -F "part_$kind" >/dev/null; then
-    echo "unknown part '$part': tests, decode[:NAME], train[:NAME], plan, kernels" >&2
+    echo "unknown part '$part': tests, decode[:NAME], train[:NAME], plan, build, kernels" >&2
     status=2
     continue
   fi

@@ -1,5 +1,6 @@
 """The fast engine on a CUDA GPU (skipped elsewhere): the tiny model's greedy tokens equal generate()'s with the
-step recorded as a CUDA graph (compiled, and eager) in bf16, and on a random-weight gemma3_4b the fast 4-bit path
+step recorded as a CUDA graph (compiled, and eager) in bf16, and on a random-weight gemma3_4b at its real width with
+two layers (helpers.shapes.GEMMA3_4B; the whole 4B's compiled decode is the benchmark suite's) the fast 4-bit path
 agrees on the top-1 token with a reference computation (the same 4-bit weights dequantized to bf16, eager,
 teacher-forced) at >= 99% of the positions it generated."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import pytest
 from helpers.decode import generate_on_device, top1_agreement_after_unfusing
 from helpers.run_if import RunIf
+from helpers.shapes import GEMMA3_4B, GEMMA3_4B_LAYERS
 
 from gemma_run.infer.engine import HF, Decoder, EngineOptions
 
@@ -95,12 +97,12 @@ def test_fast_4bit_top1_agrees_with_dequantized_reference(compose_cfg, quant: st
     from gemma_run.infer.engine import fused_projections
     from gemma_run.loading import load
 
-    loaded = load(compose_cfg(["model=gemma3_4b", "model.weights=random", f"quant={quant}"]))
+    loaded = load(compose_cfg([*GEMMA3_4B, f"quant={quant}"]))
     torch.manual_seed(0)
     prompt = torch.randint(100, 20000, (1, 128)).tolist()
     out = generate_on_device(loaded, prompt, EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
     assert _recorded(loaded.model, True)
-    assert fused_projections.count(loaded.model) == (2 * 34 if quant == "int4" else 0)  # bnb's: not fused
+    assert fused_projections.count(loaded.model) == (2 * GEMMA3_4B_LAYERS if quant == "int4" else 0)  # bnb's: not fused
     agree = top1_agreement_after_unfusing(loaded, out, 128)
     print(f"\n{quant}: top-1 agreement of the fast path with the dequantized reference over 128 tokens: {agree:.4f}")
     assert agree >= 0.99

@@ -1,7 +1,8 @@
-"""task=infer on a GPU with a random-weight Gemma 3 4B (text-only, as `model=gemma3_4b` loads it):
-bf16, bitsandbytes 8-bit and 4-bit, and a max_memory that forces a GPU + CPU split.
+"""task=infer on a GPU with a random-weight Gemma 3 4B (text-only, as `model=gemma3_4b` loads it) at its real
+width with two layers (helpers.shapes.GEMMA3_4B): bf16, bitsandbytes 8-bit and 4-bit, and a max_memory that forces
+a GPU + CPU split; each case's bytes on the GPU are its dtype's or quant's bytes per parameter.
 
-Run on a machine with a CUDA GPU (the first run also builds the random 4B into the cache, so later runs time
+Run on a machine with a CUDA GPU (the first run also builds the random model into the cache, so later runs time
 loading from it):  GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_infer_gpu.py -m gpu -s -q
 It prints load time, tokens/s, time to first token and memory per device for each case.
 """
@@ -13,6 +14,7 @@ import json
 
 import pytest
 from helpers.run_if import RunIf
+from helpers.shapes import GEMMA3_4B, weight_params
 
 PROMPT = "Explain what a transformer is step by step. " * 12  # ~130 tokens with the random model's tokenizer
 NEW = 32
@@ -20,8 +22,8 @@ CASES = {
     "bf16": ["quant=none", "device_map=auto"],
     "8bit": ["quant=8bit", "device_map=auto"],
     "4bit-nf4": ["quant=4bit", "device_map=auto"],
-    # 3 GiB on GPU 0: the embedding (1.3 GB) and the first layers there, the rest on the CPU.
-    "bf16 split gpu+cpu": ["quant=none", "device_map=auto", "+device_map.max_memory.0=3GiB",
+    # 1.5 GiB on GPU 0: the embedding (1.25 GiB) there, the layers (0.35 GiB) on the CPU.
+    "bf16 split gpu+cpu": ["quant=none", "device_map=auto", "+device_map.max_memory.0=1.5GiB",
                            "+device_map.max_memory.cpu=100GiB"],
 }
 ROWS: dict[str, dict] = {}
@@ -37,7 +39,7 @@ def table():
     if not ROWS:
         return
     head = f"{'case':<20} {'load s':>7} {'tok/s':>7} {'ttft s':>7}  params GiB per device      peak GiB per device"
-    print("\n\ngemma3_4b (random weights, text-only), prompt ~130 tokens +", NEW, "new, batch 1, greedy")
+    print("\n\ngemma3_4b, 2 layers (random weights, text-only), prompt ~130 tokens +", NEW, "new, batch 1, greedy")
     print(head)
     for name, r in ROWS.items():
         params = " ".join(f"{d}={_gib(b)}" for d, b in r["bytes_per_device"].items())
@@ -48,13 +50,13 @@ def table():
 
 
 def _overrides(case: str) -> list[str]:
-    return ["model=gemma3_4b", "model.weights=random", f"prompt='{PROMPT}'", f"generation.max_new_tokens={NEW}",
+    return [*GEMMA3_4B, f"prompt='{PROMPT}'", f"generation.max_new_tokens={NEW}",
             "generation.stream=false", *CASES[case]]
 
 
 @pytest.fixture(scope="module")
 def built(cache_dir, tmp_path_factory):
-    """Build the random 4B into the cache first, so no case's load time includes the build."""
+    """Build the random model into the cache first, so no case's load time includes the build."""
     import time
 
     from gemma_run import compose
@@ -63,7 +65,7 @@ def built(cache_dir, tmp_path_factory):
     cfg = compose([f"cache_dir={cache_dir}", *_overrides("bf16")])
     start = time.perf_counter()
     path = checkpoint.resolve(cfg.model, cfg.cache_dir)
-    print(f"\nrandom gemma3_4b ready in {time.perf_counter() - start:.1f} s: {path}")
+    print(f"\nrandom gemma3_4b (2 layers) ready in {time.perf_counter() - start:.1f} s: {path}")
     # One short untimed run first, so CUDA/cuBLAS start-up is not counted in the first case's figures.
     from gemma_run import run
 
@@ -91,12 +93,14 @@ def test_gemma3_4b_quant_and_split(compose_cfg, built, tmp_path, case):
     ROWS[case] = {k: result[k] for k in ("load_seconds", "tokens_per_second", "time_to_first_token_s",
                                          "bytes_per_device", "peak_memory_bytes", "dtype", "input_device")}
     on_gpu = result["bytes_per_device"].get("cuda:0", 0)
+    table, linear = weight_params(cfg)  # 671M and 189M parameters; the 262k x 2560 table stays bf16 in every case
     if case == "bf16":
-        assert on_gpu > 7 * 2**30 and "cpu" not in result["bytes_per_device"]
-    elif case == "8bit":  # Linear weights at 1 byte; the 262k x 2560 embedding stays bf16
-        assert 3.5 * 2**30 < on_gpu < 5.5 * 2**30
-    elif case == "4bit-nf4":
-        assert 2 * 2**30 < on_gpu < 3.5 * 2**30
+        assert 2 * (table + linear) <= on_gpu < 1.01 * 2 * (table + linear)
+        assert "cpu" not in result["bytes_per_device"]
+    elif case == "8bit":  # Linear weights at 1 byte (+ a scale per row)
+        assert 2 * table + linear <= on_gpu < 2 * table + 1.05 * linear
+    elif case == "4bit-nf4":  # Linear weights at half a byte (+ a scale per block)
+        assert 2 * table + 0.5 * linear <= on_gpu < 2 * table + 0.6 * linear
     else:
-        assert on_gpu <= 3 * 2**30 and result["bytes_per_device"]["cpu"] > 3 * 2**30
+        assert 2 * table <= on_gpu <= 1.5 * 2**30 and result["bytes_per_device"]["cpu"] >= 2 * linear
         assert result["input_device"].startswith(("cuda", "cpu"))

@@ -2,7 +2,7 @@
 Linear but lm_head, refuses a group size that does not divide a Linear and a missing torchao, and the planner's
 bytes equal what torchao really holds.
 
-GPU (the tile_packed_to_4d layout, with its padding):
+GPU (the tile_packed_to_4d layout, with its padding; Gemma 3 4B's real width with two layers, helpers.shapes):
     GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_quant_int4.py -m gpu -s -q
 """
 
@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from helpers.run_if import RunIf
+from helpers.shapes import GEMMA3_4B
 from omegaconf import OmegaConf
 
 from gemma_run.app.errors import GemmaRunError
@@ -178,8 +179,7 @@ def test_gpu_random_4b_int4_in_memory_loads_generates_and_matches_the_plan(compo
 
     from gemma_run.loading import load
 
-    cfg = compose_cfg(["model=gemma3_4b", "model.weights=random", "model.random_storage=memory", "quant=int4",
-                       "device_map=auto"])
+    cfg = compose_cfg([*GEMMA3_4B, "model.random_storage=memory", "quant=int4", "device_map=auto"])
     start = time.perf_counter()
     loaded = load(cfg)
     model = loaded.model
@@ -187,7 +187,7 @@ def test_gpu_random_4b_int4_in_memory_loads_generates_and_matches_the_plan(compo
     planned, quantized = _planned(cfg, on_gpu=True)
     assert quantized == _int4_modules(model)
     real = _real_bytes(model)
-    print(f"\n4b int4 memory: load {time.perf_counter() - start:.1f} s, planned {planned / 2**30:.3f} GiB, "
+    print(f"\n4b (2 layers) int4 memory: load {time.perf_counter() - start:.1f} s, planned {planned / 2**30:.3f} GiB, "
           f"real {real / 2**30:.3f} GiB, per device {loaded.bytes_per_device}")
     assert planned == real
     ids = loaded.tokenizer("Hello there, how are", return_tensors="pt").to(loaded.input_device)

@@ -5,7 +5,8 @@ The in-memory build is the model a checkpoint of the same weights loads (same qu
 quantizer attributes, greedy tokens); its weights follow the model's init and its seed; the load's peak is the
 quantized model plus one unit (a decoder layer) in the build dtype, which the preflight plans.
 
-GPU (random Gemma 3 4B/27B built in memory, bf16 / bitsandbytes 4-bit / torchao int4, bytes per device, peak):
+GPU (random Gemma 3 4B/27B at their real width and part of their depth built in memory, bf16 / bitsandbytes 4-bit /
+torchao int4, bytes per device, peak; the published depths: bench/gpu_suite.sh build):
     GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_random_memory.py -m gpu -s -q
 """
 
@@ -18,6 +19,7 @@ import sys
 import pytest
 from helpers.run_if import RunIf
 from helpers.runs import REPO
+from helpers.shapes import depth, weight_params
 
 QUANTS = {"none": ["quant=none"], "4bit": ["quant=4bit"], "8bit": ["quant=8bit"],
           "int4": ["quant=int4", "quant.group_size=64"]}
@@ -195,6 +197,15 @@ def test_memory_mode_through_the_cli(cli) -> None:
     assert "built random tiny_gemma3 in memory on cpu (float32, unit by unit: 4 units" in out.stderr
 
 
+# The GPU builds: each model at its real width and two depths. The load's transient is one unit (a decoder layer
+# or the embedding) in bf16 whatever the depth, so the peak's excess over the loaded model stays put from the
+# shallow to the deep build (the whole model made first in bf16 would add a bf16 layer per layer, as would any
+# per-layer leftover in part); both builds also stay under the published depth's bound, the quantized model + 2
+# GiB (4B) or 4 GiB (27B): the embedding's unit, one layer and the quantizer's scratch. The deep ones (18 x 0.18,
+# 8 x 0.77 GiB of bf16 layers) are deep enough to break that bound if built whole.
+DEPTHS_4B, DEPTHS_27B = (2, 18), (2, 8)
+
+
 def _gpu_case(compose_cfg, overrides: list[str]) -> dict:
     import time
 
@@ -203,14 +214,15 @@ def _gpu_case(compose_cfg, overrides: list[str]) -> dict:
     from gemma_run.loading import load
 
     torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()  # what earlier tests left, not this load's
     start = time.perf_counter()
-    loaded = load(compose_cfg(["model.weights=random", "model.random_storage=memory", "device_map=auto",
-                               *overrides]))
+    cfg = compose_cfg(["model.random_storage=memory", "device_map=auto", *overrides])
+    loaded = load(cfg)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated()
+    peak = torch.cuda.max_memory_allocated() - before
     tokens = _tokens(loaded, 8)
-    row = {"load_s": round(seconds, 1), "bytes_per_device": loaded.bytes_per_device,
-           "peak_gib": round(peak / 2**30, 2), "tokens": len(tokens)}
+    row = {"load_s": round(seconds, 1), "bytes_per_device": loaded.bytes_per_device, "peak": peak,
+           "peak_gib": round(peak / 2**30, 2), "tokens": len(tokens), "params": weight_params(cfg)}
     print(f"\n{' '.join(overrides)}: {row}")
     assert set(loaded.bytes_per_device) == {"cuda:0"}
     del loaded
@@ -218,23 +230,39 @@ def _gpu_case(compose_cfg, overrides: list[str]) -> dict:
     return row
 
 
+def _check_bytes(row: dict, quant: list[str]) -> int:
+    """The loaded bytes as the quant stores them (the embedding table in bf16 in every case); returns them."""
+    total = sum(row["bytes_per_device"].values())
+    table, linear = row["params"]
+    if quant == ["quant=none"]:
+        assert 2 * (table + linear) <= total < 1.01 * 2 * (table + linear)
+    else:  # 4-bit Linear weights with their scales (int4: and tinygemm's padding), well under bf16's 2 bytes
+        assert 2 * table + 0.5 * linear <= total < 2 * table + 0.75 * linear
+    return total
+
+
+def _check_builds(compose_cfg, model: str, depths: tuple[int, int], quant: list[str], bound_gib: float) -> None:
+    rows = [_gpu_case(compose_cfg, [*depth(model, n), *quant]) for n in depths]
+    excess = []
+    for row in rows:
+        total = _check_bytes(row, quant)
+        assert row["peak"] < total + bound_gib * 2**30, row
+        excess.append(row["peak"] - total)
+    layer = 2 * (rows[1]["params"][1] - rows[0]["params"][1]) // (depths[1] - depths[0])  # a layer's Linears, bf16
+    assert excess[1] - excess[0] < 0.1 * layer * (depths[1] - depths[0]), (excess, layer)
+
+
 @RunIf(gpus=1)
 @pytest.mark.parametrize("quant", [["quant=none"], pytest.param(["quant=4bit"], marks=RunIf(bnb=True)),
                                    pytest.param(["quant=int4"], marks=RunIf(torchao=True))])
 def test_gpu_random_4b_in_memory(compose_cfg, quant: list[str]) -> None:
-    row = _gpu_case(compose_cfg, ["model=gemma3_4b", *quant])
-    total = sum(row["bytes_per_device"].values())
-    assert total < (9e9 if quant == ["quant=none"] else 4e9)
-    assert row["peak_gib"] < total / 2**30 + 2
+    _check_builds(compose_cfg, "gemma3_4b", DEPTHS_4B, quant, bound_gib=2)
 
 
 @RunIf(gpus=1)
 @pytest.mark.parametrize("quant", [pytest.param(["quant=4bit"], marks=RunIf(bnb=True)),
                                    pytest.param(["quant=int4"], marks=RunIf(torchao=True))])
 def test_gpu_random_27b_quantized_in_memory_on_one_gpu(compose_cfg, quant: list[str]) -> None:
-    """27B bf16 (54 GB) is never built whole: quantized unit by unit it is ~15-18 GiB on one GPU, and the load's
-    peak stays within a few GiB of that (one decoder layer in bf16 and the quantizer's scratch)."""
-    row = _gpu_case(compose_cfg, ["model=gemma3_27b", *quant])
-    total = sum(row["bytes_per_device"].values())
-    assert total < 20 * 2**30
-    assert row["peak_gib"] < total / 2**30 + 4
+    """27B's layers in bf16 (0.77 GiB each) are never built whole: quantized unit by unit, the load's peak stays
+    within a few GiB of the quantized model (one decoder layer in bf16 and the quantizer's scratch), at any depth."""
+    _check_builds(compose_cfg, "gemma3_27b", DEPTHS_27B, quant, bound_gib=4)

@@ -1,6 +1,7 @@
 """The fast training path on a GPU (skipped without CUDA): Liger's fused loss against the chunked and the
 reference loss on the same tensors, and the loss curve of the fast path (Liger + sdpa) against the seeds'
-(full logits + eager) on a random-weight Gemma 3 1B, same data and seed.
+(full logits + eager) on a random-weight Gemma 3 1B at its real width with two layers (helpers.shapes.GEMMA3_1B),
+same data and seed. The whole 1B's speed is the benchmark suite's (bench/gpu_suite.sh train).
 
     GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_train_fast_gpu.py -q -s
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers.run_if import RunIf
+from helpers.shapes import GEMMA3_1B, GEMMA3_1B_LAYERS
 
 WORDS = "the quick brown fox jumps over the lazy dog a model runs on the GPUs you have".split()
 
@@ -54,7 +56,7 @@ def test_loss_curve_fast_vs_reference_gemma3_1b(compose_cfg, tmp_path: Path):
     rnd = random.Random(0)
     data = tmp_path / "text.jsonl"
     data.write_text("".join(json.dumps({"text": " ".join(rnd.choices(WORDS, k=400))}) + "\n" for _ in range(64)))
-    common = ["task=train", "model=gemma3_1b", "model.weights=random", f"data.train_file={data}",
+    common = ["task=train", *GEMMA3_1B, f"data.train_file={data}",
               "train.max_steps=8", "train.logging_steps=1", "train.save_steps=1000", "train.max_seq_length=512",
               "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2", "lora.dropout=0",
               "train.learning_rate=1e-3"]
@@ -67,10 +69,10 @@ def test_loss_curve_fast_vs_reference_gemma3_1b(compose_cfg, tmp_path: Path):
         curves.append([r["loss"] for r in rows if "loss" in r])
     assert results[1]["loss_kernel"] == "liger" and results[1]["attn_implementation"] == "sdpa"
     # the defaults compile the decoder layers, without graph breaks (which would leave them partly eager)
-    assert results[1]["compile_layers"] == 26  # gemma3_1b's decoder layers
+    assert results[1]["compile_layers"] == GEMMA3_1B_LAYERS  # every decoder layer
     assert results[1]["compile_layers_graph_breaks"] == 0 and results[0]["compile_layers"] == 0
     worst = max(abs(a - b) / abs(a) for a, b in zip(*curves, strict=True))
-    print(f"\ngemma3_1b (random) reference {curves[0]}\n                   fast      {curves[1]}\n"
+    print(f"\ngemma3_1b, 2 layers (random) reference {curves[0]}\n                   fast      {curves[1]}\n"
           f"max relative difference {worst:.2e}; peak GiB {results[0].get('peak_memory_gib')} -> "
           f"{results[1].get('peak_memory_gib')}")
     assert len(curves[0]) == len(curves[1]) == 8
