@@ -145,3 +145,28 @@ def test_kernel_equals_the_reference_at_gemma3_27b_shapes_on_a_gpu(kind: str, ro
                        gemv4.KernelConfig(block_n=64, dot=True, groups=2)):
             out_ = gemv4.gemv(x, p, config=config).float()
             assert ((out_ - ref).abs().max() / ref.abs().max()).item() < 1e-2, (out, inp, config)
+
+
+@RunIf(gpus=1, triton=True, bnb=True)
+@pytest.mark.parametrize("rows", [1, 8])
+def test_kernel_on_bitsandbytes_own_nf4_bytes_on_a_gpu(rows: int) -> None:
+    """quant=4bit's weights as bitsandbytes quantizes them on the GPU (double quant: absmax as 8-bit codes), taken
+    as stored and stacked as the engine stacks q/k/v: exactly bitsandbytes' values, and the kernel's products
+    equal the reference's."""
+    import bitsandbytes.functional as bnb
+    import torch
+
+    torch.manual_seed(0)
+    packs = []
+    for out in (4096, 2048, 2048):  # gemma3_27b's q, k, v
+        w = (torch.randn(out, 5376, device="cuda") * 0.02).to(torch.bfloat16)
+        q, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+        param = type("Weight", (), {"data": q, "quant_state": state})()
+        p = gemv4.from_bitsandbytes(param)
+        assert p.nested and torch.equal(gemv4.dequantize(p).to(torch.bfloat16), bnb.dequantize_4bit(q, state))
+        packs.append(p)
+    stacked = gemv4.stack(packs)
+    x = torch.randn(rows, 5376, device="cuda", dtype=torch.bfloat16)
+    ref = gemv4.reference_matmul(x, stacked).float()
+    out = gemv4.gemv(x, stacked).float()
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-2
