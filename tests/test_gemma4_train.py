@@ -58,12 +58,16 @@ def test_default_path_gives_the_reference_curve(compose_cfg, alpaca: Path, tmp_p
     assert lora_b_norm(Path(fast["adapter"])) > 0
 
 
-def test_experts_get_adapters(compose_cfg, alpaca: Path, tmp_path: Path) -> None:
-    """lora.target_parameters puts adapters on the MoE's 3D expert weights (peft's ParamWrapper); they train."""
+@pytest.mark.parametrize("quant", [[], ["quant=4bit", "quant.compute_dtype=float32"]], ids=["lora", "qlora"])
+def test_experts_get_adapters(compose_cfg, alpaca: Path, tmp_path: Path, quant: list[str]) -> None:
+    """lora.target_parameters puts adapters on the MoE's 3D expert weights (peft's ParamWrapper); they train, under
+    QLoRA too (bitsandbytes quantizes the Linear layers; the experts' 3D weights stay in the model's dtype, as the
+    planner counts them)."""
     from safetensors.torch import load_file
 
-    result = train_api(compose_cfg, tmp_path / "run", *_common("tiny_gemma4_moe", alpaca, EXPERTS),
+    result = train_api(compose_cfg, tmp_path / "run", *_common("tiny_gemma4_moe", alpaca, EXPERTS), *quant,
                        "train.max_steps=2", "train.save_steps=2")
+    assert result["quantized"] is bool(quant)
     tensors = load_file(Path(result["adapter"]) / "adapter_model.safetensors")
     experts = {k: t for k, t in tensors.items() if ".experts." in k}
     assert any("lora_A" in k for k in experts) and any("lora_B" in k for k in experts), sorted(tensors)
