@@ -14,6 +14,8 @@
 #   build     bench/random_build_peak.py: the peak of random gemma3_4b and gemma3_27b built in memory (quantized unit
 #             by unit) against the plan's weights + one unit
 #   kernels   bench/kernels_4bit.py: gemma3_27b's batch-1 products, backend by backend
+#   mission   the mission's command as typed (task=infer model=gemma3_27b quant=4bit, one prompt, 128 new tokens)
+#             on an empty compile cache, beside generate(); mission:MODEL for another model
 # Each part's whole output goes to $OUT/<part>.log (else gpu-logs/<part>.log), the runs' dirs to $OUT/runs/; the
 # output ends with every part's table. All parts share one model cache and one compile cache under /tmp, so a
 # later part (or a later run on the same machine) loads what an earlier one built or compiled.
@@ -96,6 +98,42 @@ EOF
   return $rc
 }
 
+part_mission() {  # $1: a model (default gemma3_27b)
+  # The mission's command as a user types it (one prompt, 128 new tokens, quant=4bit) on an empty compile cache,
+  # then the same with transformers' generate(): seconds from the command's start to its end, the load, the first
+  # token and decode tok/s, the engine and 4-bit kernel, from the run's result.json.
+  local model=${1:-gemma3_27b} rc=0 name
+  for name in gemma-run generate; do
+    local extra=() dir="$logs/runs/mission_$name" start
+    [[ $name == generate ]] && extra=(generation.engine=hf)
+    mkdir -p "$logs/runs"
+    start=$(date +%s.%N)
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python3 -m gemma_run.app.cli task=infer "model=$model" model.weights=random \
+      quant=4bit "prompt=Write a short story about a robot who learns to paint." generation.max_new_tokens=128 \
+      "${extra[@]}" "hydra.run.dir=$dir" >"$dir.out" 2>"$dir.err" || rc=1
+    echo "$start $(date +%s.%N)" >"$dir.wall"
+  done
+  python3 - "$logs/runs" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+print("| mission command | engine | 4-bit kernel | total s | load s | first token s after load | decode tok/s | new tokens |")
+print("|---|---|---|---|---|---|---|---|")
+for name in ("gemma-run", "generate"):
+    run = Path(sys.argv[1]) / f"mission_{name}"
+    if not (run / "result.json").is_file():
+        print(f"| {name} | failed: no result.json (see {run}.err) | | | | | | |")
+        continue
+    r = json.loads((run / "result.json").read_text())
+    r = r.get("result", r)
+    start, end = (float(x) for x in Path(f"{run}.wall").read_text().split())
+    print(f"| {name} | {r.get('engine')} | {r.get('kernel_4bit', '-')} | {end - start:.1f} | {r.get('load_seconds')} | "
+          f"{r.get('time_to_first_token_s')} | {r.get('tokens_per_second')} | {r.get('new_tokens')} |")
+EOF
+  return $rc
+}
+
 part_train() { python3 bench/train_speed.py ${1:+"$1"} --out "$logs"; }
 part_plan() { python3 bench/plan_accuracy.py --json "$logs/plan_accuracy.json"; }
 part_kernels() { python3 bench/kernels_4bit.py --out "$logs"; }
@@ -107,14 +145,14 @@ part_build() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(tests decode train plan build kernels)
+[[ ${#parts[@]} -gt 0 ]] || parts=(tests decode mission train plan build kernels)
 status=0
 for part in "${parts[@]}"; do
   kind=${part%%:*}
   arg=""
   [[ $part == *:* ]] && arg=${part#*:}
   if ! declare -F "part_$kind" >/dev/null; then
-    echo "unknown part '$part': tests, decode[:NAME], train[:NAME], plan, build, kernels" >&2
+    echo "unknown part '$part': tests, decode[:NAME], mission[:MODEL], train[:NAME], plan, build, kernels" >&2
     status=2
     continue
   fi
