@@ -170,3 +170,20 @@ def test_kernel_on_bitsandbytes_own_nf4_bytes_on_a_gpu(rows: int) -> None:
     ref = gemv4.reference_matmul(x, stacked).float()
     out = gemv4.gemv(x, stacked).float()
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-2
+
+
+@RunIf(bnb=True)
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_prompts_product_is_bitsandbytes_own(nested: bool) -> None:
+    """Many rows (a prompt's pass) go through the weight dequantized to the activations' dtype, as bitsandbytes
+    multiplies them: the same product in one chunk, and up to the matmul's rounding in chunks of rows."""
+    import bitsandbytes.functional as bnb
+    import torch
+
+    w = _weight(96, 256).to(torch.bfloat16)
+    q, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=nested)
+    p = gemv4.from_bitsandbytes(type("Weight", (), {"data": q, "quant_state": state})())
+    x = torch.randn(12, 256, dtype=torch.bfloat16)
+    want = torch.nn.functional.linear(x, bnb.dequantize_4bit(q, state))
+    assert torch.equal(gemv4.linear(x, p), want)
+    assert torch.allclose(gemv4.linear(x, p, chunk=32).float(), want.float(), rtol=1e-2, atol=1e-3)

@@ -117,31 +117,41 @@ def pack_nf4(weight: Any, group: int = 64) -> Packed4:
     return Packed4("nf4", _pack_nibbles(q), absmax.reshape(out, -1), None, group)
 
 
-def dequantize(p: Packed4) -> Any:
-    """The fp32 weight ``[out, in]`` that ``p`` stands for (the reference for the kernel)."""
+def dequantize(p: Packed4, start: int = 0, stop: int | None = None) -> Any:
+    """The fp32 weight ``[out, in]`` that ``p`` stands for (the reference for the kernel); rows ``start:stop``
+    only when given."""
     import torch
 
-    q = _unpack_nibbles(p.qweight)
-    scale = absmax(p).repeat_interleave(p.group, dim=1)
+    rows = slice(start, stop)
+    q = _unpack_nibbles(p.qweight[rows])
+    scale = absmax(p, start, stop).repeat_interleave(p.group, dim=1)
     if p.kind == "nf4":
         return torch.tensor(NF4, dtype=torch.float32, device=q.device)[q] * scale
-    return (q.float() - 8) * scale + p.zero.float().repeat_interleave(p.group, dim=1)
+    return (q.float() - 8) * scale + p.zero[rows].float().repeat_interleave(p.group, dim=1)
 
 
-def absmax(p: Packed4) -> Any:
-    """The fp32 scale of every group ``[out, in / group]`` (the quantized absmax decoded)."""
-    if not p.nested:
-        return p.scale.float()
-    codes = p.scale.flatten().long()  # row by row, as the blocks count them
-    index = _block_index(p).flatten()
-    return (p.scale_code[codes] * p.scale_scale[index] + p.scale_offset[index]).view(p.scale.shape)
-
-
-def _block_index(p: Packed4) -> Any:
+def absmax(p: Packed4, start: int = 0, stop: int | None = None) -> Any:
+    """The fp32 scale of every group ``[out, in / group]`` (the quantized absmax decoded), of rows start:stop."""
     import torch
 
-    rows, groups = p.scale.shape
-    return torch.arange(rows * groups, device=p.scale.device).view(rows, groups) // p.scale_block
+    scale = p.scale[start:stop]
+    if not p.nested:
+        return scale.float()
+    rows, groups = scale.shape
+    codes = scale.flatten().long()  # row by row, as the blocks count them
+    index = (torch.arange(rows * groups, device=scale.device) + start * groups) // p.scale_block
+    return (p.scale_code[codes] * p.scale_scale[index] + p.scale_offset[index]).view(rows, groups)
+
+
+def linear(x: Any, p: Packed4, chunk: int = 4096) -> Any:
+    """``x @ W.T`` for any number of rows (a prompt's pass), as bitsandbytes computes it: the weight dequantized
+    to ``x``'s dtype, ``chunk`` output rows at a time (bounding the transient), and one matmul each."""
+    import torch
+    import torch.nn.functional as F
+
+    parts = [F.linear(x, dequantize(p, start, start + chunk).to(x.dtype))
+             for start in range(0, p.out_features, chunk)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def from_bitsandbytes(weight: Any, swapped: bool = False) -> Packed4:

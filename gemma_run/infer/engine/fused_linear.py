@@ -135,7 +135,7 @@ class FusedPacked4Linear(Fused):
             y = gemv4.launch(x.reshape(rows, x.shape[-1]), self.packed, self.config, table=self.table)
             y = y.reshape(*x.shape[:-1], y.shape[-1])
         else:
-            y = gemv4.reference_matmul(x, self.packed)
+            y = gemv4.linear(x, self.packed)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def rows(self, index: int) -> Any:

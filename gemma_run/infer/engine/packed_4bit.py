@@ -11,8 +11,8 @@ low one), and its absmax, quantized or not, is the quant state's own tensors, so
 bitsandbytes'. The original modules are kept aside: :func:`unpack` swaps the nibbles back and puts them back
 (before the model trains or is saved). Fused projections (:mod:`gemma_run.infer.engine.fused_projections`) stack
 Packed4Linear siblings into one buffer that becomes the storage of each original weight (a view of its rows), so
-fusing copies nothing either. Prompts (more than ``gemv4.MAX_ROWS`` rows) go through the reference path: the
-weight dequantized, then one matmul.
+fusing copies nothing either. Prompts (more than ``gemv4.MAX_ROWS`` rows) are multiplied as bitsandbytes does
+it: the weight dequantized to the activations' dtype (a chunk of rows at a time), then a matmul.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ class Packed4Linear(torch.nn.Module):
     @classmethod
     def of(cls, original: Any, config: gemv4.KernelConfig) -> Packed4Linear:
         """The module for a :func:`packable` ``original``, its weight's nibbles swapped in place."""
+        packed = gemv4.from_bitsandbytes(original.weight, swapped=True)  # checks the format; views of its tensors
         swap_nibbles_(original.weight.data)
-        return cls(original, gemv4.from_bitsandbytes(original.weight, swapped=True), config)
+        return cls(original, packed, config)
 
     def restore(self) -> Any:
         """The original module, its weight's nibbles swapped back (this module must not be used after)."""
@@ -83,7 +84,7 @@ class Packed4Linear(torch.nn.Module):
             y = gemv4.launch(x.reshape(rows, x.shape[-1]), self.packed, self.config, table=self.table)
             y = y.reshape(*x.shape[:-1], self.out_features)
         else:
-            y = gemv4.reference_matmul(x, self.packed)
+            y = gemv4.linear(x, self.packed)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
