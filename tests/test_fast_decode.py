@@ -242,6 +242,9 @@ def test_auto_compiles_on_a_gpu_only_when_the_run_is_long_enough_to_pay_for_it(c
         def buffers(self):
             return iter(())
 
+        def modules(self):  # no bitsandbytes NF4 layers: the 4-bit kernel stays bitsandbytes'
+            return iter(())
+
     class _Cuda:
         device = torch.device("cuda", 0)
 
