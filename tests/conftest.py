@@ -10,6 +10,15 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n N`), each worker's torch gets its share of the cores, not all of them: N workers
+    of all-core thread pools would oversubscribe the machine. Set before any test imports torch; an
+    OMP_NUM_THREADS the user set wins. Subprocesses started through `cli` run with one thread either way."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache for the whole session, so the tiny model is built once. GEMMA_RUN_TEST_CACHE reuses one."""

@@ -207,6 +207,29 @@ def test_random_weights_of_a_multimodal_config_build_text_only(compose_cfg, tmp_
     shutil.rmtree(tmp_path / "random")
 
 
+
+def test_a_random_build_that_another_process_finished_first_keeps_that_copy(compose_cfg, tmp_path, monkeypatch):
+    """Two processes building one random model into one cache (test workers, two runs): the one that finishes
+    second finds the other's complete copy where it would move its own, and keeps that copy."""
+    import os
+
+    from gemma_run.loading import random_weights
+
+    cfg = compose_cfg([f"cache_dir={tmp_path}"])
+    real_replace = os.replace
+
+    def other_process_first(src, dst):
+        shutil.copytree(src, dst)  # the other process's complete copy lands after this one checked
+        (Path(dst) / "theirs").write_text("")
+        real_replace(src, dst)  # a non-empty dir: OSError, as the real race gives
+
+    monkeypatch.setattr(random_weights.os, "replace", other_process_first)
+    built = random_weights.ensure_random_checkpoint(cfg.model, cfg.cache_dir)
+    monkeypatch.undo()
+    assert (built / "theirs").is_file() and (built / random_weights.COMPLETE).is_file()
+    assert [p.name for p in built.parent.iterdir()] == [built.name]  # this process's temporary dir removed
+    assert load(cfg).model is not None
+
 def test_image_and_text_prompts_with_a_random_multimodal_model(compose_cfg, tmp_path):
     """model.text_only=false on a multimodal config builds Gemma3ForConditionalGeneration with a Gemma 3
     processor; a JSONL line with `image` then goes through the vision tower, text lines through the tokenizer."""

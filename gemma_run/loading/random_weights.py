@@ -200,7 +200,11 @@ def _build_dir(model_cfg: Any, arch: Any, target: Path, weights: bool) -> None:
         if target.exists():  # another process won the race; keep its copy
             shutil.rmtree(tmp)
         else:
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process put its copy there after the check above; keep that one
+                if not (target / COMPLETE).is_file():
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
