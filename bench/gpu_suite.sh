@@ -34,6 +34,7 @@ DECODE=(
   "decode_4b.generate|+experiment=bench/decode_4b generation.engine=hf task.batch_sizes=[1]"
   "decode_27b_nf4.generate|+experiment=bench/decode_27b_nf4 generation.engine=hf"
   "decode_27b_nf4|+experiment=bench/decode_27b_nf4"
+  "decode_27b_nf4.gemv4|+experiment=bench/decode_27b_nf4 generation.kernel_4bit=gemv4"
   "decode_27b_int4|+experiment=bench/decode_27b_int4"
   "decode_27b_int4.layers|+experiment=bench/decode_27b_int4 generation.compile_scope=layers"
   "decode_gemma4_31b_nf4.generate|+experiment=bench/decode_gemma4_31b_int4 quant=4bit generation.engine=hf"
@@ -103,9 +104,10 @@ part_mission() {  # $1: a model (default gemma3_27b)
   # then the same with transformers' generate(): seconds from the command's start to its end, the load, the first
   # token and decode tok/s, the engine and 4-bit kernel, from the run's result.json.
   local model=${1:-gemma3_27b} rc=0 name
-  for name in gemma-run generate; do
+  for name in gemma-run gemma-run.gemv4 generate; do
     local extra=() dir="$logs/runs/mission_$name" start
     [[ $name == generate ]] && extra=(generation.engine=hf)
+    [[ $name == gemma-run.gemv4 ]] && extra=(generation.kernel_4bit=gemv4)
     mkdir -p "$logs/runs"
     start=$(date +%s.%N)
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python3 -m gemma_run.app.cli task=infer "model=$model" model.weights=random \
@@ -120,7 +122,7 @@ from pathlib import Path
 
 print("| mission command | engine | 4-bit kernel | total s | load s | first token s after load | decode tok/s | new tokens |")
 print("|---|---|---|---|---|---|---|---|")
-for name in ("gemma-run", "generate"):
+for name in ("gemma-run", "gemma-run.gemv4", "generate"):
     run = Path(sys.argv[1]) / f"mission_{name}"
     if not (run / "result.json").is_file():
         print(f"| {name} | failed: no result.json (see {run}.err) | | | | | | |")

@@ -81,10 +81,11 @@ class GenerationConfig:
     # state dict's names too), for this run's generation.
     fuse_projections: bool | None = None
     # fast engine, quant=4bit: what multiplies the NF4 weights in the decode step. gemv4: gemma-run's 4-bit
-    # kernel reading the same bytes (gemma_run/infer/engine/packed_4bit.py; exactly bitsandbytes' values, at a
-    # multiple of its speed: docs/benchmarks.md, "4-bit kernels"); bitsandbytes: its own product. auto: gemv4
-    # on a CUDA GPU with Triton. The prompt's pass and training always use bitsandbytes.
-    kernel_4bit: Kernel4bit = Kernel4bit.auto
+    # kernel reading the same bytes (gemma_run/infer/engine/packed_4bit.py; exactly bitsandbytes' values);
+    # bitsandbytes: its own product; auto: gemv4 on a CUDA GPU with Triton, else bitsandbytes. The default stays
+    # bitsandbytes until the kernel's speed is measured on a GPU (docs/benchmarks.md, "4-bit kernels"). The
+    # prompt's pass and training always multiply as bitsandbytes does.
+    kernel_4bit: Kernel4bit = Kernel4bit.bitsandbytes
     # fast engine, greedy decoding: the decode step picks its own next token on the device (argmax, EOS held back
     # until min_new_tokens, finished rows padded) and advances its positions, so the loop only replays the recorded
     # graph: no per-token kernels or copies outside it. null: on; false: the loop picks after each step, as it
