@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers.data import alpaca_rows, write_jsonl
+from helpers.run_if import RunIf
 from helpers.runs import lora_b_norm, losses, train_api
 
 from gemma_run.app.errors import GemmaRunError
@@ -182,3 +183,42 @@ def test_lora_targets_matching_nothing_name_the_linear_layers(compose_cfg, model
     assert all(n in str(e.value) for n in names)
     if model == "tiny_gemma4":
         assert "per_layer_input_gate" in names  # PLE's projections are Linear layers too
+
+
+@RunIf(liger=True)
+@pytest.mark.parametrize(("model", "mlps"), [("tiny_gemma4", 4), ("tiny_gemma4_moe", 0)], ids=["dense", "moe"])
+def test_liger_patches_gemma4s_scaled_norms_and_dense_mlps(compose_cfg, model: str, mlps: int) -> None:
+    """train.fused_ops=liger on Gemma 4 (the module surgery; the kernels themselves run on a GPU,
+    test_train_fused_gpu.py): every norm with a scale and every dense MLP become Liger's, v_norm (no scale), the
+    per-layer-input norms and the MoE layers' own modules stay the model's, and the module globals come back."""
+    from transformers.models.gemma4 import modeling_gemma4
+
+    from gemma_run.loading import load
+    from gemma_run.patches import liger_gemma
+
+    loaded = load(compose_cfg([f"model={model}", "device_map=cpu"]))
+    norm = modeling_gemma4.Gemma4RMSNorm
+    applied = liger_gemma._apply(loaded.model, why="test")
+    try:
+        kinds: dict[str, set[str]] = {}
+        for name, module in loaded.model.named_modules():
+            if name.endswith(("norm", "mlp", "layernorm")):
+                kinds.setdefault(name.rsplit(".", 1)[-1], set()).add(module._get_name())
+        assert kinds["v_norm"] == {"Gemma4RMSNorm"}
+        for scaled in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                       "post_feedforward_layernorm", "q_norm", "k_norm"):
+            assert kinds[scaled] == {"LigerRMSNorm"}, scaled
+        assert applied.modules.get("LigerGEGLUMLP", 0) == mlps
+        assert kinds["mlp"] == ({"LigerGEGLUMLP"} if mlps else {"Gemma4TextMLP"})
+    finally:
+        applied.restore()
+    assert modeling_gemma4.Gemma4RMSNorm is norm
+
+
+def test_fused_ops_on_gemma4_auto_keeps_the_models_ops_and_says_why(compose_cfg) -> None:
+    from gemma_run.loading import load
+    from gemma_run.training import fused_ops
+
+    model = load(compose_cfg(["model=tiny_gemma4", "device_map=cpu"])).model
+    kind, why = fused_ops.choose("auto", model)
+    assert kind == "none" and "gemma4_text" in why and "train.fused_ops=liger" in why

@@ -1,5 +1,6 @@
 """Liger's fused body kernels (train.fused_ops) and auto selective checkpointing (train.checkpoint_layers) on a
-GPU (skipped without CUDA), on a random-weight Gemma 3 1B at its real width with few layers (helpers.shapes):
+GPU (skipped without CUDA), on a random-weight Gemma 3 1B (and Gemma 4 E4B) at its real width with few layers
+(helpers.shapes):
 
 - after fused_ops.apply every norm and MLP of the model is Liger's, RoPE is Liger's while training, the loss and
   the gradients match the model's own ops, and restore() gives transformers its functions back;
@@ -17,7 +18,7 @@ import random
 from pathlib import Path
 
 from helpers.run_if import RunIf
-from helpers.shapes import GEMMA3_1B, GEMMA3_1B_LAYERS
+from helpers.shapes import GEMMA3_1B, GEMMA3_1B_LAYERS, GEMMA4_E4B
 
 WORDS = "the quick brown fox jumps over the lazy dog a model runs on the GPUs you have".split()
 LAYERS = GEMMA3_1B_LAYERS
@@ -74,6 +75,40 @@ def test_liger_patches_every_norm_and_mlp_and_matches(compose_cfg):
     worst = max(((grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items() if g.norm() > 0)
     print(f"worst relative gradient difference over {len(grads)} norm weights: {worst:.2e}")
     assert worst < 5e-2  # bf16 activations: each op rounds at different points
+
+
+@RunIf(gpus=1, liger=True)
+def test_liger_on_gemma4_matches_the_models_own_ops(compose_cfg):
+    """Gemma 4 E4B at real width (4 layers, 2 sharing KV, per-layer embeddings): Liger's RMSNorm and GeGLU in
+    every scaled norm and MLP (its RoPE does not fit Gemma 4's; the model's own stays), the loss and the norms'
+    gradients those of the model's own ops."""
+    import torch
+    from transformers.models.gemma4 import modeling_gemma4
+
+    from gemma_run.loading import load
+    from gemma_run.training import fused_ops
+
+    model = load(compose_cfg(["task=train", *GEMMA4_E4B, "model.dtype=bfloat16"])).model
+    model.config.use_cache = False
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(p.ndim == 1)
+    ids = torch.randint(3, 200000, (2, 512), generator=torch.Generator().manual_seed(0)).to(model.device)
+    norm = modeling_gemma4.Gemma4RMSNorm
+    ref_loss, ref_grads = _loss_and_grads(model, ids)
+    applied = fused_ops.apply("liger", model)
+    try:
+        assert applied.kind == "liger" and "rms_norm, geglu for gemma4_text" in applied.why
+        assert applied.modules["LigerGEGLUMLP"] == 4 and applied.modules["LigerRMSNorm"] > 4 * 4
+        loss, grads = _loss_and_grads(model, ids)
+    finally:
+        applied.restore()
+    assert modeling_gemma4.Gemma4RMSNorm is norm
+    print(f"\nloss: model's ops {ref_loss:.5f}, Liger's {loss:.5f}")
+    assert abs(loss - ref_loss) <= 2e-3 * abs(ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    worst = max(((grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items() if g.norm() > 0)
+    assert worst < 5e-2, worst
 
 
 @RunIf(gpus=1, liger=True)

@@ -2,10 +2,11 @@
 
 Symptom: without it, each Gemma decoder layer runs its six RMSNorms, the rotary embedding and the MLP's tanh-GELU
 as many small torch kernels, each saving its inputs for backward (gemma_run.training.fused_ops explains the
-choice). With it, liger_kernel's ``apply_liger_kernel_to_gemma3_text`` / ``_gemma3`` / ``_gemma2`` rebind
-``apply_rotary_pos_emb`` and the RMSNorm/MLP class names in transformers' modeling module and swap the model's
-modules in place; ``undo`` puts those module globals back so a later model in the same process starts unpatched.
-Trigger: ``train.fused_ops`` resolves to liger (auto: CUDA, liger_kernel importable, a Gemma 2/3 model, no
+choice). With it, liger_kernel's ``apply_liger_kernel_to_gemma3_text`` / ``_gemma3`` / ``_gemma2`` /
+``_gemma4_text`` rebind ``apply_rotary_pos_emb`` (not Gemma 4's) and the RMSNorm/MLP class names in transformers'
+modeling module and swap the model's modules in place; ``undo`` puts those module globals back so a later model
+in the same process starts unpatched.
+Trigger: ``train.fused_ops`` resolves to liger (auto: CUDA, liger_kernel importable, a Gemma 2/3/4 model, no
 compiled layers, no ZeRO-3), before peft.
 Upstream: https://github.com/linkedin/Liger-Kernel (liger_kernel.transformers.monkey_patch).
 """
@@ -54,7 +55,8 @@ def _apply(model: Any, why: str = "", **_) -> Any:
     act = getattr(base.config.get_text_config(), "hidden_activation", None) or \
         getattr(base.config.get_text_config(), "hidden_act", None)
     geglu = act == fused_ops.TANH_GELU
-    switches = dict(rope=True, rms_norm=True, geglu=geglu, cross_entropy=False, fused_linear_cross_entropy=False)
+    rope = fused_ops.model_type(model) not in fused_ops.ROPE_KEPT
+    switches = dict(rope=rope, rms_norm=True, geglu=geglu, cross_entropy=False, fused_linear_cross_entropy=False)
     if fn_name == "apply_liger_kernel_to_gemma3":
         switches["layer_norm"] = False  # the SigLIP vision tower stays as it is
     getattr(monkey_patch, fn_name)(model=base, **switches)
@@ -75,7 +77,7 @@ PATCH = Patch(
     name="liger_kernel.gemma",
     phase="before_peft",
     symptom="Gemma's norms, rotary embedding and GeGLU run as many unfused torch kernels while training",
-    trigger="train.fused_ops resolves to liger (CUDA, liger_kernel, Gemma 2/3, layers not compiled, no ZeRO-3)",
+    trigger="train.fused_ops resolves to liger (CUDA, liger_kernel, Gemma 2/3/4, layers not compiled, no ZeRO-3)",
     upstream="https://github.com/linkedin/Liger-Kernel",
     needed=_needed,
     apply=_apply,

@@ -4,8 +4,9 @@ Each Gemma decoder layer runs six RMSNorms (four around attention and MLP, plus 
 an fp32 upcast and several elementwise kernels in torch, the rotary embedding (four elementwise ops and two
 copies), and the MLP's tanh-GELU times the up projection. Liger fuses each into one kernel, forward and backward,
 and saves less for backward. The model is patched in place through liger_kernel's own
-``apply_liger_kernel_to_gemma3_text`` / ``_gemma3`` / ``_gemma2`` with ``model=`` (its instance path), with its
-cross-entropy switches off: the loss is gemma_run/training/loss.py's (``train.loss_kernel``).
+``apply_liger_kernel_to_gemma3_text`` / ``_gemma3`` / ``_gemma2`` / ``_gemma4_text`` with ``model=`` (its
+instance path; Gemma 4: RMSNorm and GeGLU, its own RoPE), with its cross-entropy switches off: the loss is
+gemma_run/training/loss.py's (``train.loss_kernel``).
 
 - ``auto``: liger on CUDA when liger_kernel imports and the model type is one Liger patches; else none, the
   reason logged and recorded in result.json (``fused_ops_why``).
@@ -16,7 +17,7 @@ Liger's rotary patch replaces ``apply_rotary_pos_emb`` in transformers' modeling
 there at every call), and it rebinds the module's RMSNorm/MLP class names; :meth:`Applied.restore` puts those
 module globals back once training is done, so a later model in the same process starts unpatched.
 GeGLU is Liger's tanh approximation: it is used only where the config's activation is ``gelu_pytorch_tanh``
-(every Gemma 2/3 checkpoint).
+(every Gemma 2/3/4 checkpoint).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ SUPPORTED = {
     "gemma3_text": ("apply_liger_kernel_to_gemma3_text", "transformers.models.gemma3.modeling_gemma3"),
     "gemma3": ("apply_liger_kernel_to_gemma3", "transformers.models.gemma3.modeling_gemma3"),
     "gemma2": ("apply_liger_kernel_to_gemma2", "transformers.models.gemma2.modeling_gemma2"),
+    # Gemma 4 (liger-kernel >= 0.8.5): RMSNorm and GeGLU; its RoPE kernel does not fit Gemma 4's one-tensor
+    # apply_rotary_pos_emb, so the rotary embedding stays the model's own (ROPE_KEPT)
+    "gemma4_text": ("apply_liger_kernel_to_gemma4_text", "transformers.models.gemma4.modeling_gemma4"),
 }
+ROPE_KEPT = {"gemma4_text"}
+# model types auto leaves on the model's own ops until Liger's patch for them has been checked against those ops
+# on a GPU (tests/test_train_fused_gpu.py); train.fused_ops=liger applies it
+AUTO_UNCHECKED = {"gemma4_text"}
 TANH_GELU = "gelu_pytorch_tanh"
 
 
@@ -96,13 +104,24 @@ def choose(value: Any, model: Any, zero3: bool = False, compiled: bool = False) 
     if mtype not in SUPPORTED:
         return "none", f"{KEY}={name}: Liger has no body kernels for model type {mtype!r} here " \
                        f"(supported: {', '.join(SUPPORTED)})"
+    if name == "auto" and mtype in AUTO_UNCHECKED:
+        return "none", f"{KEY}=auto: Liger's {mtype} patch is not yet checked on a GPU here ({KEY}=liger applies it)"
     why = unavailable()
     if why and name == "liger":
         raise GemmaRunError(f"{KEY}=liger cannot run here: {why}", key=KEY,
                             fix=f"{KEY}=auto (Liger where it can run, the model's own ops elsewhere) or {KEY}=none")
     if why:
         return "none", f"{KEY}=auto: {why}"
-    return "liger", f"{KEY}={name}: rope, rms_norm, geglu for {mtype}"
+    if not hasattr(importlib.import_module("liger_kernel.transformers.monkey_patch"), SUPPORTED[mtype][0]):
+        import liger_kernel
+
+        too_old = f"liger-kernel {getattr(liger_kernel, '__version__', '?')} has no {SUPPORTED[mtype][0]}"
+        if name == "liger":
+            raise GemmaRunError(f"{KEY}=liger cannot run here: {too_old}", key=KEY,
+                                fix=f"pip install -U 'liger-kernel>=0.8.5', or {KEY}=auto")
+        return "none", f"{KEY}=auto: {too_old}"
+    ops = "rms_norm, geglu" if mtype in ROPE_KEPT else "rope, rms_norm, geglu"
+    return "liger", f"{KEY}={name}: {ops} for {mtype}"
 
 
 def check_early(value: Any, config_model_type: str) -> None:
