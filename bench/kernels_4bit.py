@@ -1,6 +1,7 @@
 """The 4-bit kernel table: gemma3_27b's batch-1 matrix-vector products, backend by backend, on one CUDA GPU.
 
-    python bench/kernels_4bit.py [--out DIR]        (the gemlite rows when gemlite imports)
+    python bench/kernels_4bit.py [--out DIR] [--sweep]   (the gemlite rows when gemlite imports; --sweep: the
+                                                           int4 gemv row at each tiling of a grid)
 
 A 27B decode step is 62 layers of 7 products (q, k, v, o, gate, up, down) plus the output layer. For each
 backend the script quantizes LAYERS copies of one layer's random weights (more than the GPU's L2 cache holds, as
@@ -137,18 +138,21 @@ def gemlite_layer(weights: dict, group: int, stacked: bool = False) -> tuple[Pro
     return products, size
 
 
-def gemv4_layer(weights: dict, kind: str) -> tuple[Products, int]:
+def gemv4_layer(weights: dict, kind: str, config: Any = None) -> tuple[Products, int]:
     """gemma-run's own 4-bit kernel (gemma_run.kernels.gemv4), the layer's products stacked as the fast engine
-    stacks them: int4 with group 128, or NF4 with bitsandbytes' blocks of 64."""
+    stacks them: int4 with group 128, or NF4 with bitsandbytes' blocks of 64; ``config``: its KernelConfig
+    (default: the kernel's)."""
     import torch
 
     from gemma_run.kernels import gemv4
+
+    config = config or gemv4.DEFAULT_CONFIG
 
     products, size = [], 0
     for parts in STACKED:
         w = torch.cat([weights[n] for n in parts])
         packed = gemv4.pack_int4(w, 128) if kind == "int4" else gemv4.pack_nf4(w, 64)
-        products.append((lambda x, p=packed: gemv4.gemv(x, p), INPUT[parts[0]]))
+        products.append((lambda x, p=packed: gemv4.gemv(x, p, config=config), INPUT[parts[0]]))
         size += packed.nbytes()
     return products, size
 
@@ -209,7 +213,19 @@ def row(name: str, products: int, seconds: float, nbytes: float, bandwidth: floa
             f"ms_{DEPTH}_layers": round(seconds * DEPTH * 1e3, 2) if layer else None}
 
 
-def layer_rows(bandwidth: float, acts: dict) -> list[dict]:
+def gemv4_sweep() -> list[tuple[str, Any]]:
+    """The int4 gemv row at each tiling of a small grid (KernelConfig: outputs and groups per step, warps)."""
+    import itertools
+
+    from gemma_run.kernels.gemv4 import KernelConfig
+
+    configs = [KernelConfig(block_n=n, groups=g, num_warps=w, num_stages=3)
+               for n, g, w in itertools.product((32, 64, 128), (1, 2, 4), (4, 8))]
+    return [(f"int4, gemma-run Triton gemv, stacked, block_n={c.block_n} groups={c.groups} warps={c.num_warps}",
+             lambda w, c=c: gemv4_layer(w, "int4", c)) for c in configs]
+
+
+def layer_rows(bandwidth: float, acts: dict, sweep: bool = False) -> list[dict]:
     import torch
 
     backends = [("bf16, cuBLAS (quant=none)", bf16_layer), ("nf4, bitsandbytes (quant=4bit)", nf4_layer),
@@ -217,6 +233,8 @@ def layer_rows(bandwidth: float, acts: dict) -> list[dict]:
                 ("int4, stacked (quant=int4, fast engine)", int4_stacked_layer),
                 ("int4, gemma-run Triton gemv, stacked", lambda w: gemv4_layer(w, "int4")),
                 ("nf4, gemma-run Triton gemv, stacked", lambda w: gemv4_layer(w, "nf4"))]
+    if sweep:
+        backends += gemv4_sweep()
     try:
         import gemlite  # noqa: F401
 
@@ -262,6 +280,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench",
                     help="where kernels_4bit.json goes (default: $OUT, else outputs/bench)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="add gemma-run's int4 gemv at each KernelConfig of a small grid (18 more rows)")
     args = ap.parse_args()
     import torch
 
@@ -275,7 +295,7 @@ def main() -> int:
     acts = {"hidden": torch.randn(1, HIDDEN, dtype=torch.bfloat16, device="cuda"),
             "attention": torch.randn(1, HEADS * HEAD_DIM, dtype=torch.bfloat16, device="cuda"),
             "mlp": torch.randn(1, FFN, dtype=torch.bfloat16, device="cuda")}
-    rows = layer_rows(bw, acts) + output_rows(bw, acts["hidden"])
+    rows = layer_rows(bw, acts, args.sweep) + output_rows(bw, acts["hidden"])
     device = torch.cuda.get_device_name()
     print(f"\nbatch-1 products of gemma3_27b: one layer (q k v o gate up down; {LAYERS} layers replayed as a CUDA "
           f"graph) and the output layer; copy bandwidth {bw / 1e9:,.0f} GB/s on {device}, torch {torch.__version__}")

@@ -126,8 +126,6 @@ def test_the_kernel_is_chosen_where_it_runs_and_named(nf4, compose_cfg) -> None:
 
     g = compose_cfg().generation
     assert kernel_4bit(g, nf4.model) == "bitsandbytes"  # the default
-    g.kernel_4bit = "auto"
-    assert kernel_4bit(g, nf4.model) == "bitsandbytes"  # auto on the CPU: bitsandbytes' own product
     g.kernel_4bit = "gemv4"
     assert kernel_4bit(g, nf4.model) == "gemv4"  # asked for: the kernel's reference path on the CPU
     g.compile = False

@@ -216,11 +216,11 @@ class KernelConfig:
     (None: enough for TARGET_PROGRAMS programs), and Triton's ``num_warps`` / ``num_stages``."""
 
     block_n: int = 32
-    groups: int = 1
+    groups: int = 2
     dot: bool = False
     split_k: int | None = None
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 3
 
 
 DEFAULT_CONFIG = KernelConfig()

@@ -1,10 +1,10 @@
 """Module surgery on a loaded quant=4bit model: its NF4 linears multiplied by gemma-run's 4-bit kernel for decoding.
 
-Symptom: without it, a batch-1 decode step multiplies NF4 weights with bitsandbytes' matrix-vector product, which
-reads them at a fraction of the GPU's bandwidth (docs/benchmarks.md, "4-bit kernels"); the mission's
-``quant=4bit`` decodes several times slower than the weights' bytes allow.
-Trigger: ``generation.engine=fast`` on a model with bitsandbytes NF4 linears, ``generation.kernel_4bit=gemv4`` (or
-auto on a CUDA GPU with Triton), at generate time; undone (the bitsandbytes modules back, their bytes as loaded)
+Symptom: a batch-1 decode step multiplies NF4 weights with bitsandbytes' matrix-vector product, which reads them
+at a fraction of the GPU's bandwidth; this surgery puts gemma-run's kernel in its place. It is opt-in: the kernel
+measures slower than bitsandbytes' product so far (docs/benchmarks.md, "4-bit kernels").
+Trigger: ``generation.engine=fast`` on a model with bitsandbytes NF4 linears and ``generation.kernel_4bit=gemv4``, at
+generate time; undone (the bitsandbytes modules back, their bytes as loaded)
 before the model trains or is saved. gemma_run.infer.engine.packed_4bit has the modules.
 Upstream: bitsandbytes' 4-bit inference kernel (``gemv_4bit``), https://github.com/bitsandbytes-foundation/bitsandbytes
 """
@@ -48,7 +48,7 @@ PATCH = Patch(
     name="model.packed_4bit",
     phase="generate",
     symptom="a 4-bit decode step reads its NF4 weights at a fraction of the bandwidth (bitsandbytes' product)",
-    trigger="generation.engine=fast on quant=4bit (NF4) with generation.kernel_4bit=gemv4 (or auto on a CUDA GPU)",
+    trigger="generation.engine=fast on quant=4bit (NF4) with generation.kernel_4bit=gemv4",
     upstream="https://github.com/bitsandbytes-foundation/bitsandbytes",
     needed=_needed,
     apply=_apply,

@@ -24,9 +24,8 @@ class CompileScope(Enum):
 
 
 class Kernel4bit(Enum):
-    auto = "auto"  # gemv4 where it runs (NF4 weights of quant=4bit, a CUDA GPU, Triton), else bitsandbytes
+    bitsandbytes = "bitsandbytes"  # bitsandbytes' own NF4 product (the faster measured: docs/benchmarks.md)
     gemv4 = "gemv4"  # gemma-run's 4-bit matrix-vector kernel (gemma_run/kernels/gemv4.py)
-    bitsandbytes = "bitsandbytes"  # bitsandbytes' own NF4 product
 
 
 class CacheImplementation(Enum):
@@ -82,9 +81,8 @@ class GenerationConfig:
     fuse_projections: bool | None = None
     # fast engine, quant=4bit: what multiplies the NF4 weights in the decode step. gemv4: gemma-run's 4-bit
     # kernel reading the same bytes (gemma_run/infer/engine/packed_4bit.py; exactly bitsandbytes' values);
-    # bitsandbytes: its own product; auto: gemv4 on a CUDA GPU with Triton, else bitsandbytes. The default stays
-    # bitsandbytes until the kernel's speed is measured on a GPU (docs/benchmarks.md, "4-bit kernels"). The
-    # prompt's pass and training always multiply as bitsandbytes does.
+    # bitsandbytes: its own product, the default while it measures faster (docs/benchmarks.md, "4-bit kernels").
+    # The prompt's pass and training always multiply as bitsandbytes does.
     kernel_4bit: Kernel4bit = Kernel4bit.bitsandbytes
     # fast engine, greedy decoding: the decode step picks its own next token on the device (argmax, EOS held back
     # until min_new_tokens, finished rows padded) and advances its positions, so the loop only replays the recorded

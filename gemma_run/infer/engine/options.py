@@ -98,22 +98,20 @@ def choose_engine(g: Any, model: Any, *, images: bool = False, tokens: int | Non
 
 
 def kernel_4bit(g: Any, model: Any) -> str:
-    """``generation.kernel_4bit`` for this model: "gemv4" or "bitsandbytes" (the model has no NF4 weights, or
-    auto off a CUDA GPU or without Triton). gemv4 asked for where it cannot run is refused, naming the reason."""
+    """``generation.kernel_4bit`` for this model: "gemv4" where asked for and the model has NF4 weights, else
+    "bitsandbytes". gemv4 on a GPU without Triton is refused, naming the reason; on the CPU it is the kernel's
+    reference path."""
     from gemma_run.infer.engine.packed_4bit import packable
     from gemma_run.kernels.gemv4 import triton_available
 
     wanted = getattr(g.kernel_4bit, "value", g.kernel_4bit)
-    if wanted == "bitsandbytes" or not any(packable(m) for m in model.modules()):
+    if wanted != "gemv4" or not any(packable(m) for m in model.modules()):
         return "bitsandbytes"
-    on_gpu = next(model.parameters()).device.type == "cuda"
-    if on_gpu and triton_available():
-        return "gemv4"
-    if wanted == "gemv4" and on_gpu:
+    if next(model.parameters()).device.type == "cuda" and not triton_available():
         raise GemmaRunError("generation.kernel_4bit=gemv4 needs Triton, which cannot be imported here",
                             key="generation.kernel_4bit", fix="pip install triton (it comes with CUDA builds of "
-                            "torch), or generation.kernel_4bit=auto")
-    return "gemv4" if wanted == "gemv4" else "bitsandbytes"  # on the CPU: the kernel's reference path
+                            "torch), or generation.kernel_4bit=bitsandbytes")
+    return "gemv4"
 
 
 def _choose_loop(g: Any, model: Any, *, images: bool = False, tokens: int | None = None) -> EngineOptions:
