@@ -31,6 +31,22 @@ def _data(tmp_path: Path, words: int = 400, n: int = 64) -> Path:
     return data
 
 
+def _norms_training(cfg):
+    """The model of ``cfg`` loaded for training with only its norms' weights trainable (their gradients go
+    through Liger's backward), and a batch of 2 x 512 random token ids."""
+    import torch
+
+    from gemma_run.loading import load
+
+    model = load(cfg).model
+    model.config.use_cache = False
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(p.ndim == 1)
+    ids = torch.randint(3, 200000, (2, 512), generator=torch.Generator().manual_seed(0)).to(model.device)
+    return model, ids
+
+
 def _loss_and_grads(model, ids):
     model.zero_grad(set_to_none=True)
     out = model(input_ids=ids, labels=ids)
@@ -41,21 +57,13 @@ def _loss_and_grads(model, ids):
 
 @RunIf(gpus=1, liger=True)
 def test_liger_patches_every_norm_and_mlp_and_matches(compose_cfg):
-    import torch
     from liger_kernel.transformers.rope import liger_rotary_pos_emb
     from transformers.models.gemma3 import modeling_gemma3
 
-    from gemma_run.loading import load
     from gemma_run.training import fused_ops
 
     assert fused_ops.unavailable() is None, "liger-kernel must be installed on the GPU machine (.whl)"
-    cfg = compose_cfg(["task=train", *GEMMA3_1B, "model.dtype=bfloat16"])
-    model = load(cfg).model
-    model.config.use_cache = False
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(p.ndim == 1)  # the norms' weights train: their gradients go through Liger's backward
-    ids = torch.randint(3, 200000, (2, 512), generator=torch.Generator().manual_seed(0)).to(model.device)
+    model, ids = _norms_training(compose_cfg(["task=train", *GEMMA3_1B, "model.dtype=bfloat16"]))
     rope = modeling_gemma3.apply_rotary_pos_emb
     ref_loss, ref_grads = _loss_and_grads(model, ids)
     applied = fused_ops.apply("liger", model)
@@ -82,18 +90,11 @@ def test_liger_on_gemma4_matches_the_models_own_ops(compose_cfg):
     """Gemma 4 E4B at real width (4 layers, 2 sharing KV, per-layer embeddings): Liger's RMSNorm and GeGLU in
     every scaled norm and MLP (its RoPE does not fit Gemma 4's; the model's own stays), the loss and the norms'
     gradients those of the model's own ops."""
-    import torch
     from transformers.models.gemma4 import modeling_gemma4
 
-    from gemma_run.loading import load
     from gemma_run.training import fused_ops
 
-    model = load(compose_cfg(["task=train", *GEMMA4_E4B, "model.dtype=bfloat16"])).model
-    model.config.use_cache = False
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(p.ndim == 1)
-    ids = torch.randint(3, 200000, (2, 512), generator=torch.Generator().manual_seed(0)).to(model.device)
+    model, ids = _norms_training(compose_cfg(["task=train", *GEMMA4_E4B, "model.dtype=bfloat16"]))
     norm = modeling_gemma4.Gemma4RMSNorm
     ref_loss, ref_grads = _loss_and_grads(model, ids)
     applied = fused_ops.apply("liger", model)

@@ -213,7 +213,9 @@ def reference_matmul(x: Any, p: Packed4) -> Any:
 class KernelConfig:
     """How the kernel tiles a product: ``block_n`` outputs and ``groups`` groups of inputs per program step,
     ``dot`` for the tensor cores (rows padded to 16) instead of a sum of products, ``split_k`` input splits
-    (None: enough for TARGET_PROGRAMS programs), and Triton's ``num_warps`` / ``num_stages``."""
+    (None: enough for TARGET_PROGRAMS programs), and Triton's ``num_warps`` / ``num_stages``. ``words``: one
+    activation row goes through the word-wise kernel (``gemv4_triton.kernel_words``: 32-bit loads, one
+    reduction at the end); several rows, or weights whose rows are not whole words, through the byte-wise one."""
 
     block_n: int = 32
     groups: int = 2
@@ -221,6 +223,7 @@ class KernelConfig:
     split_k: int | None = None
     num_warps: int = 4
     num_stages: int = 3
+    words: bool = False
 
 
 DEFAULT_CONFIG = KernelConfig()
@@ -275,16 +278,27 @@ def launch(x: Any, p: Packed4, config: KernelConfig = DEFAULT_CONFIG, table: Any
     if table is None:
         table = _table(x.device) if p.kind == "nf4" else p.scale  # unused by int4: any tensor of the device
     spare = p.scale  # stands for the pointers a format does not use
+    formats = dict(GROUP=p.group, GROUPS=config.groups, BLOCK_N=config.block_n, NF4=p.kind == "nf4",
+                   NESTED=p.nested, SCALE_BLOCK=p.scale_block, ATOMIC=splits > 1, num_warps=config.num_warps,
+                   num_stages=config.num_stages)
+    pointers = (x, p.qweight, p.scale, p.zero if p.zero is not None else spare, table,
+                p.scale_code if p.nested else spare, p.scale_scale if p.nested else spare,
+                p.scale_offset if p.nested else spare, y)
+    if config.words and rows == 1 and words_fit(p) and x.stride(-1) == 1:
+        gemv4_triton.kernel_words[(blocks, splits)](*pointers, p.out_features, k, per_split, p.qweight.stride(0),
+                                                    p.scale.stride(0), **formats)
+        return y.to(x.dtype)
     padded_rows = max(16 if config.dot else 1, 1 << (rows - 1).bit_length())
     gemv4_triton.kernel[(blocks, splits)](
-        x, p.qweight, p.scale, p.zero if p.zero is not None else spare, table,
-        p.scale_code if p.nested else spare, p.scale_scale if p.nested else spare,
-        p.scale_offset if p.nested else spare, y,
-        rows, p.out_features, k, per_split, x.stride(0), p.qweight.stride(0), p.scale.stride(0), y.stride(0),
-        GROUP=p.group, GROUPS=config.groups, BLOCK_N=config.block_n, ROWS=padded_rows,
-        NF4=p.kind == "nf4", NESTED=p.nested, SCALE_BLOCK=p.scale_block, ATOMIC=splits > 1, DOT=config.dot,
-        num_warps=config.num_warps, num_stages=config.num_stages)
+        *pointers, rows, p.out_features, k, per_split, x.stride(0), p.qweight.stride(0), p.scale.stride(0),
+        y.stride(0), ROWS=padded_rows, DOT=config.dot, **formats)
     return y.to(x.dtype)
+
+
+def words_fit(p: Packed4) -> bool:
+    """Whether the word-wise kernel can read ``p``: rows of whole 32-bit words, aligned, groups of whole words."""
+    return (p.group % 8 == 0 and p.qweight.stride(-1) == 1 and p.qweight.stride(0) % 4 == 0
+            and p.qweight.data_ptr() % 4 == 0)
 
 
 @functools.cache
