@@ -214,15 +214,16 @@ def row(name: str, products: int, seconds: float, nbytes: float, bandwidth: floa
 
 
 def gemv4_sweep() -> list[tuple[str, Any]]:
-    """The int4 gemv row at each tiling of a small grid (KernelConfig: outputs and groups per step, warps)."""
+    """The int4 gemv row at each tiling of a small grid (KernelConfig: the byte-wise or word-wise kernel, outputs
+    and groups per step, warps)."""
     import itertools
 
     from gemma_run.kernels.gemv4 import KernelConfig
 
-    configs = [KernelConfig(block_n=n, groups=g, num_warps=w, num_stages=3)
-               for n, g, w in itertools.product((32, 64, 128), (1, 2, 4), (4, 8))]
-    return [(f"int4, gemma-run Triton gemv, stacked, block_n={c.block_n} groups={c.groups} warps={c.num_warps}",
-             lambda w, c=c: gemv4_layer(w, "int4", c)) for c in configs]
+    configs = [KernelConfig(block_n=n, groups=g, num_warps=w, num_stages=3, words=words)
+               for words, n, g, w in itertools.product((False, True), (32, 64, 128), (1, 2, 4), (4, 8))]
+    return [(f"int4, gemma-run Triton gemv, stacked, {'words' if c.words else 'bytes'} block_n={c.block_n} "
+             f"groups={c.groups} warps={c.num_warps}", lambda w, c=c: gemv4_layer(w, "int4", c)) for c in configs]
 
 
 def layer_rows(bandwidth: float, acts: dict, sweep: bool = False) -> list[dict]:
@@ -281,7 +282,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench",
                     help="where kernels_4bit.json goes (default: $OUT, else outputs/bench)")
     ap.add_argument("--sweep", action="store_true",
-                    help="add gemma-run's int4 gemv at each KernelConfig of a small grid (18 more rows)")
+                    help="add gemma-run's int4 gemv at each KernelConfig of a small grid (36 more rows)")
     args = ap.parse_args()
     import torch
 
