@@ -147,7 +147,6 @@ def gemv4_layer(weights: dict, kind: str, config: Any = None) -> tuple[Products,
     from gemma_run.kernels import gemv4
 
     config = config or gemv4.DEFAULT_CONFIG
-
     products, size = [], 0
     for parts in STACKED:
         w = torch.cat([weights[n] for n in parts])

@@ -134,6 +134,25 @@ def test_the_kernel_is_chosen_where_it_runs_and_named(nf4, compose_cfg) -> None:
     assert engine.kernel_4bit == "gemv4" and "gemma-run 4-bit kernel" in engine.describe()
 
 
+def test_gemv4_on_a_gpu_without_triton_is_refused_naming_the_key(nf4, compose_cfg, monkeypatch) -> None:
+    """The branch a CUDA machine without Triton takes: one error naming the key and the fix, before any surgery."""
+    from types import SimpleNamespace
+
+    from gemma_run.app.errors import GemmaRunError
+    from gemma_run.infer.engine.options import kernel_4bit
+    from gemma_run.kernels import gemv4
+
+    on_gpu = SimpleNamespace(modules=nf4.model.modules,
+                             parameters=lambda: iter([SimpleNamespace(device=SimpleNamespace(type="cuda"))]))
+    monkeypatch.setattr(gemv4, "triton_available", lambda: False)
+    g = compose_cfg(["generation.kernel_4bit=gemv4"]).generation
+    with pytest.raises(GemmaRunError, match="needs Triton") as err:
+        kernel_4bit(g, on_gpu)
+    assert err.value.key == "generation.kernel_4bit" and "generation.kernel_4bit=bitsandbytes" in err.value.fix
+    monkeypatch.setattr(gemv4, "triton_available", lambda: True)
+    assert kernel_4bit(g, on_gpu) == "gemv4"
+
+
 def test_a_model_without_nf4_weights_keeps_its_kernels(compose_cfg) -> None:
     from gemma_run.infer.engine.options import kernel_4bit
     from gemma_run.loading import load
