@@ -7,7 +7,7 @@ teacher-forced) at >= 99% of the positions it generated."""
 from __future__ import annotations
 
 import pytest
-from helpers.decode import generate_on_device, top1_agreement_after_unfusing
+from helpers.decode import count_4bit_linears, generate_on_device, top1_agreement_after_unfusing
 from helpers.run_if import RunIf
 from helpers.shapes import GEMMA3_4B, GEMMA3_4B_LAYERS
 
@@ -98,11 +98,13 @@ def test_fast_4bit_top1_agrees_with_dequantized_reference(compose_cfg, quant: st
     from gemma_run.loading import load
 
     loaded = load(compose_cfg([*GEMMA3_4B, f"quant={quant}"]))
+    quantized = count_4bit_linears(loaded.model)
+    assert quantized == 7 * GEMMA3_4B_LAYERS  # q, k, v, o, gate, up, down: the output layer stays bf16
     torch.manual_seed(0)
     prompt = torch.randint(100, 20000, (1, 128)).tolist()
     out = generate_on_device(loaded, prompt, EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
     assert _recorded(loaded.model, True)
     assert fused_projections.count(loaded.model) == (2 * GEMMA3_4B_LAYERS if quant == "int4" else 0)  # bnb's: not fused
-    agree = top1_agreement_after_unfusing(loaded, out, 128)
+    agree = top1_agreement_after_unfusing(loaded, out, 128, quantized)
     print(f"\n{quant}: top-1 agreement of the fast path with the dequantized reference over 128 tokens: {agree:.4f}")
     assert agree >= 0.99

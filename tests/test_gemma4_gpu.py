@@ -8,7 +8,7 @@ int4 weights dequantized to bf16, eager, teacher-forced) at >= 99% of the positi
 from __future__ import annotations
 
 import pytest
-from helpers.decode import generate_on_device, top1_agreement_after_unfusing
+from helpers.decode import count_4bit_linears, generate_on_device, top1_agreement_after_unfusing
 from helpers.run_if import RunIf
 from helpers.shapes import GEMMA4_26B_A4B, GEMMA4_E4B
 
@@ -48,8 +48,9 @@ def test_fast_int4_top1_agrees_with_dequantized_reference_on_gemma4(compose_cfg)
     from gemma_run.loading import load
 
     loaded = load(compose_cfg([*GEMMA4_E4B, "quant=int4"]))
+    quantized = count_4bit_linears(loaded.model)
     (prompt,) = _prompts(1, 128)
     out = generate_on_device(loaded, [prompt], EngineOptions("fast", True, True, "test", graph=True, fuse=True), 128)
-    agree = top1_agreement_after_unfusing(loaded, out, 128)
+    agree = top1_agreement_after_unfusing(loaded, out, 128, quantized)
     print(f"\ngemma4_e4b int4: top-1 agreement of the fast path with the dequantized reference: {agree:.4f}")
     assert agree >= 0.99

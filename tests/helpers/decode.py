@@ -129,25 +129,35 @@ def generate_on_device(loaded, ids: list[list[int]], engine: EngineOptions, new:
         return loaded.model.generate(**inputs, **kwargs, streamer=TimingStreamer())
 
 
+def _is_4bit_linear(module) -> bool:
+    import torch
+
+    w = getattr(module, "weight", None)
+    return (isinstance(module, torch.nn.Linear) and w is not None
+            and (type(w).__name__ == "Params4bit" or type(w).__module__.startswith("torchao")))
+
+
+def count_4bit_linears(model) -> int:
+    """The model's Linears holding 4-bit weights (bitsandbytes or torchao)."""
+    return sum(_is_4bit_linear(m) for m in model.modules())
+
+
 def dequantize_in_place(model) -> int:
     """Every 4-bit Linear's weight replaced by its bf16 dequantization (torchao or bitsandbytes); returns how many."""
     import torch
 
     count = 0
     for module in model.modules():
-        w = getattr(module, "weight", None)
-        if w is None or not isinstance(module, torch.nn.Linear):
+        if not _is_4bit_linear(module):
             continue
+        w = module.weight
         if type(w).__name__ == "Params4bit":
             import bitsandbytes.functional as bf
 
             dense = bf.dequantize_4bit(w.data, w.quant_state)
-        elif type(w).__module__.startswith("torchao"):
-            # torchao's int4 layouts implement linear, not dequantize: x @ W.T with x = I gives W.T back
+        else:  # torchao's int4 layouts implement linear, not dequantize: x @ W.T with x = I gives W.T back
             eye = torch.eye(module.in_features, dtype=torch.bfloat16, device=w.device)
             dense = torch.nn.functional.linear(eye, w).T
-        else:
-            continue
         new = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                               device=dense.device, dtype=torch.bfloat16)
         new.weight.data.copy_(dense[: module.out_features, : module.in_features].to(torch.bfloat16))
@@ -159,16 +169,19 @@ def dequantize_in_place(model) -> int:
     return count
 
 
-def top1_agreement_after_unfusing(loaded, out, prompt_len: int) -> float:
+def top1_agreement_after_unfusing(loaded, out, prompt_len: int, quantized: int) -> float:
     """How often the fast path's tokens ``out`` (prompt + generated, one row) are the top-1 token of a reference
-    computation: the model's own 4-bit weights (put back by unfuse) dequantized to bf16, eager, teacher-forced."""
+    computation: the model's own 4-bit weights (put back by unfuse) dequantized to bf16, eager, teacher-forced.
+    ``quantized``: the model's 4-bit Linears before generating (``count_4bit_linears``), every one of which the
+    engine must have put back for the reference to be the whole model."""
     import torch
 
     from gemma_run.infer.engine import Decoder
 
     Decoder.of(loaded.model).restore()
     generated = out[0, prompt_len:]
-    assert dequantize_in_place(loaded.model) > 200
+    assert quantized > 0
+    assert dequantize_in_place(loaded.model) == quantized
     with torch.inference_mode():
         logits = loaded.model(input_ids=out[:, :-1]).logits[0, prompt_len - 1:].float()
     return (logits.argmax(-1) == generated).float().mean().item()
