@@ -1,7 +1,7 @@
 """The 4-bit kernel table: gemma3_27b's batch-1 matrix-vector products, backend by backend, on one CUDA GPU.
 
     python bench/kernels_4bit.py [--out DIR] [--sweep]   (the gemlite rows when gemlite imports; --sweep: the
-                                                           int4 gemv row at each tiling of a grid)
+                                                           int4 and NF4 gemv rows at each tiling of a grid)
 
 A 27B decode step is 62 layers of 7 products (q, k, v, o, gate, up, down) plus the output layer. For each
 backend the script quantizes LAYERS copies of one layer's random weights (more than the GPU's L2 cache holds, as
@@ -213,16 +213,17 @@ def row(name: str, products: int, seconds: float, nbytes: float, bandwidth: floa
 
 
 def gemv4_sweep() -> list[tuple[str, Any]]:
-    """The int4 gemv row at each tiling of a small grid (KernelConfig: the byte-wise or word-wise kernel, outputs
-    and groups per step, warps)."""
+    """gemma-run's gemv rows, int4 and NF4, at each tiling of a small grid (KernelConfig: the byte-wise or
+    word-wise kernel, outputs and groups per step, warps)."""
     import itertools
 
     from gemma_run.kernels.gemv4 import KernelConfig
 
-    configs = [KernelConfig(block_n=n, groups=g, num_warps=w, num_stages=3, words=words)
-               for words, n, g, w in itertools.product((False, True), (32, 64, 128), (1, 2, 4), (4, 8))]
-    return [(f"int4, gemma-run Triton gemv, stacked, {'words' if c.words else 'bytes'} block_n={c.block_n} "
-             f"groups={c.groups} warps={c.num_warps}", lambda w, c=c: gemv4_layer(w, "int4", c)) for c in configs]
+    grid = itertools.product(("int4", "nf4"), (False, True), (32, 64, 128), (1, 2, 4), (4, 8))
+    return [(f"{kind}, gemma-run Triton gemv, stacked, {'words' if words else 'bytes'} block_n={n} groups={g} "
+             f"warps={w}", lambda ws, kind=kind, c=KernelConfig(block_n=n, groups=g, num_warps=w, num_stages=3,
+                                                                 words=words): gemv4_layer(ws, kind, c))
+            for kind, words, n, g, w in grid]
 
 
 def layer_rows(bandwidth: float, acts: dict, sweep: bool = False) -> list[dict]:
@@ -281,7 +282,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench",
                     help="where kernels_4bit.json goes (default: $OUT, else outputs/bench)")
     ap.add_argument("--sweep", action="store_true",
-                    help="add gemma-run's int4 gemv at each KernelConfig of a small grid (36 more rows)")
+                    help="add gemma-run's int4 and NF4 gemv at each KernelConfig of a small grid (72 more rows)")
     args = ap.parse_args()
     import torch
 
