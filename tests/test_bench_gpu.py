@@ -1,7 +1,8 @@
 """task=bench on a GPU: random-weight Gemma 3 4B (text-only) at its real width with two layers
-(helpers.shapes.GEMMA3_4B) in bf16 and bitsandbytes nf4, prompt 128 + 32 new tokens, batch 1 and 8, HF generate
-with the default (dynamic) cache: the bench task's rows, bytes and limits. The whole 4B is measured by the
-benchmark suite (bench/gpu_suite.sh decode: decode_4b.generate).
+(helpers.shapes.GEMMA3_4B) in bf16 and bitsandbytes nf4, prompt 128 + 32 new tokens, batch 1 and 8, the fast
+engine with its eager step recorded as a CUDA graph (generation.compile=false: the compiled step is
+test_fast_decode_gpu's, and its speed the benchmark suite's): the bench task's rows, bytes and limits. The whole
+4B is measured by the benchmark suite (bench/gpu_suite.sh decode: decode_4b).
 
 Run on a machine with a CUDA GPU (the first run also builds the random model into the cache, so later runs time
 loading from it):  GEMMA_RUN_TEST_CACHE=/tmp/gr-cache python -m pytest tests/test_bench_gpu.py -m gpu -s -q
@@ -19,7 +20,7 @@ from helpers.shapes import GEMMA3_4B, weight_params
 
 CASES = {"bf16": "quant=none", "4bit": "quant=4bit"}
 BASE = ["task=bench", *GEMMA3_4B, "device_map=auto", "task.prompt_tokens=[128]", "task.new_tokens=[32]",
-        "task.batch_sizes=[1,8]"]
+        "task.batch_sizes=[1,8]", "generation.compile=false"]
 ROWS: dict[str, list[dict]] = {}
 
 
@@ -28,7 +29,7 @@ def table():
     yield
     if not ROWS:
         return
-    print("\n\ngemma3_4b, 2 layers (random weights), prompt 128 + 32 new, greedy, HF generate (dynamic cache)")
+    print("\n\ngemma3_4b, 2 layers (random weights), prompt 128 + 32 new, greedy, fast engine (eager step, CUDA graph)")
     print(f"{'case':<6} {'batch':>5} {'ttft s':>7} {'decode tok/s':>12} {'x batch':>8} {'limit tok/s':>11} "
           f"{'of limit':>8} {'GB/step':>8} {'peak GiB':>8}")
     for case, rows in ROWS.items():
