@@ -1,7 +1,7 @@
 # Source on a GPU machine whose image has torch, transformers, accelerate, peft and safetensors but not the rest,
 # from the repository root, with the missing wheels in .whl/ (git-ignored; fetched beforehand with
 # `pip download --only-binary=:all: --python-version 3.12 -d .whl bitsandbytes hydra-core omegaconf torchao
-# liger-kernel datasets deepspeed ...`, deepspeed and antlr4 built as wheels with `pip wheel`):
+# liger-kernel datasets deepspeed pytest-xdist ...`, deepspeed and antlr4 built as wheels with `pip wheel`):
 #   . bench/gpu_env.sh
 # Installs the wheels into /tmp/site (on PYTHONPATH), then gemma-run itself (editable, no deps) so that
 # `gemma_run.conf` resolves to gemma_run/conf/ as in any install. Without .whl/ it checks the installed stack only.

@@ -3,9 +3,10 @@
 # see bench/gpu_env.sh):
 #   bash bench/gpu_suite.sh [PART ...]          no PART: tests decode train plan build kernels, in that order
 # Parts:
-#   tests     every `pytest -m gpu` test, in one process, with each test's duration; the tests build the published
-#             models at their real width with a few layers (tests/helpers/shapes.py): the real sizes are measured
-#             by the other parts
+#   tests     every `pytest -m gpu` test, with each test's duration, in GEMMA_RUN_GPU_WORKERS (default 3)
+#             pytest-xdist processes sharing the GPU (their builds and compiles run side by side on the CPU; one
+#             process without pytest-xdist); the tests build the published models at their real width with a few
+#             layers (tests/helpers/shapes.py): the real sizes are measured by the other parts
 #   decode    the decode presets (gemma_run/conf/experiment/bench/decode_*.yaml) and their baselines, transformers'
 #             generate(); decode:NAME runs the runs whose name starts with decode_NAME (decode:4b, decode:27b, decode:gemma4)
 #   train     bench/train_speed.py: the training presets beside the plain-Trainer baseline; train:NAME runs the
@@ -45,9 +46,12 @@ DECODE=(
 
 part_tests() {
   # --durations=0: every test's time, slowest first; faulthandler_timeout: a test still running after 300 s prints
-  # its threads' stacks (it is not stopped)
+  # its threads' stacks (it is not stopped). Each test is a few seconds of GPU work and up to a minute or two of
+  # building and compiling on the CPU, so a few processes on one GPU finish the suite in a fraction of the time.
+  local workers=()
+  python3 -c "import xdist" 2>/dev/null && workers=(-n "${GEMMA_RUN_GPU_WORKERS:-3}" --dist load)
   python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --durations=0 -o faulthandler_timeout=300 \
-    --junitxml="$logs/tests.xml"
+    "${workers[@]}" --junitxml="$logs/tests.xml"
   local rc=$?
   python3 - "$logs/tests.xml" <<'EOF'
 import sys
