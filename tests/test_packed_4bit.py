@@ -26,7 +26,19 @@ def _load(overrides: list[str]):
     loaded = load(compose([*([f"cache_dir={cache}"] if cache else []), "device_map=cpu", "quant=4bit",
                            "quant.compute_dtype=float32", *overrides]))
     loaded.tokenizer.padding_side = "left"
+    _keep_bitsandbytes_layout(loaded.model)
     return loaded
+
+
+def _keep_bitsandbytes_layout(model) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks each NF4 weight for its CPU kernel at its first forward
+    (test_a_weight_bitsandbytes_repacked_for_its_cpu_kernel_stays_its_own has that branch); switched off here,
+    so that these tests take the layout a GPU has on every machine."""
+    from bitsandbytes.nn import Linear4bit
+
+    for m in model.modules():
+        if type(m) is Linear4bit:
+            m.support_avx512bf16_for_cpu = False
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +115,32 @@ def test_siblings_whose_absmax_blocks_straddle_are_not_stacked() -> None:
     ids = torch.tensor([[2, 5, 9, 11]])
     assert type(loaded.model.model.layers[0].self_attn.k_proj) is packed_4bit.Packed4Linear
     assert _logits(loaded.model, ids).isfinite().all()
+    decoder.restore()
+
+
+def test_a_weight_bitsandbytes_repacked_for_its_cpu_kernel_stays_its_own() -> None:
+    """The AVX512-BF16 CPU branch, on any machine: a weight bitsandbytes has repacked (its own conversion, plain
+    torch) is another layout, so the engine leaves that module to bitsandbytes and packs the others."""
+    import torch
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    from gemma_run.infer.engine import Decoder, packed_4bit
+    from gemma_run.kernels import gemv4
+
+    model = _load(WIDE).model
+    mlp = model.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.down_proj.weight.data, mlp.down_proj.weight.quant_state = _convert_weight_packed_for_cpu(
+            mlp.down_proj.weight.data, mlp.down_proj.weight.quant_state)
+    repacked = mlp.down_proj
+    data = repacked.weight.data.clone()
+    assert not packed_4bit.packable(repacked) and packed_4bit.packable(mlp.up_proj)
+    with pytest.raises(ValueError, match="AVX512-BF16"):
+        gemv4.from_bitsandbytes(repacked.weight)
+    decoder = Decoder.of(model)
+    assert decoder.pack_4bit() == 7 * model.config.num_hidden_layers - 1
+    assert mlp.down_proj is repacked and torch.equal(repacked.weight.data, data)  # untouched
+    assert type(mlp.up_proj) is packed_4bit.Packed4Linear
     decoder.restore()
 
 

@@ -164,6 +164,9 @@ def from_bitsandbytes(weight: Any, swapped: bool = False) -> Packed4:
     state = weight.quant_state
     if state.quant_type != "nf4":
         raise ValueError(f"only NF4 weights, not {state.quant_type}")
+    if getattr(state, "packing_format_for_cpu", False):
+        raise ValueError("the weight is in the layout bitsandbytes repacks it to for its AVX512-BF16 CPU kernel, "
+                         "not its own")
     out, inp = (int(n) for n in state.shape)
     if inp % state.blocksize or state.blocksize % 2:
         raise ValueError(f"in_features {inp} is not a multiple of the block size {state.blocksize}")

@@ -96,23 +96,42 @@ def check_cpu_4bit(quant_cfg: Any, skeleton: Any, flags: set[str] | None = None)
     block_n`` (measured with bitsandbytes 0.50). Say so before loading, naming every such module in the fix."""
     import torch
 
+    from gemma_run.loading.compat import should_convert_module
+
     if quant_cfg.bits != 4:
         return
     if "avx512_bf16" not in (cpu_flags() if flags is None else flags):
         return
     skip = list(quant_cfg.skip_modules) or ["lm_head"]
-    bad = [(name, m.out_features) for name, m in skeleton.named_modules()
-           if isinstance(m, torch.nn.Linear) and m.out_features % 32 and not any(s in name for s in skip)]
+    linears = {name: m.out_features for name, m in skeleton.named_modules()
+               if isinstance(m, torch.nn.Linear) and should_convert_module(name, skip)}
+    bad = [name for name, size in linears.items() if size % 32]
     if bad:
-        name, size = bad[0]
-        # skip_modules matches by substring, so each module's last name (q_proj) covers it in every layer
-        kinds = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n, _ in bad))
+        kinds = skip_names(bad, list(linears))
         keep = ",".join(dict.fromkeys([*skip, *kinds]))
         raise GemmaRunError(
             f"bitsandbytes' 4-bit CPU kernels on this CPU (AVX512-BF16) need every quantized Linear's output size "
-            f"to be a multiple of 32; {name} has {size} ({len(bad)} such module(s): {', '.join(kinds)})",
+            f"to be a multiple of 32; {bad[0]} has {linears[bad[0]]} ({len(bad)} such module(s): {', '.join(kinds)})",
             key="quant", fix="quant=8bit or quant=none on this CPU, run on a GPU, or keep those modules unquantized "
                              f"with 'quant.skip_modules=[{keep}]'")
+
+
+def skip_names(bad: list[str], linears: list[str]) -> list[str]:
+    """For the modules ``bad`` (of the Linears ``linears``), the shortest ends of their dotted names that end no
+    other Linear's name, as ``quant.skip_modules`` entries (transformers skips a module whose name ends with one):
+    ``q_proj`` where every layer's q_proj is bad, ``router.proj`` where ``proj`` would also end q_proj's name and
+    leave every projection unquantized."""
+    out, bad_set = [], set(bad)
+    others = [n for n in linears if n not in bad_set]
+    for name in bad:
+        parts = name.split(".")
+        tail = name
+        for k in range(1, len(parts) + 1):
+            tail = ".".join(parts[-k:])
+            if not any(n.endswith(tail) for n in others):
+                break
+        out.append(tail)
+    return list(dict.fromkeys(out))
 
 
 class BitsAndBytes(QuantBackend):

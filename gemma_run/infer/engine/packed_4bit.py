@@ -40,7 +40,10 @@ def swap_nibbles_(data: torch.Tensor) -> None:
 
 
 def packable(module: Any) -> bool:
-    """A bitsandbytes NF4 ``Linear4bit`` the kernel can take as it is (whole blocks per row, no device hook)."""
+    """A bitsandbytes NF4 ``Linear4bit`` the kernel can take as it is (whole blocks per row, no device hook, in
+    bitsandbytes' own layout). On a CPU with AVX512-BF16, bitsandbytes repacks a weight for its CPU kernel at the
+    module's first forward without gradients (``quant_state.packing_format_for_cpu``: 32-row tiles, absmax in
+    bf16); such a module stays bitsandbytes', multiplied by that kernel."""
     try:
         from bitsandbytes.nn import Linear4bit
     except ImportError:
@@ -49,7 +52,7 @@ def packable(module: Any) -> bool:
         return False
     state = getattr(module.weight, "quant_state", None)
     return (state is not None and state.quant_type == "nf4" and module.weight.dtype == torch.uint8
-            and int(state.shape[1]) % state.blocksize == 0)
+            and int(state.shape[1]) % state.blocksize == 0 and not getattr(state, "packing_format_for_cpu", False))
 
 
 class Packed4Linear(torch.nn.Module):
