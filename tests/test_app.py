@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers.run_if import RunIf
 from helpers.runs import REPO, run_dirs
 from omegaconf import OmegaConf
 
@@ -68,3 +69,15 @@ def test_optional_libraries_import_noise_stays_out_of_the_console(cli) -> None:
     for noise in ("Failed to load", "register_constant", "Detected no triton"):
         assert noise not in proc.stderr
     assert "generation engine: hf" in proc.stderr
+
+
+@RunIf(deepspeed=True)
+def test_building_the_random_model_keeps_deepspeeds_cpu_notice_off_stdout(cli, tmp_path) -> None:
+    """An empty cache: the tiny model is built and saved through transformers, which has accelerate import DeepSpeed;
+    on a machine without a GPU, DeepSpeed's accelerator detection prints "Setting accelerator to CPU ..." on stdout,
+    ahead of the run's own output (task=bench's table, a generation). The same patch drops it."""
+    proc = cli("prompt=hi", "generation.max_new_tokens=4", "generation.stream=false",
+               env={"GEMMA_RUN_CACHE": str(tmp_path / "empty")})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "empty" / "random").is_dir()  # it was built in this run
+    assert "Setting accelerator" not in proc.stdout + proc.stderr

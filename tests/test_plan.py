@@ -132,6 +132,35 @@ def test_place_follows_accelerate_balanced_rule() -> None:
     assert devices.place(items, [], "auto", 10**6, False)["emb"] == "cpu"
 
 
+@pytest.mark.parametrize("sizes", [
+    [40, 8, 8, 8, 8, 8, 8, 8, 2],     # a large table first (Gemma's embedding): its room is kept until it is placed
+    [4, 40, 8, 8, 8, 8, 8, 8, 2],     # ... or second (Gemma 4's per-layer embeddings after the embedding)
+    [8, 8, 8, 8, 8, 8, 8, 8, 40],     # last
+    [12, 3, 30, 3, 3, 20, 3, 3, 3],
+])
+@pytest.mark.parametrize("gpu", [40, 60, 75, 90, 200])
+def test_sequential_placement_is_accelerates(monkeypatch, sizes: list[int], gpu: int) -> None:
+    """devices.place against accelerate's own infer_auto_device_map (one GPU faked, sizes in units of 64 KiB of
+    fp32 Linear weights): every unit on the same device. GPU 0 keeps room for the largest unit still to place, so
+    a table that comes first does not push the units after it off the GPU once it is placed (E4B's 5.3 GiB
+    per-layer table on a 24 GiB card: every weight stays on the GPU)."""
+    import torch
+    from accelerate import infer_auto_device_map
+
+    unit = 64 * 1024
+    model = torch.nn.ModuleDict({f"m{i}": torch.nn.Linear(size * unit // 4 // 64, 64, bias=False)
+                                 for i, size in enumerate(sizes)})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    theirs = infer_auto_device_map(model, max_memory={0: gpu * unit, "cpu": 10**12})
+    items = [devices.Item(f"m{i}", size * unit, True) for i, size in enumerate(sizes)]
+    ours = devices.place(items, [gpu * unit], "sequential", 10**12, False)
+    expand = {name: str(dev) for name, dev in theirs.items()}
+    if "" in expand:  # everything on one device
+        expand = {it.name: expand[""] for it in items}
+    assert ours == expand, (ours, theirs)
+
+
 def test_lora_count_matches_peft(compose_cfg) -> None:
     import torch
     from peft import LoraConfig, get_peft_model

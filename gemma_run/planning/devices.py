@@ -5,8 +5,9 @@ described in config (``plan.gpus=[24GiB,24GiB,24GiB]``) is done here, following 
 - sequential: fill GPU 0 up to its budget, then GPU 1, ...; then CPU, then disk.
 - auto / balanced: each GPU but the last gets at most total/N + 1.25 x a decoder layer
   (``get_balanced_memory``), the last GPU up to its budget; then CPU, then disk.
-- GPU 0 keeps room for the largest unit (``infer_auto_device_map`` reserves it on the main device: with
-  Gemma's 262k vocabulary that is the embedding, 2.6 GiB in bf16 for 27B).
+- GPU 0 keeps room for the largest unit still to place (``infer_auto_device_map`` reserves it on the main
+  device, and takes the next largest once that one is placed: with Gemma's 262k vocabulary the embedding, 2.6 GiB
+  in bf16 for 27B, until the embedding itself is placed).
 - balanced_low_0: as balanced over GPUs 1..N-1, GPU 0 kept free for generation's work.
 - single: everything on one device; cpu: everything on the CPU; explicit: the user's map.
 """
@@ -95,13 +96,16 @@ def place(items: list[Item], budgets: list[int], strategy: str, cpu_budget: int,
             limits[i] = min(budgets[i], share)
         if low0:
             limits[0] = max(0, min(budgets[0], total - sum(limits[1:])))
-    limits[0] = max(0, limits[0] - biggest)
+    # the largest unit after each one: GPU 0's reserve while that one is placed
+    after = [0] * len(items)
+    for i in range(len(items) - 2, -1, -1):
+        after[i] = max(after[i + 1], items[i + 1].size)
     used = [0] * n
     cpu_used = 0
     out: dict[str, str] = {}
     gpu = 0
-    for it in items:
-        while gpu < n and used[gpu] + it.size > limits[gpu]:
+    for i, it in enumerate(items):
+        while gpu < n and used[gpu] + it.size > limits[gpu] - (after[i] if gpu == 0 else 0):
             gpu += 1
         if gpu < n:
             used[gpu] += it.size
