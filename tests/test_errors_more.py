@@ -205,58 +205,54 @@ def test_length_fix_rules() -> None:
 # ---- bitsandbytes' 4-bit CPU kernels: every module in the fix ---------------------------------------------------
 
 
-def test_cpu_4bit_fix_names_every_module_once() -> None:
-    import torch
+def _bnb4(skip: list[str]):
     from omegaconf import OmegaConf
 
-    from gemma_run.quant import bitsandbytes as quantization
+    return OmegaConf.create({"backend": {"name": "bitsandbytes"}, "bits": 4, "skip_modules": skip})
 
-    def quant(skip: list[str]):
-        return OmegaConf.create({"backend": {"name": "bitsandbytes"}, "bits": 4, "skip_modules": skip})
+
+def _layers(**linears: tuple[str, int]):
+    """Two layers, each with the Linears ``name=(parent, out_features)`` (64 inputs), as a skeleton."""
+    import torch
 
     skeleton = torch.nn.ModuleDict()
     for i in range(2):
         layer = torch.nn.Module()
-        layer.self_attn = torch.nn.Module()
-        layer.self_attn.q_proj = torch.nn.Linear(64, 48)
-        layer.self_attn.o_proj = torch.nn.Linear(64, 64)
-        layer.mlp = torch.nn.Module()
-        layer.mlp.down_proj = torch.nn.Linear(64, 40)
+        for name, (parent, out) in linears.items():
+            if not hasattr(layer, parent):
+                setattr(layer, parent, torch.nn.Module())
+            setattr(getattr(layer, parent), name, torch.nn.Linear(64, out))
         skeleton[str(i)] = layer
+    return skeleton
+
+
+def test_cpu_4bit_fix_names_every_module_once() -> None:
+    import torch
+
+    from gemma_run.quant import bitsandbytes as quantization
+
+    skeleton = _layers(q_proj=("self_attn", 48), o_proj=("self_attn", 64), down_proj=("mlp", 40))
     skeleton["lm_head"] = torch.nn.Linear(64, 500)
     with pytest.raises(GemmaRunError) as caught:
-        quantization.check_cpu_4bit(quant([]), skeleton, flags={"avx512_bf16"})
+        quantization.check_cpu_4bit(_bnb4([]), skeleton, flags={"avx512_bf16"})
     assert "'quant.skip_modules=[lm_head,q_proj,down_proj]'" in caught.value.fix
     assert "4 such module(s): q_proj, down_proj" in caught.value.problem
     # the fix it gives is enough
-    quantization.check_cpu_4bit(quant(["lm_head", "q_proj", "down_proj"]), skeleton, flags={"avx512_bf16"})
+    quantization.check_cpu_4bit(_bnb4(["lm_head", "q_proj", "down_proj"]), skeleton, flags={"avx512_bf16"})
 
 
 def test_cpu_4bit_fix_names_a_router_without_unquantizing_every_projection() -> None:
     """Gemma 4's MoE router is a Linear named ``proj`` (few outputs in a tiny model): ``proj`` as a skip entry would
     end every q_proj/down_proj's name too, so the fix names ``router.proj``, and following it keeps the rest
     quantized."""
-    import torch
-    from omegaconf import OmegaConf
-
     from gemma_run.loading.compat import should_convert_module
     from gemma_run.quant import bitsandbytes as quantization
 
-    def quant(skip: list[str]):
-        return OmegaConf.create({"backend": {"name": "bitsandbytes"}, "bits": 4, "skip_modules": skip})
-
-    skeleton = torch.nn.ModuleDict()
-    for i in range(2):
-        layer = torch.nn.Module()
-        layer.self_attn = torch.nn.Module()
-        layer.self_attn.q_proj = torch.nn.Linear(64, 64)
-        layer.router = torch.nn.Module()
-        layer.router.proj = torch.nn.Linear(64, 4)
-        skeleton[str(i)] = layer
+    skeleton = _layers(q_proj=("self_attn", 64), proj=("router", 4))
     with pytest.raises(GemmaRunError) as caught:
-        quantization.check_cpu_4bit(quant([]), skeleton, flags={"avx512_bf16"})
+        quantization.check_cpu_4bit(_bnb4([]), skeleton, flags={"avx512_bf16"})
     assert "'quant.skip_modules=[lm_head,router.proj]'" in caught.value.fix
     assert "0.router.proj has 4 (2 such module(s): router.proj)" in caught.value.problem
-    quantization.check_cpu_4bit(quant(["lm_head", "router.proj"]), skeleton, flags={"avx512_bf16"})
+    quantization.check_cpu_4bit(_bnb4(["lm_head", "router.proj"]), skeleton, flags={"avx512_bf16"})
     assert should_convert_module("0.self_attn.q_proj", ["lm_head", "router.proj"])
-    quantization.check_cpu_4bit(quant([]), skeleton, flags={"avx2"})  # other CPUs: no limit
+    quantization.check_cpu_4bit(_bnb4([]), skeleton, flags={"avx2"})  # other CPUs: no limit
