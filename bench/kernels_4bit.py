@@ -1,7 +1,8 @@
 """The 4-bit kernel table: gemma3_27b's batch-1 matrix-vector products, backend by backend, on one CUDA GPU.
 
-    python bench/kernels_4bit.py [--out DIR] [--sweep]   (the gemlite rows when gemlite imports; --sweep: the
-                                                           int4 and NF4 gemv rows at each tiling of a grid)
+    python bench/kernels_4bit.py [--out DIR] [--sweep] [--only TEXT ...]   (the gemlite rows when gemlite
+        imports; --sweep: the int4 and NF4 gemv rows at each tiling of a grid; --only: the layer rows whose name
+        contains one of the TEXTs)
 
 A 27B decode step is 62 layers of 7 products (q, k, v, o, gate, up, down) plus the output layer. For each
 backend the script quantizes LAYERS copies of one layer's random weights (more than the GPU's L2 cache holds, as
@@ -138,10 +139,10 @@ def gemlite_layer(weights: dict, group: int, stacked: bool = False) -> tuple[Pro
     return products, size
 
 
-def gemv4_layer(weights: dict, kind: str, config: Any = None) -> tuple[Products, int]:
+def gemv4_layer(weights: dict, kind: str, config: Any = None, lanes: bool = False) -> tuple[Products, int]:
     """gemma-run's own 4-bit kernel (gemma_run.kernels.gemv4), the layer's products stacked as the fast engine
     stacks them: int4 with group 128, or NF4 with bitsandbytes' blocks of 64; ``config``: its KernelConfig
-    (default: the kernel's)."""
+    (default: the kernel's); ``lanes``: the weights in lane order (gemv4.to_lanes, word-wise kernel only)."""
     import torch
 
     from gemma_run.kernels import gemv4
@@ -151,6 +152,7 @@ def gemv4_layer(weights: dict, kind: str, config: Any = None) -> tuple[Products,
     for parts in STACKED:
         w = torch.cat([weights[n] for n in parts])
         packed = gemv4.pack_int4(w, 128) if kind == "int4" else gemv4.pack_nf4(w, 64)
+        packed = gemv4.to_lanes(packed) if lanes else packed
         products.append((lambda x, p=packed: gemv4.gemv(x, p, config=config), INPUT[parts[0]]))
         size += packed.nbytes()
     return products, size
@@ -214,19 +216,21 @@ def row(name: str, products: int, seconds: float, nbytes: float, bandwidth: floa
 
 def gemv4_sweep() -> list[tuple[str, Any]]:
     """gemma-run's gemv rows, int4 and NF4, at each tiling of a small grid (KernelConfig: the byte-wise or
-    word-wise kernel, outputs and groups per step, warps)."""
+    word-wise kernel, the latter with the weights in natural or lane order, outputs and groups per step,
+    warps)."""
     import itertools
 
     from gemma_run.kernels.gemv4 import KernelConfig
 
-    grid = itertools.product(("int4", "nf4"), (False, True), (32, 64, 128), (1, 2, 4), (4, 8))
-    return [(f"{kind}, gemma-run Triton gemv, stacked, {'words' if words else 'bytes'} block_n={n} groups={g} "
-             f"warps={w}", lambda ws, kind=kind, c=KernelConfig(block_n=n, groups=g, num_warps=w, num_stages=3,
-                                                                 words=words): gemv4_layer(ws, kind, c))
-            for kind, words, n, g, w in grid]
+    layouts = (("bytes", False, False), ("words", True, False), ("words, lanes", True, True))
+    grid = itertools.product(("int4", "nf4"), layouts, (32, 64, 128), (1, 2, 4), (4, 8))
+    return [(f"{kind}, gemma-run Triton gemv, stacked, {name} block_n={n} groups={g} warps={w}",
+             lambda ws, kind=kind, lanes=lanes, c=KernelConfig(block_n=n, groups=g, num_warps=w, num_stages=3,
+                                                               words=words): gemv4_layer(ws, kind, c, lanes))
+            for kind, (name, words, lanes), n, g, w in grid]
 
 
-def layer_rows(bandwidth: float, acts: dict, sweep: bool = False) -> list[dict]:
+def layer_rows(bandwidth: float, acts: dict, sweep: bool = False, only: list[str] | None = None) -> list[dict]:
     import torch
 
     backends = [("bf16, cuBLAS (quant=none)", bf16_layer), ("nf4, bitsandbytes (quant=4bit)", nf4_layer),
@@ -246,6 +250,8 @@ def layer_rows(bandwidth: float, acts: dict, sweep: bool = False) -> list[dict]:
         print(f"gemlite not tried: {type(e).__name__}: {e}")
     rows = []
     for name, make in backends:
+        if only and not any(word in name for word in only):
+            continue
         calls, size, products = [], 0, []
         try:
             for _ in range(LAYERS):
@@ -282,7 +288,9 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench",
                     help="where kernels_4bit.json goes (default: $OUT, else outputs/bench)")
     ap.add_argument("--sweep", action="store_true",
-                    help="add gemma-run's int4 and NF4 gemv at each KernelConfig of a small grid (72 more rows)")
+                    help="add gemma-run's int4 and NF4 gemv at each KernelConfig of a small grid (108 more rows)")
+    ap.add_argument("--only", nargs="+", metavar="TEXT",
+                    help="only the layer rows whose backend name contains one of these (e.g. 'words, lanes' cuBLAS)")
     args = ap.parse_args()
     import torch
 
@@ -296,7 +304,7 @@ def main() -> int:
     acts = {"hidden": torch.randn(1, HIDDEN, dtype=torch.bfloat16, device="cuda"),
             "attention": torch.randn(1, HEADS * HEAD_DIM, dtype=torch.bfloat16, device="cuda"),
             "mlp": torch.randn(1, FFN, dtype=torch.bfloat16, device="cuda")}
-    rows = layer_rows(bw, acts, args.sweep) + output_rows(bw, acts["hidden"])
+    rows = layer_rows(bw, acts, args.sweep, args.only) + output_rows(bw, acts["hidden"])
     device = torch.cuda.get_device_name()
     print(f"\nbatch-1 products of gemma3_27b: one layer (q k v o gate up down; {LAYERS} layers replayed as a CUDA "
           f"graph) and the output layer; copy bandwidth {bw / 1e9:,.0f} GB/s on {device}, torch {torch.__version__}")

@@ -68,15 +68,20 @@ def run_one(name: str, overrides: list[str], work: Path, timeout: float) -> dict
 
 def fmt(row: dict, rows: dict[str, dict], versus: str | None) -> str:
     if "error" in row:
-        return f"| {row['name']} | failed: {row['error']} | | | | |"
+        return f"| {row['name']} | failed: {row['error']} | | | | | |"
     ref = rows.get(versus) if versus else None
-    ratio = f"{row['tokens_per_second'] / ref['tokens_per_second']:.2f}x" if ref and "error" not in ref else "-"
+    ratio = "-"
+    if ref and "error" not in ref:
+        ratio = f"{row['tokens_per_second'] / ref['tokens_per_second']:.2f}x"
+        if row.get("peak_memory_gib") and ref.get("peak_memory_gib"):
+            ratio += f", {row['peak_memory_gib'] / ref['peak_memory_gib']:.2f}x the memory"
     mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"
+    mfu_6n = f"{row['mfu_6n']:.1%} of {row['matmul_tflops_measured']:.0f}" if row.get("mfu_6n") is not None else "-"
     ckpt = f"{row.get('checkpointed_layers')}/{row.get('decoder_layers')}" if row.get("gradient_checkpointing") \
         else "off"
-    return (f"| {row['name']} | {row['tokens_per_second']:,.0f} | {ratio} | {mfu} | {row['peak_memory_gib']} | "
-            f"{row['attn_implementation']}, {row['loss_kernel']}, zero{row['deepspeed_stage']}, "
-            f"{row.get('compile_layers', 0)}, {ckpt} |")
+    return (f"| {row['name']} | {row['tokens_per_second']:,.0f} | {ratio} | {mfu} | {mfu_6n} | "
+            f"{row['peak_memory_gib']} | {row['attn_implementation']}, {row['loss_kernel']}, "
+            f"zero{row['deepspeed_stage']}, {row.get('compile_layers', 0)}, {ckpt} |")
 
 
 def main() -> int:
@@ -99,8 +104,8 @@ def main() -> int:
         print(f"{name}: {rows[name].get('tokens_per_second', rows[name].get('error'))} tok/s "
               f"({rows[name].get('wall_s', '-')} s)", flush=True)
     (out / "train_speed.json").write_text(json.dumps(list(rows.values()), indent=1))
-    lines = ["| setup | tokens/s | vs its baseline | MFU | peak GiB | attention, loss, ZeRO, compiled layers, "
-             "checkpointed |", "|---|---|---|---|---|---|"]
+    lines = ["| setup | tokens/s | vs its baseline | MFU (datasheet) | MFU 6N (of measured TFLOP/s) | peak GiB | "
+             "attention, loss, ZeRO, compiled layers, checkpointed |", "|---|---|---|---|---|---|---|"]
     lines += [fmt(rows[name], rows, versus) for name, _o, versus in runs]
     print("\n".join(lines))
     device = next((r["device"] for r in rows.values() if "device" in r), "?")

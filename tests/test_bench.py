@@ -145,3 +145,15 @@ def test_the_limit_divides_by_the_clean_devices_copy_and_keeps_the_one_after_loa
     assert bw["bytes_per_second"] == 3.006e12 and bw["when"] == "before loading" and bw["after_loading"] == after
     cpu = {"device": "cpu", "bytes": 2**28, "seconds": 0.05, "bytes_per_second": 1.07e10}
     assert reference_bandwidth(clean, cpu) == cpu and reference_bandwidth({}, after) == after
+
+
+def test_the_matmul_rate_and_mfu_6n() -> None:
+    """The probe behind task=bench_train's mfu_6n counts 2 x size^3 FLOPs a product; mfu_6n is 6 x the matmul
+    weights x tokens/s over it (gemma3_4b's 3.88 B at 14,347 tok/s on 780 TFLOP/s: 42.8%)."""
+    from gemma_run.bench import matmul_rate
+    from gemma_run.training import flops
+
+    r = matmul_rate.measure("cpu", size=256)
+    assert r["tflops"] > 0 and abs(r["tflops"] - 2 * 256**3 / r["seconds"] / 1e12) < 1e-9
+    assert abs(flops.mfu_6n(3_880_000_000, 14_347, 780.0) - 0.428) < 1e-3
+    assert flops.mfu_6n(3_880_000_000, 14_347, None) is None

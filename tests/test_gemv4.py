@@ -114,10 +114,14 @@ INTERPRETED = textwrap.dedent("""
             for rows in (1, 3, 8):
                 x = torch.randn(rows, 384).to(dtype)
                 ref = gemv4.reference_matmul(x, p).float()
-                for config in configs:
+                lanes = gemv4.to_lanes(p)
+                assert torch.equal(gemv4.dequantize(lanes), gemv4.dequantize(p))
+                runs = [(p, c) for c in configs] + [(lanes, c) for c in configs if c.words] if rows == 1 else \
+                    [(p, c) for c in configs]
+                for packed, config in runs:
                     if config.dot and dtype == torch.bfloat16:
                         continue  # Triton's interpreter gets bf16 tl.dot wrong (even a plain one); the GPU test has it
-                    out = gemv4.gemv(x, p, use_kernel=True, config=config).float()
+                    out = gemv4.gemv(x, packed, use_kernel=True, config=config).float()
                     assert out.shape == ref.shape
                     err = ((out - ref).abs().max() / ref.abs().max()).item()
                     key = f"{kind} {str(dtype).removeprefix('torch.')}"
@@ -157,6 +161,11 @@ def test_kernel_equals_the_reference_at_gemma3_27b_shapes_on_a_gpu(kind: str, ro
                        gemv4.KernelConfig(words=True, block_n=128, groups=4, split_k=2)):
             out_ = gemv4.gemv(x, p, config=config).float()
             assert ((out_ - ref).abs().max() / ref.abs().max()).item() < 1e-2, (out, inp, config)
+        if rows == 1:  # lane order: the word-wise kernel only
+            lanes = gemv4.to_lanes(p)
+            for config in (gemv4.KernelConfig(words=True), gemv4.KernelConfig(words=True, block_n=64, groups=2)):
+                out_ = gemv4.gemv(x, lanes, config=config).float()
+                assert ((out_ - ref).abs().max() / ref.abs().max()).item() < 1e-2, (out, inp, config, "lanes")
 
 
 @RunIf(gpus=1, triton=True, bnb=True)

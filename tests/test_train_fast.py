@@ -183,6 +183,7 @@ def test_bench_train_end_to_end(cli, tmp_path: Path):
     assert abs(r["tokens_per_second_mean"] - mean) < 0.02 * mean
     assert 2 * 60 <= r["tokens_per_step"] <= 2 * 64  # examples cut at a word boundary, at most 64 tokens
     assert r["loss_kernel"] == "chunked" and r["attn_implementation"] == "sdpa" and r["mfu"] is None  # no GPU
+    assert r["mfu_6n"] is None and r["matmul_tflops_measured"] is None
     assert r["compile_layers"] == 0  # auto: layers compiled on a CUDA GPU only
     assert r["flops_per_token"] > 0 and bench["tokens_per_second"] == r["tokens_per_second"]
     assert "tokens/s" in proc.stdout

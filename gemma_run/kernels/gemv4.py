@@ -7,12 +7,18 @@ and dequantized in registers, for two formats:
   ``group`` weights: ``w = NF4[q] * absmax`` (the values bitsandbytes stores for ``quant=4bit``).
 
 Layout (:class:`Packed4`): ``qweight`` is uint8 ``[out, in / 2]``; byte ``j`` of a row holds input ``2j`` in its
-low nibble and ``2j + 1`` in its high nibble. ``scale`` (and ``zero`` for int4) are ``[out, in / group]``. NF4's
-absmax can itself be quantized, as bitsandbytes' double quantization stores it (``quant.double_quant``): then
-``scale`` holds uint8 codes and the absmax of group ``b`` (counted row by row over the whole matrix) is
+low nibble and ``2j + 1`` in its high nibble (``lanes``: the inputs of each group in another order, below).
+``scale`` (and ``zero`` for int4) are ``[out, in / group]``. NF4's absmax can itself be quantized, as
+bitsandbytes' double quantization stores it (``quant.double_quant``): then ``scale`` holds uint8 codes and the
+absmax of group ``b`` (counted row by row over the whole matrix) is
 ``scale_code[scale[b]] * scale_scale[b // scale_block] + scale_offset[b // scale_block]``.
 :func:`from_bitsandbytes` takes a loaded ``quant=4bit`` weight as it is (the same bytes and values), and
 :func:`stack` puts several weights of one input under each other (the fast engine's fused projections).
+
+:func:`to_lanes` reorders the inputs inside each group for the word-wise kernel: read as 32-bit words (eight
+nibbles, lowest first), nibble ``i`` of word ``j`` of a group then holds input ``i * group / 8 + j`` of the group
+instead of ``8j + i``, so that the activations each nibble position multiplies are contiguous (one vector load
+for a tile of words instead of a load per word).
 
 :func:`gemv` runs the Triton kernel on CUDA tensors when Triton imports, and otherwise the reference path
 (:func:`reference_matmul`: the same packed weights dequantized, then one matmul), which defines what the kernel
@@ -47,6 +53,7 @@ class Packed4:
     scale_scale: Any = None  # fp32 [groups / scale_block]: each block of codes' scale
     scale_offset: Any = None  # fp32 [groups / scale_block]: each block of codes' offset
     scale_block: int = 256
+    lanes: bool = False  # inputs of each group in lane order (to_lanes)
 
     @property
     def nested(self) -> bool:
@@ -117,6 +124,25 @@ def pack_nf4(weight: Any, group: int = 64) -> Packed4:
     return Packed4("nf4", _pack_nibbles(q), absmax.reshape(out, -1), None, group)
 
 
+def _lane_order(q: Any, group: int, inverse: bool = False) -> Any:
+    """Values ``[out, in]`` in natural order -> the order :func:`to_lanes` stores (``inverse``: back)."""
+    out, inp = q.shape
+    words = group // 8
+    shape = (out, inp // group, words, 8) if inverse else (out, inp // group, 8, words)
+    return q.reshape(shape).transpose(-1, -2).reshape(out, inp)
+
+
+def to_lanes(p: Packed4) -> Packed4:
+    """``p`` with the inputs of each group in lane order (the module's docstring); the same weight."""
+    from dataclasses import replace
+
+    if p.lanes:
+        return p
+    if p.group % 8:
+        raise ValueError(f"lane order needs groups of whole 32-bit words (a multiple of 8 inputs), not {p.group}")
+    return replace(p, qweight=_pack_nibbles(_lane_order(_unpack_nibbles(p.qweight), p.group)), lanes=True)
+
+
 def dequantize(p: Packed4, start: int = 0, stop: int | None = None) -> Any:
     """The fp32 weight ``[out, in]`` that ``p`` stands for (the reference for the kernel); rows ``start:stop``
     only when given."""
@@ -124,6 +150,8 @@ def dequantize(p: Packed4, start: int = 0, stop: int | None = None) -> Any:
 
     rows = slice(start, stop)
     q = _unpack_nibbles(p.qweight[rows])
+    if p.lanes:
+        q = _lane_order(q, p.group, inverse=True)
     scale = absmax(p, start, stop).repeat_interleave(p.group, dim=1)
     if p.kind == "nf4":
         return torch.tensor(NF4, dtype=torch.float32, device=q.device)[q] * scale
@@ -190,7 +218,7 @@ def stack(packs: list[Packed4]) -> Packed4:
     import torch
 
     first = packs[0]
-    same = {(p.kind, p.group, p.in_features, p.nested, p.scale_block, p.scale.dtype) for p in packs}
+    same = {(p.kind, p.group, p.in_features, p.nested, p.scale_block, p.scale.dtype, p.lanes) for p in packs}
     if len(same) != 1:
         raise ValueError(f"cannot stack 4-bit weights of different formats: {sorted(map(str, same))}")
     if first.nested:
@@ -204,7 +232,7 @@ def stack(packs: list[Packed4]) -> Packed4:
         return None if parts[0] is None else torch.cat(parts)
 
     return Packed4(first.kind, cat("qweight"), cat("scale"), cat("zero"), first.group, first.scale_code,
-                   cat("scale_scale"), cat("scale_offset"), first.scale_block)
+                   cat("scale_scale"), cat("scale_offset"), first.scale_block, first.lanes)
 
 
 def reference_matmul(x: Any, p: Packed4) -> Any:
@@ -218,7 +246,8 @@ class KernelConfig:
     ``dot`` for the tensor cores (rows padded to 16) instead of a sum of products, ``split_k`` input splits
     (None: enough for TARGET_PROGRAMS programs), and Triton's ``num_warps`` / ``num_stages``. ``words``: one
     activation row goes through the word-wise kernel (``gemv4_triton.kernel_words``: 32-bit loads, one
-    reduction at the end); several rows, or weights whose rows are not whole words, through the byte-wise one."""
+    reduction at the end); several rows, or weights whose rows are not whole words, through the byte-wise one
+    (weights in lane order, :func:`to_lanes`, only through the word-wise kernel)."""
 
     block_n: int = 32
     groups: int = 2
@@ -288,9 +317,13 @@ def launch(x: Any, p: Packed4, config: KernelConfig = DEFAULT_CONFIG, table: Any
                 p.scale_code if p.nested else spare, p.scale_scale if p.nested else spare,
                 p.scale_offset if p.nested else spare, y)
     if config.words and rows == 1 and words_fit(p) and x.stride(-1) == 1:
-        gemv4_triton.kernel_words[(blocks, splits)](*pointers, p.out_features, k, per_split, p.qweight.stride(0),
-                                                    p.scale.stride(0), **formats)
+        gemv4_triton.kernel_words[(blocks, splits)](*pointers, p.out_features, k // 8, per_split // 8,
+                                                    p.qweight.stride(0) // 4, p.scale.stride(0), LANES=p.lanes,
+                                                    **formats)
         return y.to(x.dtype)
+    if p.lanes:
+        raise ValueError("4-bit weights in lane order go through the word-wise kernel only: one activation row, "
+                         "KernelConfig(words=True)")
     padded_rows = max(16 if config.dot else 1, 1 << (rows - 1).bit_length())
     gemv4_triton.kernel[(blocks, splits)](
         *pointers, rows, p.out_features, k, per_split, x.stride(0), p.qweight.stride(0), p.scale.stride(0),

@@ -76,33 +76,37 @@ def kernel(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, sc_ptr, ss_ptr, so_ptr, y_ptr, row
 
 
 @triton.jit
-def kernel_words(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, sc_ptr, ss_ptr, so_ptr, y_ptr, n, k, k_per_split, stride_q,
-                 stride_s, GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr, NF4: tl.constexpr,
-                 NESTED: tl.constexpr, SCALE_BLOCK: tl.constexpr, ATOMIC: tl.constexpr):
+def kernel_words(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, sc_ptr, ss_ptr, so_ptr, y_ptr, n, k_words, words_per_split,
+                 stride_w, stride_s, GROUP: tl.constexpr, GROUPS: tl.constexpr, BLOCK_N: tl.constexpr,
+                 NF4: tl.constexpr, NESTED: tl.constexpr, SCALE_BLOCK: tl.constexpr, ATOMIC: tl.constexpr,
+                 LANES: tl.constexpr):
     """One activation row: the packed weights read as 32-bit words of eight nibbles (word ``j`` of a row holds
-    inputs ``8j`` to ``8j + 7``, lowest nibble first), every product accumulated in a ``[BLOCK_N, words]`` tile
-    and reduced across threads once, after the loop. An int4 nibble becomes a float with two bit operations and
-    one addition (``0x4B000000 | q`` is the float ``2**23 + q``); the group's scale multiplies a word's eight
-    products at once, and its zero multiplies the sum of their inputs."""
+    inputs ``8j`` to ``8j + 7``, lowest nibble first; with ``LANES``, the group's inputs ``i * WORDS + j`` for
+    its nibbles ``i``, so that each nibble position's activations are one contiguous load), every product
+    accumulated in a ``[BLOCK_N, words]`` tile and reduced across threads once, after the loop. Offsets count
+    32-bit words (``stride_w``, ``k_words``), so that Triton can prove 16-byte alignment and load four words at
+    once. An int4 nibble becomes a float with two bit operations and one addition (``0x4B000000 | q`` is the
+    float ``2**23 + q``); the group's scale multiplies a word's eight products at once, and its zero multiplies
+    the sum of their inputs."""
     WORDS: tl.constexpr = GROUP // 8
     out = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     out_ok = out < n
     word = tl.arange(0, WORDS)
     q32 = q_ptr.to(tl.pointer_type(tl.int32))
     acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
-    start = tl.program_id(1) * k_per_split
-    end = tl.minimum(start + k_per_split, k)
-    for k0 in range(start, end, GROUPS * GROUP):
+    start = tl.program_id(1) * words_per_split
+    end = tl.minimum(start + words_per_split, k_words)
+    for w0 in range(start, end, GROUPS * WORDS):
         for step in tl.static_range(GROUPS):
-            kg = k0 + step * GROUP
-            in_ok = kg + 8 * word < end  # the group is inside the split (groups never straddle its end)
-            ok = out_ok & (tl.zeros_like(out) + kg < end)
-            words = tl.load(q32 + out[:, None] * (stride_q // 4) + (kg // 8 + word)[None, :],
+            wg = w0 + step * WORDS  # the group's first word
+            in_ok = wg + word < end  # the group is inside the split (groups never straddle its end)
+            ok = out_ok & (tl.zeros_like(out) + wg < end)
+            words = tl.load(q32 + out[:, None] * stride_w + (wg + word)[None, :],
                             mask=out_ok[:, None] & in_ok[None, :], other=0)
-            g = kg // GROUP
+            g = wg // WORDS
             if NESTED:
                 code = tl.load(s_ptr + out * stride_s + g, mask=ok, other=0)
-                block = (out * (k // GROUP) + g) // SCALE_BLOCK
+                block = (out * (k_words // WORDS) + g) // SCALE_BLOCK
                 scale = (tl.load(sc_ptr + code.to(tl.int32)) * tl.load(ss_ptr + block, mask=ok, other=0.0)
                          + tl.load(so_ptr + block, mask=ok, other=0.0))
             else:
@@ -115,7 +119,8 @@ def kernel_words(x_ptr, q_ptr, s_ptr, z_ptr, t_ptr, sc_ptr, ss_ptr, so_ptr, y_pt
                     w = tl.load(t_ptr + nibble)
                 else:
                     w = (nibble | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # q - 8
-                xi = tl.load(x_ptr + kg + 8 * word + i, mask=in_ok, other=0.0).to(tl.float32)
+                at = wg * 8 + i * WORDS + word if LANES else wg * 8 + 8 * word + i
+                xi = tl.load(x_ptr + at, mask=in_ok, other=0.0).to(tl.float32)
                 part += w * xi[None, :]
                 x_sum += xi
             acc += part * scale[:, None]

@@ -132,6 +132,15 @@ def _timer(warmup: int = 0, steps: int = 0, profile: Path | None = None):  # -> 
     return StepTimer()
 
 
+def _matmul_rate() -> float | None:
+    """The GPU's bf16 matmul TFLOP/s measured now (gemma_run.bench.matmul_rate); None off CUDA."""
+    import torch
+
+    from gemma_run.bench import matmul_rate
+
+    return matmul_rate.measure("cuda")["tflops"] if torch.cuda.is_available() else None
+
+
 def _device() -> str | None:
     import torch
 
@@ -147,6 +156,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     t = cfg.task
+    matmul = _matmul_rate()  # on the clean device, before anything loads
     seq, batch, accum = int(cfg.train.max_seq_length), int(cfg.train.per_device_batch_size), \
         int(cfg.train.gradient_accumulation_steps)
     zero_choice.resolve(cfg)
@@ -193,6 +203,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "tokens_per_second": round(tps, 1), "flops_per_token": fl["flops_per_token"],
         "model_tflops": round(tps * fl["flops_per_token"] / 1e12, 2), "peak_tflops": peak,
         "mfu": round(tps * fl["flops_per_token"] / (peak * 1e12), 4) if peak else None,
+        "matmul_tflops_measured": round(matmul, 1) if matmul else None,
+        "mfu_6n": round(flops.mfu_6n(fl["matmul_params"], tps, matmul), 4) if matmul else None,
         "peak_memory_gib": result.get("peak_memory_gib"),
         "peak_memory_bytes": int(result["peak_memory_gib"] * 2**30) if result.get("peak_memory_gib") else None,
         "gpu_memory_cap_bytes": result.get("gpu_memory_cap_bytes"),

@@ -10,6 +10,8 @@ embedding is a lookup and does no FLOPs):
   min(position+1, window) averaged for a sliding one.
 Recomputation under gradient checkpointing is not counted (it is work the method adds, not model FLOPs), as in
 PaLM's MFU. The peak is the dense bf16 tensor-core figure of the vendor's datasheet; null off CUDA or in fp32.
+:func:`mfu_6n` is the simpler convention the training targets use: 6 x the matmul weights x tokens/s over the
+bf16 matmul rate measured in the same run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def peak_tflops(device_name: str | None, dtype: str) -> float | None:
     if not device_name or dtype not in ("bfloat16", "float16"):
         return None
     return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in device_name), None)
+
+
+def mfu_6n(matmul_params: int, tokens_per_second: float, matmul_tflops: float | None) -> float | None:
+    """Every matmul weight counted as trained (6 FLOPs a weight a token; attention left out, LoRA's frozen weights
+    counted as if they trained), over a matmul rate measured in the same run (gemma_run.bench.matmul_rate): the
+    convention of gemma-run's training targets, comparable across LoRA, QLoRA and full fine-tuning. None without
+    a rate."""
+    if not matmul_tflops:
+        return None
+    return 6 * matmul_params * tokens_per_second / (matmul_tflops * 1e12)
 
 
 def _mean_context(seq: int, window: int | None) -> float:
