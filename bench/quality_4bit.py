@@ -1,0 +1,100 @@
+"""How far each 4-bit format moves a model's greedy tokens: NF4 (what quant=4bit stores) against int4 with group
+scales (what quant=int4 stores), each against the same model in bf16.
+
+    python bench/quality_4bit.py [--model gemma3_4b] [--layers 4] [--prompt 128] [--new 128] [--out DIR]
+
+A random-weight model at its real width (``model.weights=random``, cut to ``--layers`` decoder layers unless 0: all
+of them) generates ``--new`` greedy tokens in bf16 after a random prompt. Then every Linear weight of the decoder
+layers is replaced by its 4-bit round trip (``gemma_run.kernels.gemv4``: NF4 in blocks of 64 with an fp32 absmax, as
+bitsandbytes stores it without double quantization; int4 in groups of 128, and of 64, with a scale and a zero, the
+convention of torchao's int4), and the model reads the bf16 model's tokens again (teacher-forced). Reported per
+format: how often its top-1 token equals the bf16 model's at the generated positions, the mean KL divergence of its
+next-token distribution from the bf16 one, and the weights' relative error. The output layer stays bf16, as both
+quant modes keep it by default. This measures the formats, not the kernels: each kernel equals its own dequantized
+weights (tests/test_gemv4.py, tests/test_gemma4_gpu.py). Runs on a CPU or a GPU (the model on ``cuda`` where there
+is one); writes quality_4bit.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROUND_TRIPS = {"nf4 (quant=4bit), blocks of 64": ("nf4", 64), "int4 (quant=int4), groups of 128": ("int4", 128),
+               "int4 (quant=int4 quant.group_size=64), groups of 64": ("int4", 64)}
+
+
+def round_trip(weight, kind: str, group: int):
+    from gemma_run.kernels import gemv4
+
+    packed = gemv4.pack_nf4(weight, group) if kind == "nf4" else gemv4.pack_int4(weight, group)
+    return gemv4.dequantize(packed).to(weight.dtype)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma3_4b")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers (0: the model's own depth)")
+    ap.add_argument("--prompt", type=int, default=128, help="prompt tokens (random ids)")
+    ap.add_argument("--new", type=int, default=128, help="greedy tokens the bf16 model generates")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench")
+    args = ap.parse_args()
+
+    import torch
+
+    from gemma_run import compose
+    from gemma_run.loading import load
+
+    text = "model.config.text_config" if args.model.startswith(("gemma3_4b", "gemma3_12b", "gemma3_27b", "gemma4")) \
+        else "model.config"
+    overrides = [f"model={args.model}", "model.weights=random", "quant=none",
+                 "device_map=single" if torch.cuda.is_available() else "device_map=cpu"]
+    overrides += [f"{text}.num_hidden_layers={args.layers}"] if args.layers else []
+    loaded = load(compose(overrides))
+    model = loaded.model.eval()
+    device = next(model.parameters()).device
+    torch.manual_seed(0)
+    prompt = torch.randint(100, 20000, (1, args.prompt), device=device)
+    with torch.inference_mode():
+        seq = model.generate(prompt, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False)
+        at = slice(args.prompt - 1, seq.shape[1] - 1)  # the positions whose next token the model generated
+        ref = model(seq).logits[0, at].float().log_softmax(-1)
+    wanted = seq[0, args.prompt:]
+    assert torch.equal(ref.argmax(-1), wanted), "bf16 teacher-forced argmax differs from its own greedy tokens"
+    linears = [m for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)] \
+        if hasattr(model.model, "layers") else \
+        [m for m in model.model.language_model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    rows = []
+    for name, (kind, group) in ROUND_TRIPS.items():
+        saved = [m.weight.data for m in linears]
+        num = den = 0.0
+        for m in linears:
+            q = round_trip(m.weight.data, kind, group)
+            num += (q.float() - m.weight.data.float()).pow(2).sum().item()
+            den += m.weight.data.float().pow(2).sum().item()
+            m.weight.data = q
+        with torch.inference_mode():
+            logp = model(seq).logits[0, at].float().log_softmax(-1)
+        for m, w in zip(linears, saved, strict=True):
+            m.weight.data = w
+        rows.append({"format": name, "top1_agreement": round((logp.argmax(-1) == wanted).float().mean().item(), 4),
+                     "mean_kl": round(torch.nn.functional.kl_div(logp, ref, log_target=True, reduction="none")
+                                      .sum(-1).mean().item(), 5),
+                     "weight_relative_error": round((num / den) ** 0.5, 4)})
+    print(f"{args.model}, {args.layers or 'all'} layers, random weights, prompt {args.prompt} + {args.new} greedy "
+          f"tokens, {device}:")
+    print("| format | top-1 agreement with bf16 | mean KL from bf16 | weight relative error |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['format']} | {r['top1_agreement']:.1%} | {r['mean_kl']} | {r['weight_relative_error']} |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality_4bit.json").write_text(json.dumps({"model": args.model, "layers": args.layers,
+                                                       "device": str(device), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
