@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gemma-run's GPU suite. Run from anywhere on a machine with a CUDA GPU (the wheels its image lacks in .whl/,
 # see bench/gpu_env.sh):
-#   bash bench/gpu_suite.sh [PART ...]          no PART: tests decode train plan build kernels, in that order
+#   bash bench/gpu_suite.sh [PART ...]          no PART: tests decode mission train plan build kernels quality, in that order
 # Parts:
 #   tests     every `pytest -m gpu` test, with each test's duration, in GEMMA_RUN_GPU_WORKERS (default 3)
 #             pytest-xdist processes sharing the GPU (their builds and compiles run side by side on the CPU; one
@@ -15,6 +15,8 @@
 #   build     bench/random_build_peak.py: the peak of random gemma3_4b and gemma3_27b built in memory (quantized unit
 #             by unit) against the plan's weights + one unit
 #   kernels   bench/kernels_4bit.py: gemma3_27b's batch-1 products, backend by backend
+#   quality   bench/quality_4bit.py: how far NF4 and int4 move the whole random gemma3_27b's greedy tokens against
+#             bf16; quality:MODEL for another model
 #   mission   the mission's command as typed (task=infer model=gemma3_27b quant=4bit, one prompt, 128 new tokens)
 #             on an empty compile cache, beside generate(); mission:MODEL for another model
 # Each part's whole output goes to $OUT/<part>.log (else gpu-logs/<part>.log), the runs' dirs to $OUT/runs/; the
@@ -143,6 +145,7 @@ EOF
 part_train() { python3 bench/train_speed.py ${1:+"$1"} --out "$logs"; }
 part_plan() { python3 bench/plan_accuracy.py --json "$logs/plan_accuracy.json"; }
 part_kernels() { python3 bench/kernels_4bit.py --out "$logs"; }
+part_quality() { python3 bench/quality_4bit.py --model "${1:-gemma3_27b}" --layers 0 --out "$logs"; }
 part_build() {
   local rc=0
   python3 bench/random_build_peak.py --model gemma3_4b --quant none 4bit int4 || rc=1
@@ -151,14 +154,15 @@ part_build() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(tests decode mission train plan build kernels)
+[[ ${#parts[@]} -gt 0 ]] || parts=(tests decode mission train plan build kernels quality)
 status=0
 for part in "${parts[@]}"; do
   kind=${part%%:*}
   arg=""
   [[ $part == *:* ]] && arg=${part#*:}
   if ! declare -F "part_$kind" >/dev/null; then
-    echo "unknown part '$part': tests, decode[:NAME], mission[:MODEL], train[:NAME], plan, build, kernels" >&2
+    echo "unknown part '$part': tests, decode[:NAME], mission[:MODEL], train[:NAME], plan, build, kernels," \
+      "quality[:MODEL]" >&2
     status=2
     continue
   fi
