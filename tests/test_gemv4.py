@@ -116,6 +116,12 @@ INTERPRETED = textwrap.dedent("""
                 ref = gemv4.reference_matmul(x, p).float()
                 lanes = gemv4.to_lanes(p)
                 assert torch.equal(gemv4.dequantize(lanes), gemv4.dequantize(p))
+                if rows > 1:  # lane order is the word-wise kernel's: several rows are refused, not miscomputed
+                    try:
+                        gemv4.gemv(x, lanes, use_kernel=True)
+                        raise SystemExit("lane-order weights went through the byte-wise kernel")
+                    except ValueError:
+                        pass
                 runs = [(p, c) for c in configs] + [(lanes, c) for c in configs if c.words] if rows == 1 else \
                     [(p, c) for c in configs]
                 for packed, config in runs:
