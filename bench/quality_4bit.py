@@ -44,20 +44,23 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
+    from omegaconf import OmegaConf
 
     from gemma_run import compose
     from gemma_run.loading import load
 
-    text = "model.config.text_config" if args.model.startswith(("gemma3_4b", "gemma3_12b", "gemma3_27b", "gemma4")) \
-        else "model.config"
     overrides = [f"model={args.model}", "model.weights=random", "quant=none",
                  "device_map=single" if torch.cuda.is_available() else "device_map=cpu"]
-    overrides += [f"{text}.num_hidden_layers={args.layers}"] if args.layers else []
-    loaded = load(compose(overrides))
+    cfg = compose(overrides)
+    if args.layers:  # a multimodal config keeps its language model's depth in text_config
+        text = "model.config.text_config" if OmegaConf.select(cfg, "model.config.text_config") else "model.config"
+        cfg = compose([*overrides, f"{text}.num_hidden_layers={args.layers}"])
+    loaded = load(cfg)
     model = loaded.model.eval()
     device = next(model.parameters()).device
     torch.manual_seed(0)
-    prompt = torch.randint(100, 20000, (1, args.prompt), device=device)
+    vocab = model.get_input_embeddings().num_embeddings
+    prompt = torch.randint(min(100, vocab // 2), min(20000, vocab), (1, args.prompt), device=device)
     with torch.inference_mode():
         seq = model.generate(prompt, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False)
         at = slice(args.prompt - 1, seq.shape[1] - 1)  # the positions whose next token the model generated
@@ -69,17 +72,25 @@ def main() -> int:
         [m for m in model.model.language_model.layers.modules() if isinstance(m, torch.nn.Linear)]
     rows = []
     for name, (kind, group) in ROUND_TRIPS.items():
-        saved = [m.weight.data for m in linears]
+        if any(m.in_features % group for m in linears):
+            print(f"{name}: not measured, the model's layers have inputs that are not a multiple of {group}")
+            continue
+        saved = []  # the bf16 weights, kept in host memory: a whole 27B fits the GPU once, not twice
         num = den = 0.0
-        for m in linears:
-            q = round_trip(m.weight.data, kind, group)
-            num += (q.float() - m.weight.data.float()).pow(2).sum().item()
-            den += m.weight.data.float().pow(2).sum().item()
-            m.weight.data = q
+        with torch.no_grad():
+            for m in linears:
+                w = m.weight.data
+                q = round_trip(w, kind, group)
+                num += (q.float() - w.float()).pow(2).sum().item()
+                den += w.float().pow(2).sum().item()
+                saved.append(w.to("cpu", copy=True))
+                w.copy_(q)
+                del q
         with torch.inference_mode():
             logp = model(seq).logits[0, at].float().log_softmax(-1)
-        for m, w in zip(linears, saved, strict=True):
-            m.weight.data = w
+        with torch.no_grad():
+            for m, w in zip(linears, saved, strict=True):
+                m.weight.data.copy_(w)
         rows.append({"format": name, "top1_agreement": round((logp.argmax(-1) == wanted).float().mean().item(), 4),
                      "mean_kl": round(torch.nn.functional.kl_div(logp, ref, log_target=True, reduction="none")
                                       .sum(-1).mean().item(), 5),
