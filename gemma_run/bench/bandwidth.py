@@ -8,9 +8,31 @@ On a GPU the copies are timed with CUDA events; on the CPU (so CI can run task=b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 COPIES = 10  # timed copies; the fastest is kept (the others lost time to something else)
+
+
+def fastest(op: Callable[[], Any], device: Any, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``op`` on ``device`` (a torch.device): CUDA events on a GPU,
+    perf_counter on the CPU. The slower calls lost time to something else."""
+    import torch
+
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            op()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            op()
+            times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def measure(device: Any, nbytes: int) -> dict[str, Any]:
@@ -22,20 +44,7 @@ def measure(device: Any, nbytes: int) -> dict[str, Any]:
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # first touch: page faults and lazy allocation are not bandwidth
-    times = []
-    for _ in range(COPIES):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            dst.copy_(src)
-            times.append(time.perf_counter() - t0)
-    seconds = min(times)
+    seconds = fastest(lambda s=src, d=dst: d.copy_(s), device, COPIES)
     moved = 2 * src.numel() * src.element_size()  # read + written
     del src, dst
     if device.type == "cuda":

@@ -1,15 +1,16 @@
 """The bf16 matrix-multiply rate of the device, measured: the denominator of task=bench_train's ``mfu_6n``.
 
 One square product of ``size`` x ``size`` bf16 matrices (fp32 accumulation, as a training step's matmuls), timed
-REPEATS times with CUDA events (perf_counter on the CPU); the fastest is kept. A product does 2 x size^3 FLOPs.
+REPEATS times as the copy bandwidth is (``bandwidth.fastest``). A product does 2 x size^3 FLOPs.
 Measured on the clean device before the model loads, in the same run as the training it is compared with, so
 that a card's clocks and power limit count on both sides (datasheet peaks are in gemma_run/training/flops.py).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
+
+from gemma_run.bench import bandwidth
 
 REPEATS = 10
 SIZE = 8192  # large enough for the tensor cores' full rate on an H100/H200 (~1.4 ms a product)
@@ -23,20 +24,7 @@ def measure(device: Any, size: int = SIZE, dtype: str = "bfloat16") -> dict[str,
     a = torch.randn(size, size, device=device).to(getattr(torch, dtype))
     b = torch.randn(size, size, device=device).to(a.dtype)
     out = a @ b  # first call: the library picks its kernel
-    times = []
-    for _ in range(REPEATS):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            torch.matmul(a, b, out=out)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            torch.matmul(a, b, out=out)
-            times.append(time.perf_counter() - t0)
-    seconds = min(times)
+    seconds = bandwidth.fastest(lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), device, REPEATS)
     del a, b, out
     if device.type == "cuda":
         torch.cuda.empty_cache()
