@@ -104,3 +104,41 @@ def test_gemma3_4b_quant_and_split(compose_cfg, built, tmp_path, case):
     else:
         assert 2 * table <= on_gpu <= 1.5 * 2**30 and result["bytes_per_device"]["cpu"] >= 2 * linear
         assert result["input_device"].startswith(("cuda", "cpu"))
+
+
+@RunIf(gpus=1)
+def test_auto_on_a_gpu_too_small_for_the_model_loads_as_the_plan_places_it(compose_cfg, built, tmp_path):
+    """device_map=auto with no max_memory on a GPU whose free memory holds about 60% of the model beside what the
+    plan reserves: the loaded model's device map is the memory plan's (not accelerate's, which fills the GPU with
+    weights and leaves no room for the KV cache and activations), and it generates on that split."""
+    import torch
+
+    from gemma_run import run
+    from gemma_run.loading import load
+    from gemma_run.planning import inputs
+    from gemma_run.planning.plan import make_plan
+
+    overrides = _overrides("bf16")
+    free = torch.cuda.mem_get_info(0)[0]
+    whole = make_plan(inputs.from_cfg(compose_cfg([*overrides, f"plan.gpus=[{free}]"]), "infer")[0])
+    gpu = whole["devices"]["cuda:0"]
+    room = gpu["overhead"] + gpu["activations"] + int(0.6 * (gpu["weights"] + gpu["kv_cache"]))
+    blocker = torch.empty(free - room, dtype=torch.uint8, device="cuda")
+    loaded = None
+    try:
+        cfg = compose_cfg(overrides)
+        plan = make_plan(inputs.from_cfg(cfg, "infer")[0])
+        assert plan["fits"] and {"0", "cpu"} <= set(plan["device_map"].values()), plan["placement"]
+        loaded = load(cfg)
+        placed = {name: str(dev) for name, dev in loaded.model.hf_device_map.items()}
+        assert placed == plan["device_map"]
+        assert loaded.bytes_per_device["cuda:0"] <= plan["devices"]["cuda:0"]["weights"]
+        loaded = None
+        gc.collect()
+        result = run(cfg, tmp_path)  # the whole run on that split: load, generate, report
+        assert result["status"] == "ok" and result["new_tokens"] > 0
+        assert set(result["bytes_per_device"]) == {"cuda:0", "cpu"}
+    finally:
+        del blocker, loaded
+        gc.collect()
+        torch.cuda.empty_cache()

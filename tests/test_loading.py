@@ -364,3 +364,98 @@ def test_random_weights_of_a_gemma4_multimodal_config_build_text_only(compose_cf
     OmegaConf.update(cfg, "model.name", "tiny_gemma4_mm")
     loaded = load(cfg)
     assert type(loaded.model).__name__ == "Gemma4ForCausalLM"
+
+
+# --- device_map=auto follows the memory plan ------------------------------------------------------------------------
+
+def _fake_gpus(monkeypatch, sizes: list[int]) -> None:
+    """This CPU machine seen as one with GPUs of ``sizes`` free bytes (the planner's view and the device checks)."""
+    import torch
+
+    from gemma_run.planning import inputs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(sizes))
+    monkeypatch.setattr(inputs, "detect_gpus", lambda: list(sizes))
+
+
+def _gpu_size_for_part_of(cfg, monkeypatch, fraction: float) -> int:
+    """Free bytes of a GPU that holds what the plan reserves on it (workspace, activations, logits) and
+    ``fraction`` of the model's weights and KV cache."""
+    from gemma_run.loading import checkpoint
+    from gemma_run.planning import inputs
+    from gemma_run.planning.plan import make_plan
+
+    checkpoint.resolve(cfg.model, cfg.cache_dir)  # built before CUDA is faked
+    _fake_gpus(monkeypatch, [2**40])
+    plan = make_plan(inputs.from_cfg(cfg, "infer")[0])
+    reserved = plan["devices"]["cuda:0"]["activations"]
+    return reserved + int(fraction * (plan["weights_bytes"] + plan["kv_cache_bytes"]))
+
+
+@pytest.mark.parametrize("model", ["tiny_gemma3", "tiny_gemma4", "tiny_gemma4_moe"])
+def test_auto_over_gpus_loads_with_the_plans_map_which_covers_the_model(compose_cfg, monkeypatch, model):
+    """device_map=auto on GPUs that the model does not fit alone: from_pretrained gets the plan's placement as an
+    explicit map (not accelerate's own, which leaves no room for the KV cache the plan reserves), one that
+    covers every module of the model as loaded, the tied output layer with the embedding."""
+    from gemma_run.loading import architecture, checkpoint
+    from gemma_run.planning import inputs
+    from gemma_run.planning.plan import make_plan
+
+    overrides = [f"model={model}", "plan.overhead_per_gpu=0"]
+    size = _gpu_size_for_part_of(compose_cfg(overrides), monkeypatch, 0.8)
+    cfg = compose_cfg(overrides)
+    _fake_gpus(monkeypatch, [size, size])
+    device_map = checks.device_map_kwargs(cfg)["device_map"]
+    plan = make_plan(inputs.from_cfg(cfg, "infer")[0])
+    assert plan["fits"]
+    assert {str(v) for v in device_map.values()} == {"0", "1"}, device_map
+    assert device_map == {name: int(dev) for name, dev in plan["device_map"].items()}
+    assert device_map["lm_head"] == device_map["model.embed_tokens"]
+    layers = [device_map[f"model.layers.{i}"] for i in range(2)]
+    assert layers == sorted(layers)  # in order: GPU 0's layers, then GPU 1's
+    path = checkpoint.resolve(cfg.model, cfg.cache_dir)
+    cls_plan = architecture.plan(path, cfg.model.text_only, cfg.model.trust_remote_code)
+    placement.check_coverage(device_map, architecture.skeleton(path, cls_plan, cfg.model.trust_remote_code))
+
+
+def test_auto_spilling_to_the_cpu_follows_the_plan_and_fitting_on_one_gpu_stays_auto(compose_cfg, monkeypatch):
+    overrides = ["plan.overhead_per_gpu=0"]
+    small, big = (_gpu_size_for_part_of(compose_cfg(overrides), monkeypatch, f) for f in (0.7, 2.0))
+    _fake_gpus(monkeypatch, [small])
+    device_map = checks.device_map_kwargs(compose_cfg(overrides))["device_map"]
+    assert {str(v) for v in device_map.values()} == {"0", "cpu"}
+    assert device_map["model.embed_tokens"] == 0 and device_map["model.norm"] == "cpu"
+    _fake_gpus(monkeypatch, [big])  # all on GPU 0: accelerate's auto does the same
+    assert checks.device_map_kwargs(compose_cfg(overrides))["device_map"] == "auto"
+
+
+@pytest.mark.parametrize("override", ["+device_map.max_memory.0=1GiB", "plan.gpus=[2x80GiB]", "device_map=single",
+                                      "task=merge"])
+def test_a_cap_another_machines_gpus_another_strategy_or_a_task_without_a_plan_keep_their_map(
+        compose_cfg, monkeypatch, override):
+    size = _gpu_size_for_part_of(compose_cfg(["plan.overhead_per_gpu=0"]), monkeypatch, 0.5)
+    _fake_gpus(monkeypatch, [size, size])
+    cfg = compose_cfg(["plan.overhead_per_gpu=0", override])
+    assert placement.planned(cfg) is None
+
+
+def test_auto_without_a_gpu_stays_auto(compose_cfg):
+    assert checks.device_map_kwargs(compose_cfg())["device_map"] == "auto"
+
+
+@pytest.mark.parametrize("text_only", [True, False])
+def test_the_plans_map_covers_a_multimodal_checkpoint_as_loaded(compose_cfg, monkeypatch, multimodal_dir, text_only):
+    """model.path of a multimodal checkpoint, text-only or with its vision tower: the plan's module names are those
+    of the model that loads (language model alone, or the whole model with the tower)."""
+    from gemma_run.loading import architecture
+
+    overrides = ["model.weights=pretrained", f"model.path={multimodal_dir}", f"model.text_only={text_only}",
+                 "plan.overhead_per_gpu=0"]
+    size = _gpu_size_for_part_of(compose_cfg(overrides), monkeypatch, 0.8)
+    _fake_gpus(monkeypatch, [size, size])
+    cfg = compose_cfg(overrides)
+    device_map = checks.device_map_kwargs(cfg)["device_map"]
+    assert isinstance(device_map, dict) and {str(v) for v in device_map.values()} >= {"0", "1"}, device_map
+    cls_plan = architecture.plan(multimodal_dir, text_only, False)
+    placement.check_coverage(device_map, architecture.skeleton(multimodal_dir, cls_plan, False))

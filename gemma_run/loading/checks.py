@@ -19,6 +19,7 @@ def device_map_kwargs(cfg: Any, path: Any = None, plan: Any = None) -> dict[str,
     only to check the coverage of an explicit map.
     """
     kwargs = placement.build(cfg.device_map)
+    kwargs["device_map"] = placement.planned(cfg) or kwargs["device_map"]
     placement.check_devices(kwargs["device_map"], kwargs.get("max_memory"))
     placement.check_offload(kwargs["device_map"], kwargs.get("offload_folder"), quant.from_cfg(cfg.quant).quantized)
     if cfg.device_map.strategy.name == "explicit":

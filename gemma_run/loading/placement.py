@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
 from gemma_run.app.errors import GemmaRunError
+
+log = logging.getLogger(__name__)
 
 
 def _device(value: Any) -> Any:
@@ -35,6 +38,45 @@ def build(dm_cfg: Any) -> dict[str, Any]:
         kwargs["offload_folder"] = str(dm_cfg.offload_folder)
         kwargs["offload_buffers"] = bool(dm_cfg.offload_buffers)
     return kwargs
+
+
+# the strategies accelerate places by itself, which the memory plan follows (gemma_run.planning.devices)
+PLANNED = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def planned(cfg: Any) -> dict[str, Any] | None:
+    """The memory plan's placement as from_pretrained's device map, for device_map=auto, balanced,
+    balanced_low_0 or sequential on this machine's GPUs.
+
+    accelerate alone fills each GPU with weights up to its own margin and leaves no room for what the plan reserves
+    beside them (the KV cache, activations, training state); following the plan's map, a run that the preflight
+    found fitting is placed as planned. None, and accelerate places the modules, when: no GPU; a task that plans
+    nothing (``task.plan_as``); a ``device_map.max_memory`` cap or ``plan.gpus`` (another machine's GPUs); the plan
+    puts every module on one GPU (where accelerate puts them too); or some module fits nowhere (the preflight
+    refuses such a run; with ``plan.preflight=false`` accelerate tries).
+    """
+    from omegaconf import OmegaConf
+
+    dm = cfg.device_map
+    mode = OmegaConf.select(cfg, "task.plan_as", default=None)
+    if (dm.strategy.name not in PLANNED or mode is None or dm.max_memory
+            or OmegaConf.select(cfg, "plan.gpus", default=None)):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from gemma_run.planning import inputs
+    from gemma_run.planning.plan import make_plan
+
+    plan = make_plan(inputs.from_cfg(cfg, mode)[0])
+    where = plan.get("device_map") or {}
+    devices = set(where.values())
+    if not where or "none" in devices or (len(devices) == 1 and next(iter(devices)).isdigit()):
+        return None
+    log.info("device_map=%s: modules placed as the memory plan says (%s)", dm.strategy.name,
+             "; ".join(f"{dev}: {held}" for dev, held in plan["placement"].items()))
+    return {name: _device(dev) for name, dev in where.items()}
 
 
 def _gpu_index(dev: Any) -> int | None:

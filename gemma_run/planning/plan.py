@@ -166,7 +166,8 @@ def _infer(p: PlanInputs, units, shape, wbytes, db, quantized, model, result) ->
         elif dev == "cpu" and dev == head:
             d["activations"] = transient + logits
     result.update(kv_cache_bytes=sum(kv_unit.values()), context=ctx, batch=batch, prompt=p.prompt,
-                  new_tokens=p.new_tokens, placement=_ranges(units, placement))
+                  new_tokens=p.new_tokens, placement=_ranges(units, placement),
+                  device_map=_device_map(model, units, placement, head))
     _finish(p, parts, placement, result)
 
 
@@ -208,6 +209,7 @@ def _train(p: PlanInputs, model, units, shape, wbytes, db, result) -> None:
         if state.cpu:
             parts.setdefault("cpu", {"training_state": 0})["training_state"] = state.cpu
         result["placement"] = _ranges(units, placement)
+        result["device_map"] = _device_map(model, units, placement, head)
         _finish(p, parts, placement, result)
         return
     weights = sum(wbytes.values())
@@ -239,6 +241,16 @@ def _train(p: PlanInputs, model, units, shape, wbytes, db, result) -> None:
 def _placement(p: PlanInputs, items, budgets) -> dict[str, str]:
     return devices.place(items, budgets, p.strategy if p.gpus or p.strategy == "explicit" else "cpu",
                          p.cpu_budget, p.disk, p.single_device, dict(p.explicit_map))
+
+
+def _device_map(model: Any, units: list[params.Unit], placement: dict[str, str], head: str) -> dict[str, str]:
+    """Module name -> device ("0", "1", ..., "cpu", "disk", "none"): the placement as a from_pretrained device
+    map. A tied output layer owns no tensor of its own (no unit holds it) and goes with the embedding."""
+    out = {u.name: placement[u.name] for u in units}
+    head_name = next((n for n, m in model.named_modules() if m is model.get_output_embeddings()), None)
+    if head_name and not any(head_name == n or head_name.startswith(n + ".") for n in out):
+        out[head_name] = head
+    return out
 
 
 def _ranges(units, placement: dict[str, str]) -> dict[str, str]:
