@@ -120,10 +120,18 @@ def test_auto_on_a_gpu_too_small_for_the_model_loads_as_the_plan_places_it(compo
 
     overrides = _overrides("bf16")
     free = torch.cuda.mem_get_info(0)[0]
-    whole = make_plan(inputs.from_cfg(compose_cfg([*overrides, f"plan.gpus=[{free}]"]), "infer")[0])
-    gpu = whole["devices"]["cuda:0"]
-    room = gpu["overhead"] + gpu["activations"] + int(0.6 * (gpu["weights"] + gpu["kv_cache"]))
-    blocker = torch.empty(free - room, dtype=torch.uint8, device="cuda")
+
+    def planned_on(size: int) -> dict:
+        return make_plan(inputs.from_cfg(compose_cfg([*overrides, f"plan.gpus=[{size}]"]), "infer")[0])
+
+    gpu = planned_on(free)["devices"]["cuda:0"]
+    # free memory for the reserve and a part of the model, that part found with the plan itself (the 262k x 2560
+    # embedding is most of this 2-layer model, and GPU 0 keeps room for the next unit beside it)
+    for fraction in (0.95, 0.9, 0.85, 0.8, 0.7, 0.6):
+        room = gpu["overhead"] + gpu["activations"] + int(fraction * (gpu["weights"] + gpu["kv_cache"]))
+        if {"0", "cpu"} <= set(planned_on(room)["device_map"].values()):
+            break
+    blocker = torch.empty((free - room) // 2**21 * 2**21, dtype=torch.uint8, device="cuda")  # whole 2 MiB blocks
     loaded = None
     try:
         cfg = compose_cfg(overrides)
@@ -132,7 +140,7 @@ def test_auto_on_a_gpu_too_small_for_the_model_loads_as_the_plan_places_it(compo
         loaded = load(cfg)
         placed = {name: str(dev) for name, dev in loaded.model.hf_device_map.items()}
         assert placed == plan["device_map"]
-        assert loaded.bytes_per_device["cuda:0"] <= plan["devices"]["cuda:0"]["weights"]
+        assert loaded.bytes_per_device["cuda:0"] <= 1.001 * plan["devices"]["cuda:0"]["weights"]  # + small buffers
         loaded = None
         gc.collect()
         result = run(cfg, tmp_path)  # the whole run on that split: load, generate, report
