@@ -436,6 +436,7 @@ def test_a_cap_another_machines_gpus_another_strategy_or_a_task_without_a_plan_k
         compose_cfg, monkeypatch, override):
     size = _gpu_size_for_part_of(compose_cfg(["plan.overhead_per_gpu=0"]), monkeypatch, 0.5)
     _fake_gpus(monkeypatch, [size, size])
+    assert placement.planned(compose_cfg(["plan.overhead_per_gpu=0"])) is not None  # without it: the plan's map
     cfg = compose_cfg(["plan.overhead_per_gpu=0", override])
     assert placement.planned(cfg) is None
 
