@@ -40,7 +40,7 @@ DECODE=(
   "decode_27b_nf4.gemv4|+experiment=bench/decode_27b_nf4 generation.kernel_4bit=gemv4"
   "decode_27b_int4|+experiment=bench/decode_27b_int4"
   "decode_27b_int4.layers|+experiment=bench/decode_27b_int4 generation.compile_scope=layers"
-  "decode_gemma4_31b_nf4.generate|+experiment=bench/decode_gemma4_31b_int4 quant=4bit generation.engine=hf"
+  "decode_gemma4_31b_nf4.generate|+experiment=bench/decode_gemma4_31b_int4 quant=4bit quant.infer_as=keep generation.engine=hf"
   "decode_gemma4_31b_int4|+experiment=bench/decode_gemma4_31b_int4"
   "decode_gemma4_26b_a4b.generate|+experiment=bench/decode_gemma4_26b_a4b generation.engine=hf"
   "decode_gemma4_26b_a4b|+experiment=bench/decode_gemma4_26b_a4b"
@@ -112,7 +112,7 @@ part_mission() {  # $1: a model (default gemma3_27b)
   local model=${1:-gemma3_27b} rc=0 name
   for name in gemma-run gemma-run.gemv4 generate; do
     local extra=() dir="$logs/runs/mission_$name" start
-    [[ $name == generate ]] && extra=(generation.engine=hf)
+    [[ $name == generate ]] && extra=(generation.engine=hf quant.infer_as=keep)
     [[ $name == gemma-run.gemv4 ]] && extra=(generation.kernel_4bit=gemv4)
     mkdir -p "$logs/runs"
     start=$(date +%s.%N)

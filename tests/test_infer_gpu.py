@@ -21,7 +21,8 @@ NEW = 32
 CASES = {
     "bf16": ["quant=none", "device_map=auto"],
     "8bit": ["quant=8bit", "device_map=auto"],
-    "4bit-nf4": ["quant=4bit", "device_map=auto"],
+    "4bit-nf4": ["quant=4bit", "quant.infer_as=keep", "device_map=auto"],
+    "4bit": ["quant=4bit", "device_map=auto"],  # an inference run on one GPU: int4 (gemma_run.quant.infer_format)
     # 1.5 GiB on GPU 0: the embedding (1.25 GiB) there, the layers (0.35 GiB) on the CPU.
     "bf16 split gpu+cpu": ["quant=none", "device_map=auto", "+device_map.max_memory.0=1.5GiB",
                            "+device_map.max_memory.cpu=100GiB"],
@@ -101,9 +102,28 @@ def test_gemma3_4b_quant_and_split(compose_cfg, built, tmp_path, case):
         assert 2 * table + linear <= on_gpu < 2 * table + 1.05 * linear
     elif case == "4bit-nf4":  # Linear weights at half a byte (+ a scale per block)
         assert 2 * table + 0.5 * linear <= on_gpu < 2 * table + 0.6 * linear
+        assert "quant_loaded" not in result
+    elif case == "4bit":  # int4: half a byte + a scale and zero per 128, q/k/v/gate/up inputs padded 2560 -> 3072
+        assert result["quant_loaded"]["format"] == "int4"
+        assert 2 * table + 0.5 * linear <= on_gpu < 2 * table + 0.7 * linear
     else:
         assert 2 * table <= on_gpu <= 1.5 * 2**30 and result["bytes_per_device"]["cpu"] >= 2 * linear
         assert result["input_device"].startswith(("cuda", "cpu"))
+
+
+@RunIf(gpus=1, bnb=True)
+def test_quant_4bit_infers_as_quant_int4_does(compose_cfg, built, tmp_path):
+    """quant=4bit in an inference run on one GPU loads int4: its greedy tokens are quant=int4's, token for token."""
+    from gemma_run import run
+
+    texts = {}
+    for name, quant in (("4bit", ["quant=4bit"]), ("int4", ["quant=int4"])):
+        result = run(compose_cfg([*_overrides("bf16"), *quant]), tmp_path / name)
+        assert result["status"] == "ok"
+        texts[name] = json.loads((tmp_path / name / "generations.jsonl").read_text().splitlines()[0])["completion"]
+        if name == "4bit":
+            assert result["quant_loaded"]["format"] == "int4", result["quant_loaded"]
+    assert texts["4bit"] == texts["int4"] and texts["4bit"]
 
 
 @RunIf(gpus=1)

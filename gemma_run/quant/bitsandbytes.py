@@ -144,6 +144,17 @@ class BitsAndBytes(QuantBackend):
     def zero3_sharding(self) -> bool:
         return self.cfg.bits == 4  # 4-bit weights are stored in quant_storage, which ZeRO-3 can shard; int8 not
 
+    def problems(self) -> list:
+        from gemma_run.app.errors import ConfigError
+
+        q = self.cfg
+        infer_as = getattr(q.get("infer_as"), "value", q.get("infer_as")) or "keep"
+        if infer_as != "keep" and (q.bits != 4 or q.quant_type.value != "nf4"):
+            return [ConfigError(f"quant.infer_as={infer_as} chooses what quant=4bit's NF4 weights load as in "
+                                f"inference; quant={q.name} has none", key="quant.infer_as",
+                                fix="quant.infer_as=keep, or quant=4bit (quant=int4 loads int4 directly)")]
+        return super().problems()
+
     def transformers_config(self, model_type: str = "", on_cuda: bool | None = None, dtype: str = "bfloat16"):
         return build(self.cfg, model_type)
 

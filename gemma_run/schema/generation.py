@@ -24,6 +24,7 @@ class CompileScope(Enum):
 
 
 class Kernel4bit(Enum):
+    auto = "auto"  # bitsandbytes' own product (gemma_run/quant/infer_format.py may load int4 instead of NF4)
     bitsandbytes = "bitsandbytes"  # bitsandbytes' own NF4 product (the faster measured: docs/benchmarks.md)
     gemv4 = "gemv4"  # gemma-run's 4-bit matrix-vector kernel (gemma_run/kernels/gemv4.py)
 
@@ -81,9 +82,10 @@ class GenerationConfig:
     fuse_projections: bool | None = None
     # fast engine, quant=4bit: what multiplies the NF4 weights in the decode step. gemv4: gemma-run's 4-bit
     # kernel reading the same bytes (gemma_run/infer/engine/packed_4bit.py; exactly bitsandbytes' values);
-    # bitsandbytes: its own product, the default while it measures faster (docs/benchmarks.md, "4-bit kernels").
-    # The prompt's pass and training always multiply as bitsandbytes does.
-    kernel_4bit: Kernel4bit = Kernel4bit.bitsandbytes
+    # bitsandbytes: its own product, faster as measured (docs/benchmarks.md, "4-bit kernels"). Either one
+    # keeps the weights NF4 (quant.infer_as=auto loads int4 otherwise). auto: bitsandbytes. The prompt's pass and
+    # training always multiply as bitsandbytes does.
+    kernel_4bit: Kernel4bit = Kernel4bit.auto
     # fast engine, greedy decoding: the decode step picks its own next token on the device (argmax, EOS held back
     # until min_new_tokens, finished rows padded) and advances its positions, so the loop only replays the recorded
     # graph: no per-token kernels or copies outside it. null: on; false: the loop picks after each step, as it

@@ -16,6 +16,14 @@ class QuantType(Enum):
     fp4 = "fp4"
 
 
+class InferAs(Enum):
+    """quant=4bit in an inference run (gemma_run/quant/infer_format.py)."""
+
+    auto = "auto"  # int4 (torchao) on one CUDA GPU where the model can take it, else NF4
+    keep = "keep"  # the option's own format (NF4 for quant=4bit)
+    int4 = "int4"  # int4, or refused where int4 cannot run
+
+
 @dataclass
 class QuantConfig:
     """Keys every backend has (quant=none uses this schema as it is)."""
@@ -48,6 +56,11 @@ class BitsAndBytesQuantConfig(QuantConfig):
     # 4-bit only: dtype the packed weights are stored in. Must equal the training dtype for QLoRA + ZeRO-3.
     quant_storage: str = "uint8"
     int8_threshold: float = 6.0  # 8-bit only: outlier threshold (LLM.int8())
+    # NF4 only (quant=4bit sets auto): what an inference run (task=infer, bench; task=plan with plan.mode=infer)
+    # loads. auto: torchao's int4 (groups of 128, tinygemm's faster kernels) on one CUDA GPU where the model
+    # can take it, NF4 elsewhere, with the reason logged and in result.json (quant_loaded); keep: NF4; int4:
+    # int4 or a refusal naming why. Training always loads NF4 (QLoRA).
+    infer_as: InferAs = InferAs.keep
 
 
 @dataclass
