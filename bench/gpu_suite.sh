@@ -106,9 +106,10 @@ EOF
 }
 
 part_mission() {  # $1: a model (default gemma3_27b)
-  # The mission's command as a user types it (one prompt, 128 new tokens, quant=4bit) on an empty compile cache,
-  # then the same with transformers' generate(): seconds from the command's start to its end, the load, the first
-  # token and decode tok/s, the engine and 4-bit kernel, from the run's result.json.
+  # The mission's command as a user types it (one prompt, 128 new tokens, quant=4bit: int4 on one GPU) on an empty
+  # compile cache, the same kept NF4 through gemma-run's 4-bit kernel, then NF4 through transformers' generate()
+  # (the baseline): seconds from the command's start to its end, the load, the first token and decode tok/s, the
+  # format that loaded, the engine and 4-bit kernel, from the run's result.json.
   local model=${1:-gemma3_27b} rc=0 name
   for name in gemma-run gemma-run.gemv4 generate; do
     local extra=() dir="$logs/runs/mission_$name" start
@@ -126,17 +127,18 @@ import json
 import sys
 from pathlib import Path
 
-print("| mission command | engine | 4-bit kernel | total s | load s | first token s after load | decode tok/s | new tokens |")
-print("|---|---|---|---|---|---|---|---|")
+print("| mission command | 4-bit format | engine | 4-bit kernel | total s | load s | first token s after load | decode tok/s | new tokens |")
+print("|---|---|---|---|---|---|---|---|---|")
 for name in ("gemma-run", "gemma-run.gemv4", "generate"):
     run = Path(sys.argv[1]) / f"mission_{name}"
     if not (run / "result.json").is_file():
-        print(f"| {name} | failed: no result.json (see {run}.err) | | | | | | |")
+        print(f"| {name} | failed: no result.json (see {run}.err) | | | | | | | |")
         continue
     r = json.loads((run / "result.json").read_text())
     r = r.get("result", r)
     start, end = (float(x) for x in Path(f"{run}.wall").read_text().split())
-    print(f"| {name} | {r.get('engine')} | {r.get('kernel_4bit', '-')} | {end - start:.1f} | {r.get('load_seconds')} | "
+    fmt = (r.get("quant_loaded") or {}).get("format", "nf4")
+    print(f"| {name} | {fmt} | {r.get('engine')} | {r.get('kernel_4bit', '-')} | {end - start:.1f} | {r.get('load_seconds')} | "
           f"{r.get('time_to_first_token_s')} | {r.get('tokens_per_second')} | {r.get('new_tokens')} |")
 EOF
   return $rc
