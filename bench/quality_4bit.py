@@ -49,7 +49,7 @@ def main() -> int:
     from gemma_run import compose
     from gemma_run.loading import load
 
-    overrides = [f"model={args.model}", "model.weights=random", "quant=none",
+    overrides = [f"model={args.model}", "model.weights=random", "quant=none", "model.dtype=bfloat16",
                  "device_map=single" if torch.cuda.is_available() else "device_map=cpu"]
     cfg = compose(overrides)
     if args.layers:  # a multimodal config keeps its language model's depth in text_config
