@@ -51,7 +51,9 @@ def test_the_skip_list_goes_with_the_weights(compose_cfg, cuda, tmp_path):
     (["quant.cpu_offload=true"], "quant.cpu_offload"),
     (["model.dtype=float32"], "model.dtype=float32"),
     (["model=tiny_gemma3"], "q_proj"),  # 64 inputs: no whole group of 128
-    (["model=gemma3_27b", "plan.gpus=[16GiB,16GiB]"], "spreads the model over GPU 0, GPU 1"),
+    (["model=gemma3_27b", "plan.gpus=[16GiB,16GiB]"], "spreads the model over GPU 0, GPU 1, and int4 pays off "
+                                                      "where one GPU decodes"),
+    (["model=gemma3_27b", "plan.gpus=[24GiB,24GiB]"], "device_map=single puts it on GPU 0, where it fits"),
     (["model=gemma3_27b", "plan.gpus=[12GiB]"], "does not fit"),
 ])
 def test_nf4_stays_where_int4_cannot_or_should_not_run(compose_cfg, cuda, tmp_path, overrides, why):
