@@ -18,7 +18,7 @@ import pytest
 from helpers.run_if import RunIf
 from helpers.shapes import GEMMA3_4B, weight_params
 
-CASES = {"bf16": "quant=none", "4bit": "quant=4bit"}
+CASES = {"bf16": ["quant=none"], "4bit": ["quant=4bit", "quant.infer_as=keep"]}  # 4bit kept NF4 (quant.md)
 BASE = ["task=bench", *GEMMA3_4B, "device_map=auto", "task.prompt_tokens=[128]", "task.new_tokens=[32]",
         "task.batch_sizes=[1,8]", "generation.compile=false"]
 ROWS: dict[str, list[dict]] = {}
@@ -48,7 +48,7 @@ def test_bench_gemma3_4b(compose_cfg, tmp_path, case):
 
     from gemma_run import run
 
-    cfg = compose_cfg([*BASE, CASES[case]])
+    cfg = compose_cfg([*BASE, *CASES[case]])
     try:
         result = run(cfg, tmp_path)
     finally:

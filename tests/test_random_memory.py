@@ -154,7 +154,8 @@ def test_preflight_plans_the_build_of_27b_4bit_one_layer_beyond_the_weights(comp
 
 @pytest.mark.slow
 def test_task_plan_shows_the_random_build(cli) -> None:
-    out = cli("task=plan", "model=gemma3_27b", "model.weights=random", "quant=4bit", "plan.gpus=[24GiB]")
+    out = cli("task=plan", "model=gemma3_27b", "model.weights=random", "quant=4bit", "quant.infer_as=keep",
+              "plan.gpus=[24GiB]")
     assert out.returncode == 0, out.stderr
     header = next(line for line in out.stdout.splitlines() if line.startswith("device"))
     row = next(line for line in out.stdout.splitlines() if line.startswith("cuda:0"))
