@@ -5,14 +5,15 @@ scales (what quant=int4 stores), each against the same model in bf16.
 
 A random-weight model at its real width (``model.weights=random``, cut to ``--layers`` decoder layers unless 0: all
 of them) generates ``--new`` greedy tokens in bf16 after a random prompt. Then every Linear weight of the decoder
-layers is replaced by its 4-bit round trip (``gemma_run.kernels.gemv4``: NF4 in blocks of 64 with an fp32 absmax, as
-bitsandbytes stores it without double quantization; int4 in groups of 128, and of 64, with a scale and a zero, the
-convention of torchao's int4), and the model reads the bf16 model's tokens again (teacher-forced). Reported per
+layers is replaced by its 4-bit round trip (``gemma_run.kernels.gemv4``: NF4 in blocks of 64 with an fp32 absmax,
+as bitsandbytes stores it without double quantization; int4 in groups of 128, and of 64, with a scale and a zero,
+the convention of torchao's int4), and the model reads the bf16 model's tokens again (teacher-forced). Reported per
 format: how often its top-1 token equals the bf16 model's at the generated positions, the mean KL divergence of its
-next-token distribution from the bf16 one, and the weights' relative error. The output layer stays bf16, as both
-quant modes keep it by default. This measures the formats, not the kernels: each kernel equals its own dequantized
-weights (tests/test_gemv4.py, tests/test_gemma4_gpu.py). Runs on a CPU or a GPU (the model on ``cuda`` where there
-is one); writes quality_4bit.json to --out.
+next-token distribution from the bf16 one, and the weights' relative error (of the decoder layers). The output
+layer stays bf16, as both quant modes keep it by default, except in the row that quantizes it too
+(quant.lm_head=int4). This measures the formats, not the kernels: each kernel equals its own dequantized weights
+(tests/test_gemv4.py, tests/test_gemma4_gpu.py). Runs on a CPU or a GPU (the model on ``cuda`` where there is one);
+writes quality_4bit.json to --out.
 """
 
 from __future__ import annotations
@@ -23,15 +24,25 @@ import os
 import sys
 from pathlib import Path
 
-ROUND_TRIPS = {"nf4 (quant=4bit), blocks of 64": ("nf4", 64), "int4 (quant=int4), groups of 128": ("int4", 128),
-               "int4 (quant=int4 quant.group_size=64), groups of 64": ("int4", 64)}
+# name -> (format, group, whether the output layer is quantized too)
+ROUND_TRIPS = {"nf4 (quant=4bit), blocks of 64": ("nf4", 64, False),
+               "int4 (quant=int4), groups of 128": ("int4", 128, False),
+               "int4 (quant=int4 quant.group_size=64), groups of 64": ("int4", 64, False),
+               "int4, groups of 128, output layer int4 too (quant=int4 quant.lm_head=int4)": ("int4", 128, True)}
 
 
-def round_trip(weight, kind: str, group: int):
+def round_trip(weight, kind: str, group: int, rows: int = 16384):
+    """``weight`` (out x in) through its 4-bit format and back, ``rows`` output rows at a time (the packing's
+    fp32 temporaries of a whole 262k-row output layer would be many GB)."""
+    import torch
+
     from gemma_run.kernels import gemv4
 
-    packed = gemv4.pack_nf4(weight, group) if kind == "nf4" else gemv4.pack_int4(weight, group)
-    return gemv4.dequantize(packed).to(weight.dtype)
+    def one(w):
+        packed = gemv4.pack_nf4(w, group) if kind == "nf4" else gemv4.pack_int4(w, group)
+        return gemv4.dequantize(packed).to(weight.dtype)
+
+    return torch.cat([one(weight[i:i + rows]) for i in range(0, weight.shape[0], rows)])
 
 
 def main() -> int:
@@ -71,7 +82,8 @@ def main() -> int:
         if hasattr(model.model, "layers") else \
         [m for m in model.model.language_model.layers.modules() if isinstance(m, torch.nn.Linear)]
     rows = []
-    for name, (kind, group) in ROUND_TRIPS.items():
+    head = model.get_output_embeddings()
+    for name, (kind, group, with_head) in ROUND_TRIPS.items():
         if any(m.in_features % group for m in linears):
             print(f"{name}: not measured, the model's layers have inputs that are not a multiple of {group}")
             continue
@@ -86,9 +98,13 @@ def main() -> int:
                 saved.append(w.to("cpu", copy=True))
                 w.copy_(q)
                 del q
+            table = head.weight
+            if with_head:  # the output layer's own int4 copy; a tied input embedding keeps its table
+                head.weight = torch.nn.Parameter(round_trip(table.data, kind, group), requires_grad=False)
         with torch.inference_mode():
             logp = model(seq).logits[0, at].float().log_softmax(-1)
         with torch.no_grad():
+            head.weight = table
             for m, w in zip(linears, saved, strict=True):
                 m.weight.data.copy_(w)
         rows.append({"format": name, "top1_agreement": round((logp.argmax(-1) == wanted).float().mean().item(), 4),
