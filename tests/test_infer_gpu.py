@@ -76,7 +76,7 @@ def built(cache_dir, tmp_path_factory):
 
 
 @RunIf(gpus=1, bnb=True)
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=RunIf(torchao=True)) if c == "4bit" else c for c in CASES])
 def test_gemma3_4b_quant_and_split(compose_cfg, built, tmp_path, case):
     import torch
 
@@ -111,7 +111,7 @@ def test_gemma3_4b_quant_and_split(compose_cfg, built, tmp_path, case):
         assert result["input_device"].startswith(("cuda", "cpu"))
 
 
-@RunIf(gpus=1, bnb=True)
+@RunIf(gpus=1, bnb=True, torchao=True)
 def test_quant_4bit_infers_as_quant_int4_does(compose_cfg, built, tmp_path):
     """quant=4bit in an inference run on one GPU loads int4: its greedy tokens are quant=int4's, token for token."""
     from gemma_run import run

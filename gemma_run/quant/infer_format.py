@@ -109,12 +109,12 @@ def _why_not(cfg: DictConfig, cuda: bool | None) -> str | None:
         return f"{e.problem} (pip install torchao==0.18.0 for the faster int4)"
     from gemma_run.planning import inputs, skeleton
 
-    int4 = int4_group(cfg.quant)
+    int4 = with_int4(cfg)
     try:
-        check_group_size(int4, skeleton.build(inputs.model_config(cfg), bool(cfg.model.text_only)))
+        check_group_size(int4.quant, skeleton.build(inputs.model_config(cfg), bool(cfg.model.text_only)))
     except GemmaRunError as e:
         return f"int4 groups of {INT4_GROUP}: {e.problem}"
-    return _spread(with_int4(cfg))
+    return _spread(int4)
 
 
 def has_cuda() -> bool:
